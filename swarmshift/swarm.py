@@ -1,0 +1,418 @@
+"""The Swarm access layer: every Docker call of both daemons goes through `Swarm`.
+
+Each call runs off the event loop with a timeout, and connection errors are retried with
+bounded backoff. Writes carry the service version they were decided on (optimistic
+concurrency): a conflict raises `VersionConflict`, and `Swarm.modify` re-reads and re-decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from swarmshift import logs
+
+log = logs.get("swarmshift.swarm")
+T = TypeVar("T")
+
+# Docker answers an update whose version is stale with this text (HTTP 500, or 409 on newer engines).
+_CONFLICT_MARKERS = ("update out of sequence", "version mismatch", "out of sequence")
+
+
+class SwarmError(Exception):
+    """A Docker call failed in a way the caller should see."""
+
+
+class DockerUnavailable(SwarmError):
+    """The engine did not answer, even after retries."""
+
+
+class NotFound(SwarmError):
+    """The service (or node) does not exist."""
+
+
+class VersionConflict(SwarmError):
+    """The service changed since it was read; re-read it and decide again."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU in cores and memory in bytes; 0 means unset."""
+
+    cpus: float = 0.0
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class UpdateStatus:
+    state: str  # updating, paused, completed, rollback_started, rollback_paused, rollback_completed
+    message: str = ""
+    started_at: str | None = None
+    completed_at: str | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state in ("updating", "rollback_started")
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    service_id: str
+    slot: int | None
+    node_id: str
+    state: str  # Swarm's task state: new, pending, assigned, ..., running, failed, ...
+    desired_state: str
+    message: str
+    error: str
+    container_id: str | None
+    # Docker health of the container (healthy, unhealthy, starting), when it could be read:
+    # only containers on the node this engine runs are visible. None means unknown.
+    health: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str
+    name: str
+    version: int
+    labels: Mapping[str, str]
+    image: str
+    replicas: int | None  # None for global services
+    running: int | None  # running tasks, when read with status
+    limits: Resources
+    reservations: Resources
+    update_status: UpdateStatus | None
+    spec: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def mode(self) -> str:
+        return "global" if self.replicas is None else "replicated"
+
+    @property
+    def updating(self) -> bool:
+        return self.update_status is not None and self.update_status.in_progress
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    hostname: str
+    role: str
+    availability: str
+    state: str
+    resources: Resources
+
+
+def _resources(block: Mapping[str, Any] | None) -> Resources:
+    block = block or {}
+    return Resources(cpus=(block.get("NanoCPUs") or 0) / 1e9, memory=int(block.get("MemoryBytes") or 0))
+
+
+def parse_service(raw: Mapping[str, Any]) -> Service:
+    spec = raw["Spec"]
+    template = spec.get("TaskTemplate", {})
+    resources = template.get("Resources", {})
+    mode = spec.get("Mode", {})
+    replicas = mode["Replicated"].get("Replicas", 1) if "Replicated" in mode else None
+    status = raw.get("ServiceStatus") or {}
+    update = raw.get("UpdateStatus")
+    return Service(
+        id=raw["ID"],
+        name=spec["Name"],
+        version=int(raw["Version"]["Index"]),
+        labels=dict(spec.get("Labels") or {}),
+        image=template.get("ContainerSpec", {}).get("Image", ""),
+        replicas=replicas,
+        running=status.get("RunningTasks"),
+        limits=_resources(resources.get("Limits")),
+        reservations=_resources(resources.get("Reservations")),
+        update_status=UpdateStatus(
+            state=update.get("State", ""),
+            message=update.get("Message", ""),
+            started_at=update.get("StartedAt"),
+            completed_at=update.get("CompletedAt"),
+        )
+        if update
+        else None,
+        spec=spec,
+    )
+
+
+def parse_task(raw: Mapping[str, Any], health: str | None = None) -> Task:
+    status = raw.get("Status", {})
+    container = status.get("ContainerStatus") or {}
+    return Task(
+        id=raw["ID"],
+        service_id=raw.get("ServiceID", ""),
+        slot=raw.get("Slot"),
+        node_id=raw.get("NodeID", ""),
+        state=status.get("State", ""),
+        desired_state=raw.get("DesiredState", ""),
+        message=status.get("Message", ""),
+        error=status.get("Err", ""),
+        container_id=container.get("ContainerID"),
+        health=health,
+    )
+
+
+def parse_node(raw: Mapping[str, Any]) -> Node:
+    desc = raw.get("Description", {})
+    spec = raw.get("Spec", {})
+    return Node(
+        id=raw["ID"],
+        hostname=desc.get("Hostname", ""),
+        role=spec.get("Role", ""),
+        availability=spec.get("Availability", ""),
+        state=raw.get("Status", {}).get("State", ""),
+        resources=_resources(desc.get("Resources")),
+    )
+
+
+def _is_conflict(err: docker.errors.APIError) -> bool:
+    text = str(err.explanation or err).lower()
+    return any(marker in text for marker in _CONFLICT_MARKERS)
+
+
+_TRANSIENT = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    docker.errors.DockerException,  # raised by the client factory when the socket is absent
+    asyncio.TimeoutError,
+)
+
+
+class Swarm:
+    """Async access to one Docker engine that is a Swarm manager.
+
+    `client` may be given (tests, benchmarks); otherwise one is made from the environment
+    (DOCKER_HOST, or the local socket) on first use.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.calls = 0  # Docker API requests made, for benchmarks and loop-cost logging
+        self._local_node: str | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._client is None:
+            if self._base_url:
+                self._client = docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
+            else:
+                self._client = docker.from_env(timeout=int(self.timeout))
+        return self._client.api
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one blocking SDK call off the loop; retry connection errors with backoff."""
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            try:
+                self.calls += 1
+                return await asyncio.wait_for(asyncio.to_thread(fn), timeout=self.timeout + 1)
+            except docker.errors.NotFound as err:
+                raise NotFound(f"{what}: {err.explanation or err}") from err
+            except docker.errors.APIError as err:
+                if _is_conflict(err):
+                    raise VersionConflict(f"{what}: {err.explanation or err}") from err
+                raise SwarmError(f"{what}: {err.explanation or err}") from err
+            except _TRANSIENT as err:
+                if attempt == self.retries:
+                    raise DockerUnavailable(f"{what}: {err or type(err).__name__}") from err
+                log.warning("docker_retry", call=what, attempt=attempt, error=str(err) or type(err).__name__)
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self.api.ping))
+
+    async def services(self, label: str | None = None) -> list[Service]:
+        """All services (optionally only those carrying `label`, a key or key=value), with task counts."""
+        filters = {"label": [label]} if label else None
+        raws = await self._call("services", lambda: self.api.services(filters=filters, status=True))
+        return [parse_service(raw) for raw in raws]
+
+    async def service(self, name_or_id: str) -> Service:
+        raw = await self._call(f"inspect {name_or_id}", lambda: self.api.inspect_service(name_or_id))
+        return parse_service(raw)
+
+    async def tasks(self, service: str | None = None, *, desired: str | None = "running") -> list[Task]:
+        """Tasks of one service (or of all services in one call), without health."""
+        filters: dict[str, Any] = {}
+        if service:
+            filters["service"] = service
+        if desired:
+            filters["desired-state"] = desired
+        raws = await self._call("tasks", lambda: self.api.tasks(filters=filters))
+        return [parse_task(raw) for raw in raws]
+
+    async def tasks_with_health(self, service: str) -> list[Task]:
+        """Tasks of one service, with the Docker health of each container on this node."""
+        tasks = await self.tasks(service)
+        local = await self.local_node_id()
+
+        async def health(task: Task) -> Task:
+            if not task.container_id or task.node_id != local:
+                return task
+            try:
+                raw = await self._call(
+                    f"inspect container {task.container_id[:12]}",
+                    lambda: self.api.inspect_container(task.container_id),
+                )
+            except NotFound:
+                return task
+            state = raw.get("State", {})
+            status = (state.get("Health") or {}).get("Status")
+            if status is None and state.get("Running"):
+                status = "none"  # no healthcheck defined: running is all Docker knows
+            return Task(**{**task.__dict__, "health": status})
+
+        return list(await asyncio.gather(*(health(t) for t in tasks)))
+
+    async def replicas(self, service: str) -> tuple[int | None, int]:
+        """(desired, running) for one service."""
+        svc = await self.service(service)
+        running = sum(1 for t in await self.tasks(svc.id) if t.running)
+        return svc.replicas, running
+
+    async def nodes(self) -> list[Node]:
+        raws = await self._call("nodes", self.api.nodes)
+        return [parse_node(raw) for raw in raws]
+
+    async def local_node_id(self) -> str:
+        if self._local_node is None:
+            info = await self._call("info", self.api.info)
+            self._local_node = info.get("Swarm", {}).get("NodeID", "")
+        return self._local_node
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def update(
+        self,
+        service: Service,
+        *,
+        replicas: int | None = None,
+        image: str | None = None,
+        labels: Mapping[str, str | None] | None = None,
+        env: Mapping[str, str | None] | None = None,
+    ) -> Service:
+        """Write changes to `service` at the version it was read at, and return the new state.
+
+        Labels and env entries whose value is None are removed. Raises VersionConflict when
+        the service changed since `service` was read.
+        """
+        spec = _apply(service.spec, replicas=replicas, image=image, labels=labels, env=env)
+
+        def write() -> None:
+            self.api.update_service(
+                service.id,
+                service.version,
+                task_template=spec["TaskTemplate"],
+                name=spec["Name"],
+                labels=spec.get("Labels") or {},
+                mode=spec.get("Mode"),
+                update_config=spec.get("UpdateConfig"),
+                rollback_config=spec.get("RollbackConfig"),
+                endpoint_spec=spec.get("EndpointSpec"),
+            )
+
+        await self._call(f"update {service.name}", write)
+        return await self.service(service.id)
+
+    async def scale(self, service: Service, replicas: int, labels: Mapping[str, str | None] | None = None) -> Service:
+        return await self.update(service, replicas=replicas, labels=labels)
+
+    async def modify(
+        self,
+        name_or_id: str,
+        decide: Callable[[Service], Awaitable[dict[str, Any] | None] | dict[str, Any] | None],
+        *,
+        attempts: int = 5,
+    ) -> Service | None:
+        """Read, decide, write; on a version conflict read again and decide again.
+
+        `decide(service)` returns the keyword changes for `update` or None to leave the
+        service alone. Returns the updated service, or None when the decision was to hold.
+        """
+        for attempt in range(1, attempts + 1):
+            service = await self.service(name_or_id)
+            changes = decide(service)
+            if asyncio.iscoroutine(changes):
+                changes = await changes
+            if not changes:
+                return None
+            try:
+                return await self.update(service, **changes)
+            except VersionConflict:
+                log.info("version_conflict", service=service.name, version=service.version, attempt=attempt)
+        raise VersionConflict(f"{name_or_id}: still conflicting after {attempts} attempts")
+
+
+def _apply(
+    spec: Mapping[str, Any],
+    *,
+    replicas: int | None,
+    image: str | None,
+    labels: Mapping[str, str | None] | None,
+    env: Mapping[str, str | None] | None,
+) -> dict[str, Any]:
+    """A copy of `spec` with the changes applied; the input is left as it was."""
+    new = copy.deepcopy(dict(spec))
+    if replicas is not None:
+        if "Replicated" not in new.get("Mode", {}):
+            raise SwarmError(f"{new.get('Name')}: only replicated services can be scaled")
+        new["Mode"]["Replicated"]["Replicas"] = int(replicas)
+    container = new.setdefault("TaskTemplate", {}).setdefault("ContainerSpec", {})
+    if image is not None:
+        container["Image"] = image
+    if labels:
+        merged = dict(new.get("Labels") or {})
+        _merge(merged, labels)
+        new["Labels"] = merged
+    if env:
+        current = dict(item.split("=", 1) if "=" in item else (item, "") for item in container.get("Env") or [])
+        _merge(current, env)
+        container["Env"] = [f"{k}={v}" for k, v in current.items()]
+    return new
+
+
+def _merge(target: dict[str, str], changes: Mapping[str, str | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = str(value)
+

@@ -1,0 +1,1 @@
+"""Placeholder: Prometheus, Alertmanager and cAdvisor stand-in fixtures (being written)."""

@@ -1,0 +1,197 @@
+"""The lab's Docker side for tests: uniquely named, labelled services and networks, always removed.
+
+Every resource a test makes carries the label `swarmshift.test=<pid of the pytest run>`. Before a
+run starts, anything carrying that label whose pytest run is gone is removed: Swarm state outlives
+the engine, and a killed session leaves services that Swarm restarts, maybe still burning CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+
+LABEL = "swarmshift.test"
+OWNER = str(os.getpid())
+DEMO_IMAGE = "swarmshift-demo:lab"
+BASE_IMAGE = os.environ.get("LAB_BASE_IMAGE", "swarmshift-lab/python:bookworm")
+POOL = "10.201.0.0/16"
+
+
+class LabUnavailable(RuntimeError):
+    pass
+
+
+def connect() -> docker.DockerClient:
+    """A client for the lab engine, or LabUnavailable with the reason."""
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as err:  # noqa: BLE001 - any failure here means the lab is not up
+        raise LabUnavailable(f"no Docker engine answers ({err}); run `make lab` as root") from err
+    info = client.info()
+    if not info.get("Swarm", {}).get("ControlAvailable"):
+        raise LabUnavailable("the engine is not a Swarm manager; run `make lab`")
+    return client
+
+
+def _owner_alive(value: str) -> bool:
+    if value == OWNER:
+        return True
+    try:
+        with open(f"/proc/{int(value)}/cmdline", "rb") as f:
+            return b"pytest" in f.read()
+    except (ValueError, OSError):
+        return False
+
+
+def remove_leftovers(client: docker.DockerClient) -> list[str]:
+    """Remove labelled services, containers and networks whose pytest run is gone."""
+    removed = []
+    for svc in client.services.list(filters={"label": LABEL}):
+        if not _owner_alive(svc.attrs["Spec"].get("Labels", {}).get(LABEL, "")):
+            svc.remove()
+            removed.append(f"service {svc.name}")
+    for ctr in client.containers.list(all=True, filters={"label": LABEL}):
+        if not _owner_alive(ctr.labels.get(LABEL, "")):
+            ctr.remove(force=True)
+            removed.append(f"container {ctr.name}")
+    for net in client.networks.list(filters={"label": LABEL}):
+        if not _owner_alive((net.attrs.get("Labels") or {}).get(LABEL, "")):
+            remove_network(client, net.name)
+            removed.append(f"network {net.name}")
+    return removed
+
+
+def remove_network(client: docker.DockerClient, name: str, timeout: float = 30) -> None:
+    """Remove a network, waiting while the tasks of just-removed services still hold it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.networks.get(name).remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class LabSwarm:
+    """Creates test services and networks on the lab swarm and removes them all on `close`."""
+
+    def __init__(self, client: docker.DockerClient, prefix: str = "t") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._services: list[str] = []
+        self._networks: list[str] = []
+
+    def name(self, stem: str) -> str:
+        return f"ss{self.prefix}-{stem}-{uuid.uuid4().hex[:6]}"
+
+    def network(self, stem: str = "net") -> str:
+        name = self.name(stem)
+        self.client.networks.create(name, driver="overlay", attachable=True, labels={LABEL: OWNER})
+        self._networks.append(name)
+        return name
+
+    def service(
+        self,
+        stem: str = "svc",
+        *,
+        image: str = DEMO_IMAGE,
+        replicas: int = 1,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        networks: Iterable[str] = (),
+        publish: dict[int, int] | None = None,
+        cpu_limit: float | None = None,
+        memory_limit: int | None = None,
+        cpu_reservation: float | None = None,
+        command: list[str] | None = None,
+        healthcheck: dict[str, Any] | None = None,
+        wait: bool = True,
+    ) -> Any:
+        """A replicated service with dnsrr endpoints (no IPVS here) and host-mode published ports."""
+        name = self.name(stem)
+        ports = [
+            {"Protocol": "tcp", "TargetPort": target, "PublishedPort": published, "PublishMode": "host"}
+            for published, target in (publish or {}).items()
+        ]
+        resources = docker.types.Resources(
+            cpu_limit=int(cpu_limit * 1e9) if cpu_limit else None,
+            mem_limit=memory_limit,
+            cpu_reservation=int(cpu_reservation * 1e9) if cpu_reservation else None,
+        )
+        svc = self.client.services.create(
+            image,
+            name=name,
+            command=command,
+            labels={LABEL: OWNER, **(labels or {})},
+            container_labels={LABEL: OWNER},
+            env=[f"{k}={v}" for k, v in (env or {}).items()],
+            networks=list(networks),
+            endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=ports or None),
+            mode=docker.types.ServiceMode("replicated", replicas=replicas),
+            resources=resources,
+            healthcheck=healthcheck,
+            stop_grace_period=2_000_000_000,
+        )
+        self._services.append(name)
+        if wait and replicas:
+            self.wait_running(name, replicas)
+        return svc
+
+    def running_tasks(self, name: str) -> list[dict]:
+        return [t for t in self.client.api.tasks(filters={"service": name, "desired-state": "running"})
+                if t["Status"]["State"] == "running"]
+
+    def wait_running(self, name: str, count: int, timeout: float = 60) -> None:
+        wait_for(f"{count} running tasks of {name}", lambda: len(self.running_tasks(name)) == count, timeout)
+
+    def replicas(self, name: str) -> int:
+        spec = self.client.api.inspect_service(name)["Spec"]
+        return spec["Mode"]["Replicated"]["Replicas"]
+
+    def close(self) -> None:
+        errors = []
+        for name in reversed(self._services):
+            with contextlib.suppress(docker.errors.NotFound):
+                try:
+                    self.client.api.remove_service(name)
+                except docker.errors.APIError as err:
+                    errors.append(f"{name}: {err}")
+        for name in reversed(self._networks):
+            try:
+                remove_network(self.client, name)
+            except docker.errors.APIError as err:
+                errors.append(f"{name}: {err}")
+        if errors:
+            raise RuntimeError("could not remove test resources: " + "; ".join(errors))
