@@ -1,0 +1,190 @@
+"""Config loading: YAML files plus SWARMSHIFT_* environment variables, validated by pydantic.
+
+Every problem becomes one line naming where the value came from (file or variable), the key
+path and the bad value; the CLI prints them and exits with code 2. Unknown keys are errors.
+Secrets are read from files: any key may be set from `SWARMSHIFT_<KEY>_FILE` (Docker secrets).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+ENV_PREFIX = "SWARMSHIFT_"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """Invalid configuration: `problems` holds one human-readable line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are errors, and a loaded config is immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a Go-style duration such as `90s`, `5m` or `1h30m`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s or 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _DURATION.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError("expected a duration such as 30s, 5m or 1h30m") from None
+    else:
+        raise ValueError("expected a duration such as 30s or 5m")
+    if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError("a duration must be zero or positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    for part in loc:
+        if isinstance(data, Mapping) and part in data or isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return False, None
+    return True, data
+
+
+def problems_from(err: ValidationError, data: Any, origin: str, sources: Mapping[tuple, str] | None = None) -> list[str]:
+    """One line per pydantic error: `origin: key.path: message (got value)`."""
+    lines = []
+    for item in err.errors():
+        # pydantic appends the validator's name for tagged unions and function validators.
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = (sources or {}).get(loc[:1], origin) if loc else origin
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        found, value = _lookup(data, loc)
+        got = f" (got {value!r})" if found and item["type"] != "missing" else ""
+        lines.append(f"{where}: {_key_path(loc) or '<top>'}: {msg}{got}")
+    return lines
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`, or ConfigError with the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: <top>: expected a mapping of keys (got {type(data).__name__})"])
+    return data
+
+
+def env_overrides(model: type[BaseModel], env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple, str]]:
+    """Values for `model` from SWARMSHIFT_<KEY> (nested with __) and SWARMSHIFT_<KEY>_FILE.
+
+    Only variables whose first key is a field of `model` are taken: both daemons share the
+    prefix, and the CLI has variables of its own.
+    """
+    fields = set(model.model_fields)
+    data: dict[str, Any] = {}
+    sources: dict[tuple, str] = {}
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest, from_file = name[len(ENV_PREFIX):].lower(), False
+        if rest.endswith("_file") and rest.removesuffix("_file").split("__")[0] in fields:
+            rest, from_file = rest.removesuffix("_file"), True
+        keys = rest.split("__")
+        if keys[0] not in fields:
+            continue
+        value: Any = env[name]
+        if from_file:
+            try:
+                value = Path(value).read_text().strip()
+            except OSError as err:
+                problems.append(f"{name}: cannot read {value}: {err.strerror or err}")
+                continue
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+        sources[(keys[0],)] = name
+    if problems:
+        raise ConfigError(problems)
+    return data, sources
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(model: type[M], path: str | Path | None = None, env: Mapping[str, str] | None = None) -> M:
+    """The validated config: the file's values, overridden by the environment's."""
+    env = os.environ if env is None else env
+    data = read_yaml(path) if path else {}
+    overrides, sources = env_overrides(model, env)
+    merged = _deep_merge(data, overrides)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(problems_from(err, merged, str(path) if path else "config", sources)) from err

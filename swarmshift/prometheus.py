@@ -1,0 +1,66 @@
+"""The Prometheus access layer: instant queries off the event loop, with a timeout and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from swarmshift import logs
+
+log = logs.get("swarmshift.prometheus")
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus did not answer, or answered with an error, even after retries."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: dict[str, str]
+    value: float
+
+
+class Prometheus:
+    def __init__(self, url: str, *, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.requests = 0  # HTTP queries made, for benchmarks and loop-cost logging
+        # The client's own urllib3 retries would hide outages behind long waits; ours are bounded.
+        self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
+
+    def _query(self, promql: str) -> list[Sample]:
+        self.requests += 1
+        raw = self._client.custom_query(query=promql)
+        if len(raw) == 2 and not isinstance(raw[0], dict):
+            raw = [{"metric": {}, "value": raw}]  # a scalar result: [time, "value"]
+        samples = []
+        for item in raw:
+            value = item.get("value")
+            if not value:
+                continue
+            number = float(value[1])
+            if math.isnan(number):
+                continue  # NaN (0/0 in PromQL) means "no data" here, never a value to act on
+            samples.append(Sample(labels=dict(item.get("metric", {})), value=number))
+        return samples
+
+    async def query(self, promql: str) -> list[Sample]:
+        """An instant vector; raises PrometheusUnavailable after the retries."""
+        delay = self.backoff
+        for attempt in range(1, self.retries + 2):
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(self._query, promql), timeout=self.timeout + 1)
+            except (TimeoutError, requests.RequestException, PrometheusApiClientException, ValueError) as err:
+                if attempt > self.retries:
+                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300] or type(err).__name__}") from err
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay *= 2
+        raise AssertionError("unreachable")
