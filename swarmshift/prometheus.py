@@ -17,7 +17,11 @@ log = logs.get("swarmshift.prometheus")
 
 
 class PrometheusUnavailable(Exception):
-    """Prometheus did not answer, or answered with an error, even after retries."""
+    """Prometheus did not answer, or answered with a server error, even after retries."""
+
+
+class QueryError(Exception):
+    """Prometheus refused the query itself (HTTP 400/422): a bad expression, not an outage."""
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,19 @@ class Prometheus:
         return samples
 
     async def query(self, promql: str) -> list[Sample]:
-        """An instant vector; raises PrometheusUnavailable after the retries."""
+        """An instant vector; QueryError for a bad expression, PrometheusUnavailable after the retries."""
         delay = self.backoff
         for attempt in range(1, self.retries + 2):
             try:
                 return await asyncio.wait_for(asyncio.to_thread(self._query, promql), timeout=self.timeout + 1)
-            except (TimeoutError, requests.RequestException, PrometheusApiClientException, ValueError) as err:
+            except PrometheusApiClientException as err:
+                if str(err).startswith(("HTTP Status Code 400", "HTTP Status Code 422")):
+                    raise QueryError(str(err)[:300]) from err
+                if attempt > self.retries:
+                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300]}") from err
+            except (TimeoutError, requests.RequestException, ValueError) as err:
                 if attempt > self.retries:
                     raise PrometheusUnavailable(f"{self.url}: {str(err)[:300] or type(err).__name__}") from err
-                await asyncio.sleep(delay + random.uniform(0, delay / 2))
-                delay *= 2
+            await asyncio.sleep(delay + random.uniform(0, delay / 2))
+            delay *= 2
         raise AssertionError("unreachable")

@@ -312,6 +312,16 @@ class Swarm:
         raws = await self._call("nodes", self.api.nodes)
         return [parse_node(raw) for raw in raws]
 
+    async def containers(self, label: str) -> list[dict[str, Any]]:
+        """Running containers on this engine's node that carry `label` (raw list entries)."""
+        return await self._call("containers", lambda: self.api.containers(filters={"label": label}))
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """One stats sample of a container, without the engine's one-second wait for a second one."""
+        return await self._call(
+            f"stats {container_id[:12]}", lambda: self.api.stats(container_id, stream=False, one_shot=True)
+        )
+
     async def local_node_id(self) -> str:
         if self._local_node is None:
             info = await self._call("info", self.api.info)

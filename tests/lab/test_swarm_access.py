@@ -47,8 +47,8 @@ def test_scale_up_and_down_with_task_states_and_health(swarm, demo_image):
     assert swarm.replicas(svc_.name) == 1
 
 
-async def wait_running(access: Swarm, service: str, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_running(access: Swarm, service: str, count: int) -> None:
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if sum(t.running for t in await access.tasks(service)) == count:
             return

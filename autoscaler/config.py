@@ -1,0 +1,67 @@
+"""The autoscaler daemon's settings: the `--config` file's daemon keys, flags and SWARMSHIFT_* variables.
+
+The same file's `defaults:` and `services:` sections hold scaling policies; `autoscaler.policy`
+validates those.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from autoscaler.sources.prometheus import CPU_QUERY, MEMORY_QUERY, SERVICE_LABEL, TASK_LABEL
+from swarmshift.config import Duration, Strict
+from swarmshift.http import parse_listen
+
+
+class PrometheusSettings(Strict):
+    url: str | None = None
+    rate_window: Duration = 60.0  # the range of rate(); with a 15 s scrape, 1m holds four samples
+    timeout: Duration = 10.0
+    service_label: str = SERVICE_LABEL
+    task_label: str = TASK_LABEL
+    cpu_query: str = CPU_QUERY
+    memory_query: str = MEMORY_QUERY
+
+
+class NotifySettings(Strict):
+    webhooks: list[str] = []
+    timeout: Duration = 5.0
+    retries: int = Field(3, ge=1, le=10)
+
+
+class AutoscalerConfig(Strict):
+    source: Literal["auto", "prometheus", "docker"] = "auto"
+    interval: Duration = 15.0
+    listen: str = "0.0.0.0:8080"
+    dry_run: bool = False
+    events_file: str | None = None
+    events_kept: int = Field(500, ge=1, le=100_000)
+    token_file: str | None = None
+    docker_timeout: Duration = 10.0
+    prometheus: PrometheusSettings = PrometheusSettings()
+    notify: NotifySettings = NotifySettings()
+    # Policies: validated by autoscaler.policy, which reports their problems with the same format.
+    defaults: dict[str, Any] = {}
+    services: dict[str, Any] = {}
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def effective_source(self) -> str:
+        """`auto` means Prometheus when a URL is configured, else the Docker stats API."""
+        if self.source == "auto":
+            return "prometheus" if self.prometheus.url else "docker"
+        return self.source

@@ -1,0 +1,93 @@
+"""Outgoing webhook notifications: queued, sent in the background, never delaying the caller.
+
+Each event is POSTed as JSON to every configured URL, with a Slack-compatible `text` field
+added, so the same list can hold generic receivers and Slack incoming webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from swarmshift import logs
+
+log = logs.get("swarmshift.notify")
+
+
+class Notifier:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        queue_size: int = 1000,
+    ) -> None:
+        self.urls = list(urls)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self._worker: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def send(self, event: dict[str, Any], text: str) -> None:
+        """Queue `event` for every receiver; returns at once. A full queue drops the oldest."""
+        if not self.urls:
+            return
+        if self._queue.full():
+            dropped = self._queue.get_nowait()
+            log.warning("notification_dropped", reason="queue full", event_type=dropped.get("type"))
+        self._queue.put_nowait({**event, "text": text})
+
+    async def start(self) -> None:
+        if self.urls and self._worker is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._worker = asyncio.create_task(self._run(), name="notifier")
+
+    async def close(self, drain: float = 2.0) -> None:
+        """Give queued notifications up to `drain` seconds, then stop."""
+        if self._worker is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout=drain)
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        if self._session is not None:
+            await self._session.close()
+        self._worker = None
+
+    async def _run(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                await asyncio.gather(*(self._deliver(url, payload) for url in self.urls))
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+        assert self._session is not None
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            try:
+                async with self._session.post(url, json=payload) as resp:
+                    if resp.status < 300:
+                        self.sent += 1
+                        return
+                    problem = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as err:
+                problem = str(err) or type(err).__name__
+            if attempt < self.retries:
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay *= 2
+        self.failed += 1
+        log.warning("notification_failed", url=url, error=problem, attempts=self.retries)
