@@ -25,6 +25,7 @@ counters are read afresh on every scrape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import threading
 import time
@@ -294,8 +295,11 @@ class ContainerIndex:
         if cgroup is None:
             return None
         labels = {"id": cgroup.path, "name": attrs["Name"].lstrip("/"), "image": attrs["Config"]["Image"]}
+        container_labels = dict(attrs["Config"].get("Labels") or {})
+        if attrs.get("RestartCount"):  # cAdvisor's docker handler adds this one itself
+            container_labels["restartcount"] = str(attrs["RestartCount"])
         # Sorted so that, when two labels sanitise alike, the same one wins every time.
-        for key, value in sorted((attrs["Config"].get("Labels") or {}).items()):
+        for key, value in sorted(container_labels.items()):
             labels.setdefault("container_label_" + sanitize_label(key), value)
         return Container(cgroup=cgroup, labels=labels)
 
@@ -432,10 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     index = ContainerIndex(docker.from_env(timeout=10), cgroups)
     server = make_server(args.listen, ContainerCollector(index, cgroups, percpu=args.percpu))
     print(f"cadvisor stand-in ({type(cgroups).__name__}) serving http://{args.listen}/metrics", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
