@@ -1,10 +1,254 @@
-"""The `swarmshift autoscaler` commands."""
+"""The `swarmshift autoscaler` commands: run, check and plan."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
 import click
+
+from autoscaler.config import AutoscalerConfig
+from autoscaler.events import EventLog
+from autoscaler.loop import Autoscaler, Evaluation
+from autoscaler.policy import PolicyFile, capacity_problems, load_policy_file, resolve, scope_warning
+from autoscaler.sources import MetricsSource
+from autoscaler.sources.dockerstats import DockerStatsSource
+from autoscaler.sources.prometheus import PrometheusSource
+from autoscaler.telemetry import Telemetry
+from swarmshift import logs
+from swarmshift.cli import EXIT_FAILED, EXIT_USAGE, config_errors
+from swarmshift.config import ConfigError, load, read_yaml
+from swarmshift.http import TokenFile, parse_listen, start
+from swarmshift.notify import Notifier
+from swarmshift.prometheus import Prometheus
+from swarmshift.swarm import DockerUnavailable, Swarm
+
+log = logs.get("autoscaler")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), envvar="SWARMSHIFT_CONFIG",
+    help="YAML file with daemon settings, `defaults:` and `services:` policies.  [env: SWARMSHIFT_CONFIG]",
+)
+prometheus_option = click.option(
+    "--prometheus", "prometheus_url", envvar="SWARMSHIFT_PROMETHEUS_URL", metavar="URL",
+    help="Prometheus base URL; without one the Docker stats source is used.  [env: SWARMSHIFT_PROMETHEUS_URL]",
+)
+source_option = click.option(
+    "--source", type=click.Choice(["auto", "prometheus", "docker"]), default=None,
+    help="Where CPU and memory use come from (default auto: prometheus when a URL is set).  [env: SWARMSHIFT_SOURCE]",
+)
+
+
+def load_config(config_path: str | None, **flags: Any) -> tuple[AutoscalerConfig, PolicyFile]:
+    """The daemon settings and the policy file, or ConfigError with every problem of both."""
+    prometheus_url = flags.pop("prometheus_url", None)
+    if prometheus_url:
+        flags["prometheus"] = {"url": prometheus_url}
+    problems: list[str] = []
+    cfg = policy_file = None
+    try:
+        cfg = load(AutoscalerConfig, config_path, flags=flags)
+    except ConfigError as err:
+        problems += err.problems
+    raw = cfg.model_dump() if cfg else _raw_policies(config_path)
+    if raw is not None:
+        try:
+            policy_file = load_policy_file(
+                {"defaults": raw.get("defaults") or {}, "services": raw.get("services") or {}}, config_path or "config"
+            )
+        except ConfigError as err:
+            problems += [p for p in err.problems if p not in problems]
+    if cfg and cfg.source == "prometheus" and not cfg.prometheus.url:
+        problems.append("config: source: 'prometheus' needs prometheus.url (or --prometheus) (got None)")
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None and policy_file is not None
+    return cfg, policy_file
+
+
+def _raw_policies(config_path: str | None) -> dict[str, Any] | None:
+    """The file's policy sections even when its daemon settings are invalid, so `check` reports both."""
+    if not config_path:
+        return {}
+    try:
+        data = read_yaml(config_path)
+    except ConfigError:
+        return None  # already reported by load()
+    return {k: v for k, v in data.items() if k in ("defaults", "services") and isinstance(v, dict)}
+
+
+def make_source(cfg: AutoscalerConfig, swarm: Swarm) -> MetricsSource:
+    if cfg.effective_source == "docker":
+        return DockerStatsSource(swarm)
+    p = cfg.prometheus
+    assert p.url is not None
+    return PrometheusSource(
+        Prometheus(p.url, timeout=p.timeout),
+        window=f"{round(p.rate_window * 1000)}ms",
+        service_label=p.service_label,
+        task_label=p.task_label,
+        cpu_query=p.cpu_query,
+        memory_query=p.memory_query,
+    )
 
 
 @click.group()
 def autoscaler() -> None:
-    """Scale Swarm services from CPU, memory or any PromQL, within each service's policy."""
+    """Scale Swarm services from CPU, memory or any PromQL, within each service's policy.
+
+    Services opt in with the deploy label swarmshift.autoscale=true and declare at least
+    swarmshift.autoscale.max and a target (cpu, memory or query); see the README for every key.
+    """
+
+
+@autoscaler.command()
+@config_option
+@prometheus_option
+@source_option
+@click.option("--interval", type=str, default=None, help="Seconds (or 30s, 1m) between evaluations; default 15.  [env: SWARMSHIFT_INTERVAL]")
+@click.option("--listen", default=None, metavar="HOST:PORT", help="HTTP address; default 0.0.0.0:8080.  [env: SWARMSHIFT_LISTEN]")
+@click.option("--events-file", default=None, type=click.Path(dir_okay=False), help="Append scaling events here as JSON lines.  [env: SWARMSHIFT_EVENTS_FILE]")
+@click.option("--dry-run", is_flag=True, default=None, help="Decide and log (dry_run=true), change nothing.  [env: SWARMSHIFT_DRY_RUN]")
+def run(config_path, prometheus_url, source, interval, listen, events_file, dry_run) -> None:
+    """Run the autoscaler daemon: evaluate every interval, serve /healthz, /metrics, /v1/events, /v1/alerts."""
+    with config_errors():
+        cfg, policy_file = load_config(
+            config_path, prometheus_url=prometheus_url, source=source, interval=interval, listen=listen,
+            events_file=events_file, dry_run=True if dry_run else None,
+        )
+        token = _token(cfg)
+    asyncio.run(_serve(cfg, policy_file, token))
+
+
+def _token(cfg: AutoscalerConfig) -> TokenFile | None:
+    if not cfg.token_file:
+        return None
+    try:
+        return TokenFile(cfg.token_file)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"config: token_file: cannot read the token: {err} (got {cfg.token_file!r})"]) from err
+
+
+async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFile | None) -> None:
+    swarm = Swarm(timeout=cfg.docker_timeout)
+    notifier = Notifier(cfg.notify.webhooks, timeout=cfg.notify.timeout, retries=cfg.notify.retries)
+    scaler = Autoscaler(
+        swarm, make_source(cfg, swarm), policy_file,
+        telemetry=Telemetry(), events=EventLog(cfg.events_kept, cfg.events_file), notifier=notifier,
+        dry_run=cfg.dry_run,
+    )
+    from autoscaler.api import make_app
+
+    host, port = parse_listen(cfg.listen)
+    runner = await start(make_app(scaler, token), host, port)
+    await notifier.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if token is None:
+        log.warning("alerts_disabled", reason="no token_file configured: POST /v1/alerts answers 401")
+    log.info("autoscaler_started", source=scaler.source.name, interval=cfg.interval, listen=cfg.listen,
+             dry_run=cfg.dry_run, events_file=cfg.events_file)
+    try:
+        await scaler.run(cfg.interval, stop)
+    finally:
+        log.info("autoscaler_stopping")
+        await notifier.close()
+        await runner.cleanup()
+        await swarm.close()
+
+
+@autoscaler.command()
+@config_option
+def check(config_path) -> None:
+    """Validate the policy file and the labels of every opted-in service; exit 2 on any problem."""
+    with config_errors():
+        _, policy_file = load_config(config_path)
+    try:
+        services = asyncio.run(Swarm().services())
+    except DockerUnavailable as err:
+        click.echo(f"cannot list services: {err}", err=True)
+        sys.exit(EXIT_FAILED)
+    problems: list[str] = []
+    checked = 0
+    for svc in services:
+        warning = scope_warning(svc.name, svc.labels, policy_file)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        resolved = resolve(svc.name, svc.labels, policy_file)
+        if resolved is None:
+            continue
+        checked += 1
+        problems += list(resolved.problems) + capacity_problems(resolved, svc.limits, svc.reservations)
+    for name in policy_file.unmatched(s.name for s in services):
+        click.echo(f"warning: {config_path}: services.{name}: matches no service", err=True)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        sys.exit(EXIT_USAGE)
+    click.echo(f"ok: {checked} service(s) in scope, no problems")
+
+
+@autoscaler.command()
+@config_option
+@prometheus_option
+@source_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plan(config_path, prometheus_url, source, as_json) -> None:
+    """Run one evaluation and change nothing: per service, metrics against targets and the replicas wanted."""
+    with config_errors():
+        cfg, policy_file = load_config(config_path, prometheus_url=prometheus_url, source=source)
+    try:
+        evaluations = asyncio.run(_plan(cfg, policy_file))
+    except DockerUnavailable as err:
+        click.echo(f"cannot read the swarm: {err}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in evaluations], indent=2))
+    else:
+        click.echo(render_plan(evaluations))
+
+
+async def _plan(cfg: AutoscalerConfig, policy_file: PolicyFile) -> list[Evaluation]:
+    swarm = Swarm(timeout=cfg.docker_timeout)
+    scaler = Autoscaler(swarm, make_source(cfg, swarm), policy_file)
+    if scaler.source.name == "docker":
+        # CPU from Docker stats is the counter's increase between two reads.
+        await scaler.evaluate(act=False)
+        await asyncio.sleep(1.0)
+    try:
+        return await scaler.evaluate(act=False)
+    finally:
+        await swarm.close()
+
+
+def _metric_cell(m: dict[str, Any]) -> str:
+    value = "<none>" if m["value"] is None else f"{m['value']:.0f}"
+    unit = "%" if m["metric"] in ("cpu", "memory") else ""
+    return f"{m['metric']} {value}{unit}/{m['target']:g}{unit}"
+
+
+def render_plan(evaluations: list[Evaluation]) -> str:
+    """A table like `kubectl get hpa`, then the problems found, one per line."""
+    rows = [("SERVICE", "REPLICAS", "METRICS", "DESIRED", "REASON", "POLICY")]
+    notes = []
+    for e in sorted(evaluations, key=lambda e: e.service):
+        d = e.as_dict()
+        replicas = f"{e.running}/{e.replicas if e.replicas is not None else '-'}"
+        if e.decision is None:
+            rows.append((e.service, replicas, "-", "-", e.skipped or "-", e.source))
+        else:
+            metrics = ", ".join(_metric_cell(m) for m in d["metrics"]) or "-"
+            rows.append((e.service, replicas, metrics, str(e.decision.desired), str(e.decision.reason), e.source))
+            notes.append(f"{e.service}: {e.decision.detail}")
+        notes += e.problems
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no service is in scope: label one with swarmshift.autoscale=true)")
+    return "\n".join(lines + ([""] + notes if notes else []))
+

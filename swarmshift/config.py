@@ -178,12 +178,23 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def load(model: type[M], path: str | Path | None = None, env: Mapping[str, str] | None = None) -> M:
-    """The validated config: the file's values, overridden by the environment's."""
+def load(
+    model: type[M],
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> M:
+    """The validated config: the file's values, overridden by the environment's, then by flags.
+
+    `flags` holds command-line values by key path (nested mappings); None values are ignored.
+    """
     env = os.environ if env is None else env
     data = read_yaml(path) if path else {}
     overrides, sources = env_overrides(model, env)
     merged = _deep_merge(data, overrides)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged = _deep_merge(merged, given)
+    sources = {**sources, **{(key,): "command line" for key in given}}
     try:
         return model.model_validate(merged)
     except ValidationError as err:

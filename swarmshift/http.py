@@ -73,6 +73,8 @@ def authenticated(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         token = request.app.get(TOKEN_KEY)
         if token is None or not token.matches(request.headers.get("Authorization")):
+            log.warning("http_unauthorized", path=request.path, remote=request.remote,
+                        reason="no token configured" if token is None else "missing or wrong bearer token")
             return web.json_response(
                 {"error": "missing or wrong bearer token"},
                 status=401,

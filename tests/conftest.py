@@ -16,7 +16,7 @@ from tests.support import lab
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
-pytest_plugins = ["tests.support.fixtures_prom"]
+pytest_plugins = ["tests.support.fixtures_prom", "tests.support.swarmshift_proc"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,6 +76,16 @@ def demo_image(docker_client) -> str:
             path=str(ROOT / "stack" / "demo-app"), tag=lab.DEMO_IMAGE, buildargs={"BASE_IMAGE": lab.BASE_IMAGE}
         )
     return lab.DEMO_IMAGE
+
+
+@pytest.fixture
+def knob():
+    """A hand-turned gauge (`swarmshift_test_load{service=...}`) for Prometheus to scrape."""
+    from tests.support.knob import Knob
+
+    k = Knob()
+    yield k
+    k.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,462 @@
+"""The autoscaler loop: read Swarm and the metrics source, decide per service, write, record.
+
+Per loop it makes a constant number of requests whatever the number of services: one service
+list, one task list, and one query per metric (plus one per custom PromQL policy). The state
+that must survive a restart (scale events, last scale time) is a label written in the same
+service update as the replica change; writes carry the version they were decided on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from autoscaler.decide import (
+    Decision,
+    History,
+    MetricSample,
+    Observation,
+    cap_to_capacity,
+    decide,
+    decide_alert,
+)
+from autoscaler.events import EventLog
+from autoscaler.policy import (
+    STATE_LABEL,
+    PolicyFile,
+    Resolved,
+    capacity_problems,
+    resolve,
+    utilisation_base,
+)
+from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
+from autoscaler.telemetry import Telemetry
+from swarmshift import logs
+from swarmshift.alerts import Alert, Notification
+from swarmshift.notify import Notifier
+from swarmshift.swarm import DockerUnavailable, NotFound, Service, Swarm, SwarmError, Task, VersionConflict
+
+log = logs.get("autoscaler")
+
+# The blue-green controller puts this label on both colors of an app during a deploy.
+LOCK_LABEL = "swarmshift.bluegreen.lock"
+NO_SUITABLE_NODE = "no suitable node"
+
+
+def no_series_message(service: str) -> str:
+    return f"no series for service {service}: is cAdvisor scraped, and are its labels kept?"
+
+
+@dataclass
+class Evaluation:
+    """What one loop found and did for one in-scope service (the rows of `plan`)."""
+
+    service: str
+    replicas: int | None
+    running: int
+    source: str = ""
+    decision: Decision | None = None
+    skipped: str | None = None  # why the service was not evaluated
+    problems: list[str] = field(default_factory=list)
+    scaled: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "service": self.service,
+            "replicas": self.replicas,
+            "running": self.running,
+            "policy_source": self.source,
+            "skipped": self.skipped,
+            "problems": self.problems,
+        }
+        if self.decision is not None:
+            out.update(self.decision.as_dict())
+            out["desired"] = self.decision.desired
+        return out
+
+
+@dataclass(frozen=True)
+class AlertResult:
+    status: int
+    alert: str
+    service: str | None
+    outcome: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "alert": self.alert, "service": self.service,
+                "outcome": self.outcome, "detail": self.detail}
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        swarm: Swarm,
+        source: MetricsSource,
+        policy_file: PolicyFile | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        events: EventLog | None = None,
+        notifier: Notifier | None = None,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.swarm = swarm
+        self.source = source
+        self.policy_file = policy_file
+        self.telemetry = telemetry or Telemetry()
+        self.events = events or EventLog()
+        self.notifier = notifier or Notifier([])
+        self.dry_run = dry_run
+        self.clock = clock
+        self._histories: dict[str, History] = {}  # by service id; recommendations live only here
+        self._reported: dict[str, tuple[str, ...]] = {}  # problems already logged, per service
+        self._alerts_acted: dict[tuple[str, str], float] = {}  # (service, fingerprint) -> time
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._in_scope: set[str] = set()
+        self.source_up: bool | None = None
+        self.docker_up: bool | None = None
+
+    # -- one loop ----------------------------------------------------------------------------
+
+    async def evaluate(self, act: bool = True) -> list[Evaluation]:
+        """One evaluation of every in-scope service; with act=False nothing is written or logged as scaled."""
+        now = self.clock()
+        services = await self.swarm.services()
+        tasks = await self.swarm.tasks(desired="running")
+        by_service: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_service.setdefault(task.service_id, []).append(task)
+
+        evaluations: dict[str, Evaluation] = {}
+        candidates: list[tuple[Service, Resolved, Target]] = []
+        for svc in services:
+            resolved = resolve(svc.name, svc.labels, self.policy_file)
+            if resolved is None:
+                continue
+            running = [t for t in by_service.get(svc.id, []) if t.running]
+            ev = Evaluation(svc.name, svc.replicas, len(running), source=resolved.source)
+            evaluations[svc.name] = ev
+            skip = self._skip_reason(svc, resolved)
+            if skip:
+                ev.skipped, ev.problems = skip
+                continue
+            assert resolved.policy is not None
+            policy = resolved.policy
+            targets = policy.targets()
+            candidates.append((svc, resolved, Target(
+                service=svc.name,
+                tasks=frozenset(t.id for t in running),
+                cpu_basis=utilisation_base(svc.limits.cpus, svc.reservations.cpus) or 0.0,
+                memory_basis=int(utilisation_base(svc.limits.memory, svc.reservations.memory) or 0),
+                cpu="cpu" in targets,
+                memory="memory" in targets,
+                query=policy.query_for(svc.name) if "query" in targets else None,
+            )))
+        self._track_scope(evaluations)
+
+        usage = await self._collect([target for _, _, target in candidates])
+        for svc, resolved, target in candidates:
+            ev = evaluations[svc.name]
+            if usage is None:
+                ev.skipped = "metrics source down: holding"
+                continue
+            unschedulable = sum(
+                1 for t in by_service.get(svc.id, []) if t.state == "pending" and NO_SUITABLE_NODE in (t.error + t.message)
+            )
+            await self._decide_and_act(svc, resolved, target, usage.get(svc.name, Usage()), unschedulable, ev, now, act)
+        return list(evaluations.values())
+
+    def _skip_reason(self, svc: Service, resolved: Resolved) -> tuple[str, list[str]] | None:
+        if not resolved.ok:
+            self._report(svc.name, resolved.problems)
+            return "invalid policy", list(resolved.problems)
+        assert resolved.policy is not None
+        problems = capacity_problems(resolved, svc.limits, svc.reservations)
+        if svc.replicas is None:
+            problems.append(f"service {svc.name}: a global service has no replica count to scale")
+        if problems:
+            self._report(svc.name, problems)
+            return "invalid policy", problems
+        self._report(svc.name, ())
+        if LOCK_LABEL in svc.labels:
+            return f"locked by the blue-green controller ({svc.labels[LOCK_LABEL]})", []
+        if svc.updating:
+            assert svc.update_status is not None
+            return f"Swarm {svc.update_status.state.replace('_', ' ')} in progress", []
+        return None
+
+    def _report(self, service: str, problems: Iterable[str], event: str = "service_policy_invalid") -> None:
+        """Log a service's problems of one kind once, not every loop, and say when they are gone."""
+        problems = tuple(problems)
+        key = f"{service}#{event}"
+        before = self._reported.get(key, ())
+        if problems == before:
+            return
+        self._reported[key] = problems
+        if problems:
+            log.error(event, service=service, problems=list(problems))
+        elif before:
+            log.info(f"{event}_cleared", service=service)
+
+    def _track_scope(self, evaluations: dict[str, Evaluation]) -> None:
+        scope = set(evaluations)
+        for gone in self._in_scope - scope:
+            self.telemetry.forget(gone)
+            for key in [k for k in self._reported if k.startswith(f"{gone}#")]:
+                del self._reported[key]
+        self._in_scope = scope
+        self.telemetry.services.set(len(scope))
+
+    async def _collect(self, targets: list[Target]) -> dict[str, Usage] | None:
+        if not targets:
+            return {}
+        try:
+            usage = await self.source.collect(targets)
+        except SourceDown as err:
+            if self.source_up is not False:  # log once per outage, not every loop
+                log.error("metrics_source_down", source=self.source.name, error=str(err), action="holding every service")
+            self.source_up = False
+            self.telemetry.source_up.set(0)
+            return None
+        if self.source_up is False:
+            log.info("metrics_source_recovered", source=self.source.name)
+        self.source_up = True
+        self.telemetry.source_up.set(1)
+        return usage
+
+    def _observe(self, svc: Service, resolved: Resolved, target: Target, usage: Usage, ev: Evaluation) -> Observation:
+        assert resolved.policy is not None
+        samples = []
+        no_series = []
+        for metric, goal in resolved.policy.targets().items():
+            if metric == "query":
+                if usage.query_error:
+                    ev.problems.append(f"service {svc.name}: query: {usage.query_error}")
+                samples.append(MetricSample("query", goal, total=usage.query))
+                continue
+            values = usage.cpu if metric == "cpu" else usage.memory
+            missing = tuple(sorted(target.tasks - set(values)))
+            if target.tasks and not values:
+                no_series.append(metric)
+            samples.append(MetricSample(metric, goal, values=tuple(values[t] for t in sorted(values)), missing=missing))
+        if no_series:
+            ev.problems.append(no_series_message(svc.name))
+        self._report(svc.name, ev.problems, "service_metrics_missing")
+        return Observation(svc.name, svc.replicas or 0, tuple(samples), running=len(target.tasks))
+
+    def _history(self, svc: Service, now: float) -> History:
+        """Memory's recommendations, with the scale events and last scale time from the service label."""
+        saved = self._saved_history(svc)
+        known = self._histories.get(svc.id)
+        if known is None:
+            return History.after_restart(svc.replicas or 0, now, saved)
+        return replace(known, events=saved.events, last_scale_at=saved.last_scale_at) if saved else known
+
+    def _saved_history(self, svc: Service) -> History | None:
+        text = svc.labels.get(STATE_LABEL)
+        if not text:
+            return None
+        try:
+            return History.decode(text)
+        except ValueError as err:
+            self._report(svc.name, [str(err)], "service_state_label_invalid")
+            return None
+
+    async def _decide_and_act(
+        self, svc: Service, resolved: Resolved, target: Target, usage: Usage, unschedulable: int,
+        ev: Evaluation, now: float, act: bool,
+    ) -> None:
+        assert resolved.policy is not None
+        policy = resolved.policy
+        observation = self._observe(svc, resolved, target, usage, ev)
+        history = self._history(svc, now)
+        decision = cap_to_capacity(decide(observation, policy, history, now), unschedulable)
+        ev.decision = decision
+        self._export(decision)
+        if decision.reason == "capacity" and act:
+            log.warning("scale_capped_by_capacity", service=svc.name, replicas=decision.current,
+                        unschedulable=unschedulable, detail=decision.detail)
+        if not act:
+            return
+        if not decision.changed or self.dry_run:
+            if decision.changed:  # dry run: say what would happen, change nothing
+                self._scaled(decision, resolved.source, dry_run=True)
+            else:
+                log.debug("service_held", service=svc.name, replicas=decision.current,
+                          reason=str(decision.reason), detail=decision.detail)
+            self._histories[svc.id] = history.record(replace(decision, desired=decision.current), now, policy)
+            return
+
+        def redecide(fresh: Service) -> Decision:
+            # Another writer (a second daemon, an operator) changed the service since the list:
+            # decide again on what is there now, never write the stale decision.
+            if fresh.version == svc.version:
+                return decision
+            fresh_obs = replace(observation, current=fresh.replicas or 0)
+            return cap_to_capacity(decide(fresh_obs, policy, self._history(fresh, now), now), unschedulable)
+
+        try:
+            ev.decision, ev.scaled = await self._write(svc.id, redecide, now, policy)
+        except _Held:
+            ev.skipped = "locked or updating since it was read"
+            return
+        if ev.scaled:
+            self._scaled(ev.decision, resolved.source, dry_run=False)
+
+    async def _write(self, service_id: str, decide_on: Callable[[Service], Decision], now: float, policy) -> tuple[Decision, bool]:
+        """Write a decision at the version it was made on; re-read and re-decide on a conflict."""
+        final: dict[str, Any] = {}
+
+        def changes(fresh: Service) -> dict[str, Any] | None:
+            if LOCK_LABEL in fresh.labels or fresh.updating:
+                final["decision"] = None
+                return None
+            decision = decide_on(fresh)
+            history = self._history(fresh, now)
+            final["decision"], final["history"], final["id"] = decision, history, fresh.id
+            if not decision.changed:
+                return None
+            new_history = history.record(decision, now, policy)
+            final["history"] = new_history
+            return {"replicas": decision.desired, "labels": {STATE_LABEL: new_history.encode()}}
+
+        lock = self._locks.setdefault(service_id, asyncio.Lock())
+        async with lock:
+            try:
+                written = await self.swarm.modify(service_id, changes)
+            except (VersionConflict, NotFound, SwarmError) as err:
+                log.warning("scale_write_failed", service_id=service_id, error=str(err))
+                written = None
+        decision = final.get("decision")
+        if decision is None:
+            raise _Held()
+        if "history" in final:
+            history = final["history"]
+            if written is None:
+                history = history.record(replace(decision, desired=decision.current), now, policy)
+            self._histories[final["id"]] = history
+        return decision, written is not None
+
+    def _export(self, decision: Decision) -> None:
+        t = self.telemetry
+        t.current.labels(decision.service).set(decision.current)
+        t.desired.labels(decision.service).set(decision.desired)
+        for m in decision.metrics:
+            t.metric_target.labels(decision.service, m.metric).set(m.target)
+            if m.value is not None:
+                t.metric_value.labels(decision.service, m.metric).set(m.value)
+
+    def _scaled(self, decision: Decision, policy_source: str, *, dry_run: bool, alert: str | None = None) -> None:
+        event = {
+            **decision.as_dict(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+            "policy_source": policy_source,
+            "dry_run": dry_run,
+        }
+        if alert:
+            event["alert"] = alert
+        log.info("service_scaled", **{k: v for k, v in event.items() if k != "at"})
+        self.events.record(event)
+        if not dry_run:
+            self.telemetry.scale_events.labels(decision.service, decision.direction).inc()
+        verb = "would scale" if dry_run else "scaled"
+        self.notifier.send(
+            {"type": "service_scaled", **event},
+            f"swarmshift: {verb} {decision.service} from {decision.current} to {decision.desired} "
+            f"({decision.reason}: {decision.detail})",
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Evaluate every `interval` seconds until `stop` is set; no failure ends the loop."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.evaluate(act=True)
+                if self.docker_up is False:
+                    log.info("docker_recovered")
+                self.docker_up = True
+            except DockerUnavailable as err:
+                if self.docker_up is not False:
+                    log.error("docker_unavailable", error=str(err), action="holding every service, retrying")
+                self.docker_up = False
+            except Exception:  # noqa: BLE001 - the loop must survive anything one evaluation does
+                log.exception("loop_failed")
+            elapsed = time.monotonic() - started
+            self.telemetry.loop_duration.observe(elapsed)
+            log.debug("loop_done", seconds=round(elapsed, 4), docker_requests=self.swarm.calls,
+                      metrics_requests=self.source.requests)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, interval - elapsed))
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    async def on_alerts(self, notification: Notification) -> list[AlertResult]:
+        return [await self._on_alert(alert) for alert in notification.alerts]
+
+    async def _on_alert(self, alert: Alert) -> AlertResult:
+        name = alert.labels.get("alertname", alert.identity)
+        action = alert.labels.get("swarmshift_action")
+        service_name = alert.labels.get("service")
+        if action is None:
+            return AlertResult(200, name, service_name, "ignored", "no swarmshift_action label")
+        if not alert.firing:
+            log.info("alert_resolved", alert=name, service=service_name, action=action)
+            return AlertResult(200, name, service_name, "resolved", "resolved alerts are logged, not acted on")
+        if action not in ("scale_up", "scale_down"):
+            return AlertResult(422, name, service_name, "rejected",
+                               f"swarmshift_action must be scale_up or scale_down (got {action!r})")
+        if not service_name:
+            return AlertResult(422, name, None, "rejected", "the alert has no service label")
+        step_text = alert.labels.get("step", "1")
+        if not step_text.isdigit() or int(step_text) < 1:
+            return AlertResult(422, name, service_name, "rejected", f"step must be a whole number >= 1 (got {step_text!r})")
+        step = int(step_text)
+        try:
+            svc = await self.swarm.service(service_name)
+        except NotFound:
+            return AlertResult(404, name, service_name, "rejected", f"no service named {service_name!r}")
+        resolved = resolve(svc.name, svc.labels, self.policy_file)
+        if resolved is None or not resolved.ok:
+            why = "is not opted in to autoscaling" if resolved is None else "has an invalid policy: " + "; ".join(resolved.problems)
+            return AlertResult(422, name, svc.name, "rejected", f"service {svc.name} {why}")
+        assert resolved.policy is not None
+        policy = resolved.policy
+        now = self.clock()
+        key = (svc.id, alert.identity)
+        acted = self._alerts_acted.get(key)
+        if acted is not None and now - acted < policy.cooldown:
+            return AlertResult(200, name, svc.name, "repeat",
+                               f"this alert already acted {now - acted:.0f}s ago; cooldown is {policy.cooldown:g}s")
+        if LOCK_LABEL in svc.labels or svc.updating:
+            return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
+
+        def alert_decision(fresh: Service) -> Decision:
+            return decide_alert(action, step, fresh.replicas or 0, policy, self._history(fresh, now), now, service=fresh.name)
+
+        if self.dry_run:
+            decision = alert_decision(svc)
+            if decision.changed:
+                self._scaled(decision, resolved.source, dry_run=True, alert=name)
+            return AlertResult(200, name, svc.name, "dry_run", decision.detail)
+        try:
+            decision, scaled = await self._write(svc.id, alert_decision, now, policy)
+        except _Held:
+            return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
+        if scaled:
+            self._alerts_acted[key] = now
+            self._export(decision)
+            self._scaled(decision, resolved.source, dry_run=False, alert=name)
+            return AlertResult(200, name, svc.name, "scaled", decision.detail)
+        log.info("alert_held", alert=name, service=svc.name, reason=str(decision.reason), detail=decision.detail)
+        return AlertResult(200, name, svc.name, "held", f"{decision.reason}: {decision.detail}")
+
+
+class _Held(Exception):
+    """The fresh read showed the service locked or updating: nothing was written."""

@@ -1,0 +1,280 @@
+"""The autoscaler daemon on the real lab: real Swarm, real Prometheus and Alertmanager, real load."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import pytest
+
+from tests.support import lab
+from tests.support.load import OverlayLoad
+
+KNOB_QUERY = 'max(swarmshift_test_load{service="{{service}}"})'
+
+
+def knob_labels(**extra: str) -> dict[str, str]:
+    """A service scaled on the hand-turned gauge: value / 10 replicas."""
+    return {
+        "swarmshift.autoscale": "true",
+        "swarmshift.autoscale.max": "5",
+        "swarmshift.autoscale.query": KNOB_QUERY,
+        "swarmshift.autoscale.query.target": "10",
+        **{f"swarmshift.autoscale.{k}": v for k, v in extra.items()},
+    }
+
+
+def wait_replicas(swarm, name: str, want: int, timeout: float) -> float:
+    """Wait until the service spec asks for `want` replicas; returns when (monotonic)."""
+    lab.wait_for(f"{name} to have {want} replicas", lambda: swarm.replicas(name) == want, timeout, interval=0.2)
+    return time.monotonic()
+
+
+def stays(swarm, name: str, want: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert swarm.replicas(name) == want, f"{name} changed from {want} replicas"
+        time.sleep(0.25)
+
+
+def wall(event: dict) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def scaled(daemon, service: str) -> list[dict]:
+    return daemon.events("service_scaled", service=service)
+
+
+# -- CPU, from each source ------------------------------------------------------------------
+
+
+def cpu_service(swarm, demo_image, net, **labels):
+    return swarm.service(
+        "cpu", image=demo_image, networks=[net], cpu_limit=0.5,
+        labels={"swarmshift.autoscale": "true", "swarmshift.autoscale.max": "4", "swarmshift.autoscale.cpu": "50",
+                **{f"swarmshift.autoscale.{k}": v for k, v in labels.items()}},
+    )
+
+
+def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
+    swarm, demo_image, docker_client, prometheus, autoscaler_proc
+):
+    interval, window = 5, 10
+    net = swarm.network()
+    svc = cpu_service(swarm, demo_image, net, **{
+        "scale_down.stabilization": "20s", "scale_down.policies": "pods=1/10s",
+    })
+    daemon = autoscaler_proc({"interval": interval, "prometheus": {"url": prometheus.url, "rate_window": f"{window}s"}})
+    stays(swarm, svc.name, 1, 2 * interval)  # idle: nothing to do
+    assert daemon.metric("swarmshift_autoscaler_metrics_source_up") == 1
+
+    # About 0.8 cores of demand against one task limited to 0.5: 100 % of the limit, target 50 %.
+    load = OverlayLoad(docker_client, net, svc.name, "/burn?ms=100", rate=8, max_seconds=120, max_requests=1000)
+    onset = time.monotonic()
+    with load:
+        lab.wait_for("a scale-up", lambda: swarm.replicas(svc.name) > 1, 2 * interval + window + 15, interval=0.2)
+        reaction = time.monotonic() - onset
+        up = scaled(daemon, svc.name)[0]
+        assert (up["from"], up["direction"], up["reason"], up["dry_run"]) == (1, "up", "scale_up", False)
+        cpu = next(m for m in up["metrics"] if m["metric"] == "cpu")
+        assert cpu["value"] > 75 and cpu["target"] == 50
+        peak = max(e["to"] for e in scaled(daemon, svc.name))
+        lab.wait_for("tasks to run", lambda: len(swarm.running_tasks(svc.name)) == swarm.replicas(svc.name), 60)
+    stopped = time.time()
+    print(f"reaction {reaction:.1f}s, peak {peak} replicas")
+
+    wait_replicas(swarm, svc.name, 1, 20 + window + 10 * (peak - 1) + 4 * interval + 15)
+    downs = [e for e in scaled(daemon, svc.name) if e["direction"] == "down"]
+    assert downs and all(e["from"] - e["to"] == 1 for e in downs), downs  # pods=1 per 10 s
+    times = [wall(e) for e in downs]
+    assert all(b - a >= 9.5 for a, b in zip(times, times[1:], strict=False)), times  # one step per 10 s
+    assert times[0] - stopped >= 20, "scaled down inside the 20 s stabilization window"
+
+
+def test_cpu_load_scales_up_through_docker_stats(swarm, demo_image, docker_client, autoscaler_proc):
+    interval = 5
+    net = swarm.network()
+    svc = cpu_service(swarm, demo_image, net)
+    daemon = autoscaler_proc({"interval": interval, "source": "docker"})
+    stays(swarm, svc.name, 1, 2 * interval)
+    with OverlayLoad(docker_client, net, svc.name, "/burn?ms=100", rate=8, max_seconds=60, max_requests=500):
+        onset = time.monotonic()
+        lab.wait_for("a scale-up", lambda: swarm.replicas(svc.name) > 1, 2 * interval + 15, interval=0.2)
+        print(f"reaction {time.monotonic() - onset:.1f}s")
+    up = scaled(daemon, svc.name)[0]
+    assert up["from"] == 1 and up["direction"] == "up"
+    assert next(m for m in up["metrics"] if m["metric"] == "cpu")["value"] > 75
+
+
+# -- failures and restarts, on a hand-turned signal -------------------------------------------
+
+
+def test_prometheus_outage_holds_everything_and_scaling_resumes(swarm, demo_image, prometheus, knob, autoscaler_proc):
+    prometheus.add_target("knob", knob.address)
+    svc = swarm.service("outage", image=demo_image, labels=knob_labels(**{"scale_down.stabilization": "0s"}))
+    knob.set(svc.name, 30)
+    daemon = autoscaler_proc({"interval": 2, "prometheus": {"url": prometheus.url}})
+    wait_replicas(swarm, svc.name, 3, 30)
+
+    prometheus.stop()
+    knob.set(svc.name, 0)  # would mean "scale to min", if anyone could read it
+    stays(swarm, svc.name, 3, 10)
+    assert daemon.running
+    assert daemon.get("/healthz")[0] == 200
+    assert daemon.metric("swarmshift_autoscaler_metrics_source_up") == 0
+    assert len(daemon.events("metrics_source_down")) == 1  # once per outage, not every loop
+
+    prometheus.start()
+    wait_replicas(swarm, svc.name, 1, 40)
+    assert daemon.metric("swarmshift_autoscaler_metrics_source_up") == 1
+    assert len(daemon.events("metrics_source_recovered")) == 1
+    assert [e["to"] for e in scaled(daemon, svc.name)] == [3, 1]
+
+
+def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheus, knob, autoscaler_proc):
+    prometheus.add_target("knob", knob.address)
+    cooldown = 20
+    svc = swarm.service("cool", image=demo_image, labels=knob_labels(cooldown=f"{cooldown}s"))
+    knob.set(svc.name, 20)
+    first = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, name="first")
+    scaled_at = wait_replicas(swarm, svc.name, 2, 30)
+    first.kill()
+    knob.set(svc.name, 30)
+
+    second = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, name="second")
+    stays(swarm, svc.name, 2, cooldown - (time.monotonic() - scaled_at) - 1.5)
+    again = wait_replicas(swarm, svc.name, 3, 15)
+    assert again - scaled_at >= cooldown - 1.5
+    assert [(e["from"], e["to"]) for e in scaled(second, svc.name)] == [(2, 3)]
+    assert second.events("service_held", service=svc.name, reason="cooldown")
+
+
+def test_two_daemons_never_double_scale(swarm, demo_image, prometheus, knob, autoscaler_proc):
+    prometheus.add_target("knob", knob.address)
+    svc = swarm.service("pair", image=demo_image, labels=knob_labels(max="6"))
+    config = {"interval": 1, "prometheus": {"url": prometheus.url}}
+    daemons = [autoscaler_proc(config, name="a"), autoscaler_proc(config, name="b")]
+    for value, want in ((20, 2), (40, 4)):
+        knob.set(svc.name, value)
+        wait_replicas(swarm, svc.name, want, 30)
+        stays(swarm, svc.name, want, 4)
+    events = [e for d in daemons for e in scaled(d, svc.name)]
+    assert sorted((e["from"], e["to"]) for e in events) == [(1, 2), (2, 4)], events
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def alertmanager_config(daemon_url: str, token_file) -> dict:
+    return {
+        "route": {"receiver": "swarmshift", "group_by": ["alertname", "service"],
+                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "2s"},
+        "receivers": [{"name": "swarmshift", "webhook_configs": [{
+            "url": f"{daemon_url}/v1/alerts", "send_resolved": True,
+            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
+        }]}],
+    }
+
+
+def test_alert_rule_scales_through_alertmanager_and_a_wrong_token_changes_nothing(
+    swarm, demo_image, prometheus, alertmanager, autoscaler_proc, tmp_path
+):
+    token, wrong = tmp_path / "token", tmp_path / "wrong"
+    token.write_text("the-right-token\n")
+    wrong.write_text("not-the-token\n")
+    svc = swarm.service("alert", image=demo_image, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3",
+        "swarmshift.autoscale.mode": "alert", "swarmshift.autoscale.cooldown": "60s",
+    })
+    daemon = autoscaler_proc({"interval": 2, "token_file": str(token), "prometheus": {"url": prometheus.url}})
+    prometheus.add_rules(f"""
+groups:
+- name: swarmshift
+  rules:
+  - alert: DemoNeedsMore
+    expr: vector(1)
+    labels:
+      swarmshift_action: scale_up
+      service: {svc.name}
+""")
+    bad = alertmanager(alertmanager_config(daemon.url, wrong))
+    prometheus.set_alertmanager(bad.url)
+    lab.wait_for("a delivery with the wrong token", lambda: daemon.events("http_unauthorized"), 30)
+    stays(swarm, svc.name, 1, 3)
+    assert not scaled(daemon, svc.name)
+
+    bad.close()
+    good = alertmanager(alertmanager_config(daemon.url, token))
+    prometheus.set_alertmanager(good.url)
+    wait_replicas(swarm, svc.name, 2, 30)
+    # Alertmanager re-sends every 2 s; within the 60 s cooldown the same alert acts once.
+    stays(swarm, svc.name, 2, 6)
+    events = scaled(daemon, svc.name)
+    assert [(e["from"], e["to"], e["alert"], e["reason"]) for e in events] == [(1, 2, "DemoNeedsMore", "alert_scale_up")]
+
+
+def test_alert_endpoint_rejects_bad_requests(swarm, demo_image, autoscaler_proc, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    opted = swarm.service("opted", image=demo_image, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "2", "swarmshift.autoscale.mode": "alert"})
+    plain = swarm.service("plain", image=demo_image)
+    daemon = autoscaler_proc({"interval": 2, "token_file": str(token), "source": "docker"})
+    auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+
+    def alert(service, action="scale_up", status="firing", **labels):
+        return json.dumps({"version": "4", "status": status, "alerts": [{
+            "status": status, "labels": {"alertname": "X", "swarmshift_action": action, "service": service, **labels},
+            "fingerprint": "f1"}]}).encode()
+
+    def post(body, headers=auth):
+        status, reply = daemon.request("POST", "/v1/alerts", body, headers)
+        return status, json.loads(reply or b"{}")
+
+    assert post(alert(opted.name), {})[0] == 401
+    assert post(alert(opted.name), {**auth, "Authorization": "Bearer nope"})[0] == 401
+    status, reply = post(b"{not json")
+    assert status == 400 and reply["error"].startswith("malformed JSON")
+    status, reply = post(json.dumps({"version": "3", "alerts": []}).encode())
+    assert status == 400 and any("version" in p for p in reply["problems"])
+    assert post(b'"' + b"x" * (1024 * 1024 + 10) + b'"')[0] == 413
+    assert post(alert("swarmshift-no-such-service"))[0] == 404
+    assert post(alert(plain.name))[0] == 422
+    assert post(alert(opted.name, action="explode"))[0] == 422
+    assert post(alert(opted.name, step="0"))[0] == 422
+    status, reply = post(alert(opted.name, status="resolved"))
+    assert status == 200 and reply["results"][0]["outcome"] == "resolved"
+    assert swarm.replicas(opted.name) == 1 and swarm.replicas(plain.name) == 1
+    assert daemon.running
+
+    status, reply = post(alert(opted.name, step="5"))
+    assert status == 200 and reply["results"][0]["outcome"] == "scaled"
+    assert swarm.replicas(opted.name) == 2  # clamped to max
+    status, body = daemon.get(f"/v1/events?service={opted.name}")
+    assert status == 200 and [(e["from"], e["to"]) for e in json.loads(body)["events"]] == [(1, 2)]
+    assert daemon.metric("swarmshift_autoscaler_scale_events_total", service=opted.name, direction="up") == 1
+
+
+def test_check_reports_bad_labels_with_key_and_value(swarm, demo_image, tmp_path):
+    import subprocess
+
+    from tests.support.swarmshift_proc import SWARMSHIFT
+
+    svc = swarm.service("bad", image=demo_image, wait=False, replicas=0, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3", "swarmshift.autoscale.cpu": "150"})
+    result = subprocess.run([SWARMSHIFT, "autoscaler", "check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"service {svc.name}: label swarmshift.autoscale.cpu: must be in (0, 100] (got '150')" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--dry-run"])
+def test_dry_run_logs_and_changes_nothing(swarm, demo_image, prometheus, knob, autoscaler_proc, flag):
+    prometheus.add_target("knob", knob.address)
+    svc = swarm.service("dry", image=demo_image, labels=knob_labels())
+    knob.set(svc.name, 30)
+    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, flag)
+    lab.wait_for("a dry-run decision", lambda: scaled(daemon, svc.name), 20)
+    stays(swarm, svc.name, 1, 2)
+    event = scaled(daemon, svc.name)[0]
+    assert (event["dry_run"], event["from"], event["to"]) == (True, 1, 3)

@@ -1,0 +1,99 @@
+"""Run swarmshift's own daemons as real processes for lab tests, and read their JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import lab
+from tests.support.fixtures_prom import Daemon
+
+SWARMSHIFT = os.path.join(os.path.dirname(sys.executable), "swarmshift")
+
+
+class SwarmshiftDaemon(Daemon):
+    """`swarmshift <args>` with JSON logs at debug level in a file; `events(name)` parses them."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, port: int) -> None:
+        super().__init__(name, [SWARMSHIFT, "--log-format", "json", "--log-level", "debug", *args],
+                         workdir / f"{name}.log")
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+
+    def start(self) -> None:
+        super().start()
+        self.wait_http(f"{self.url}/healthz")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a traceback line, or output of a dependency
+        return out
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.lines() if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        return self.request("GET", path, headers=headers)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample from the daemon's /metrics, or None when the series is absent."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # the exposition sorts them
+        series = f"{name}{{{want}}}" if want else name
+        for line in body.decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return None
+
+
+@pytest.fixture
+def autoscaler_proc(tmp_path) -> Iterator:
+    """A factory: `autoscaler_proc(config: dict, *flags, name=...)` starts `swarmshift autoscaler run`."""
+    started: list[SwarmshiftDaemon] = []
+
+    def start(config: dict[str, Any], *flags: str, name: str = "autoscaler", env: dict | None = None) -> SwarmshiftDaemon:
+        port = lab.free_port()
+        workdir = tmp_path / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "config.yml"
+        path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", **config}))
+        daemon = SwarmshiftDaemon(name, ["autoscaler", "run", "--config", str(path), *flags], workdir, port)
+        if env:
+            daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
