@@ -51,3 +51,23 @@ def test_unknown_command_is_a_usage_error():
     result = swarmshift("frobnicate")
     assert result.returncode == 2
     assert "No such command" in result.stderr
+
+
+def test_run_refuses_a_bad_config_file_with_one_line_per_problem(tmp_path):
+    path = tmp_path / "policy.yml"
+    path.write_text("interval: soon\nlisten: nowhere\ndefaults:\n  cpu: 0\nservices:\n  web:\n    max: ten\n    cooldwn: 5s\n")
+    result = swarmshift("autoscaler", "run", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}: interval: expected a duration such as 30s, 5m or 1h30m (got 'soon')",
+        f"{path}: listen: expected HOST:PORT such as 0.0.0.0:8080 (got 'nowhere')",
+        f"{path}: defaults.cpu: must be in (0, 100] (got 0)",
+        f"{path}: services.web.max: Input should be a valid integer, unable to parse string as an integer (got 'ten')",
+        f"{path}: services.web.cooldwn: unknown key (got '5s')",
+    ]
+
+
+def test_flags_are_validated_like_the_file():
+    result = swarmshift("autoscaler", "run", "--interval", "0.5", "--listen", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["command line: interval: must be at least 1s (got '0.5')"]

@@ -1,0 +1,365 @@
+"""The blue-green controller's settings (the `--config` file and SWARMSHIFT_* variables) and the label check.
+
+Timings use the issue's names at the top level (`probe_interval`, `healthy_threshold`,
+`failure_threshold`, `verification_window`, `scale_down_delay`, `rollback_on_alert`); the router,
+the app defaults, Prometheus and notifications are sections. Lists may also be given as one
+comma-separated string, so that `SWARMSHIFT_PROGRESSIVE_STEPS=10,50,100` works.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+
+from bluegreen.model import (
+    PREVIEW_RULE_LABEL,
+    RULE_LABEL,
+    STATE_KEYS,
+    STRATEGY_LABEL,
+    AppDefaults,
+    AppState,
+    Color,
+    Labelled,
+    Strategy,
+    discover,
+    parse_rule,
+    rule_hosts,
+    validate_steps,
+)
+from bluegreen.phases import CheckResult, Settings
+from swarmshift.config import Duration, Strict
+from swarmshift.http import parse_listen
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _command(value: Any) -> Any:
+    # A command from an environment variable is one string; split it the way a shell would.
+    return shlex.split(value) if isinstance(value, str) else value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
+Command = Annotated[list[str], BeforeValidator(_command)]
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]*)\s*\}\}")
+PLACEHOLDERS = ("app", "color", "service")
+_CHECK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class PromCheck(Strict):
+    """A PromQL query that must hold while a color is checked: the check passes when `value <comparison> threshold`.
+
+    `{{app}}`, `{{color}}` and `{{service}}` in the query become the app, the color under test and
+    its Swarm service. A query that returns no sample (no traffic yet) counts as `no_data`; a
+    query Prometheus refuses always fails, because a typo must not pass silently.
+    """
+
+    name: str
+    query: str
+    threshold: float
+    comparison: Literal["<", "<=", ">", ">="] = "<"
+    no_data: Literal["pass", "fail"] = "pass"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CHECK_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query is empty")
+        unknown = sorted({name for name in _PLACEHOLDER.findall(value) if name not in PLACEHOLDERS})
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{{{unknown[0]}}}}}: use {{{{app}}}}, {{{{color}}}} or {{{{service}}}}")
+        if "{{" in _PLACEHOLDER.sub("", value):
+            raise ValueError("unbalanced {{ in the query")
+        return value
+
+    def render(self, app: str, color: Color | str, service: str) -> str:
+        values = {"app": app, "color": str(color), "service": service}
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.query)
+
+    def evaluate(self, value: float | None, error: str | None = None) -> CheckResult:
+        """The check's verdict on one query result: a value, no sample (None), or a query error."""
+        if error is not None:
+            return CheckResult(self.name, False, f"query failed: {error}")
+        if value is None or math.isnan(value):
+            return CheckResult(self.name, self.no_data == "pass", f"no data (no_data: {self.no_data})")
+        ok = {"<": value < self.threshold, "<=": value <= self.threshold,
+              ">": value > self.threshold, ">=": value >= self.threshold}[self.comparison]
+        verdict = "" if ok else "not "
+        return CheckResult(self.name, ok, f"{value:g} is {verdict}{self.comparison} {self.threshold:g}")
+
+
+class TraefikSettings(Strict):
+    dynamic_dir: str = "/etc/traefik/dynamic"  # the file provider's watched directory (traefik-file)
+    # Traefik's API, reachable only inside the stack, e.g. http://traefik:8080. When set, a switch
+    # counts as done only once Traefik reports the new weights loaded.
+    api_url: str | None = None
+    entrypoints: CommaList = ["web"]
+    # Traefik's own active health checks of each color: a dead color leaves the weighted service.
+    health_interval: Duration = 5.0
+    health_timeout: Duration = 2.0
+    confirm_timeout: Duration = 10.0
+
+    @field_validator("entrypoints")
+    @classmethod
+    def _entrypoints(cls, value: list[str]) -> list[str]:
+        if not value or any(not re.match(r"^[A-Za-z0-9_-]+$", v) for v in value):
+            raise ValueError("expected entrypoint names such as web")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("expected the API's base URL, such as http://traefik:8080")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> TraefikSettings:
+        if self.health_timeout >= self.health_interval:
+            raise ValueError("health_timeout must be shorter than health_interval")
+        return self
+
+
+class NginxSettings(Strict):
+    # One <app>.conf per app; nginx.conf includes it inside `http { include .../*.conf; }`.
+    conf_dir: str = "/etc/nginx/swarmshift"
+    listen: str = "80"  # PORT or HOST:PORT, as nginx's listen takes it
+    # How a candidate is tested; it must read the live config, where the candidate sits.
+    test_command: Command = ["nginx", "-t", "-q"]
+    # How nginx is told to reload, one of: a command, SIGHUP to the pid in a file, or SIGHUP to
+    # the containers of an nginx Swarm service on this node (the conf_dir volume's node). With
+    # `service`, the test command runs in that container through the Docker API too.
+    reload_command: Command | None = None
+    pid_file: str | None = None
+    service: str | None = None
+    resolver: str = "127.0.0.11"  # Docker's embedded DNS: names of dnsrr services resolve per request
+    resolver_valid: Duration = 5.0
+    # 0 closes client connections after each response. An nginx reload closes idle keep-alive
+    # connections, and a request sent on one at that instant is lost; without keep-alive no
+    # request can be. Raise it when every client retries idempotent requests.
+    keepalive_timeout: Duration = 0.0
+    # Where each app's file answers with the routing nginx has loaded (PORT or HOST:PORT), so a
+    # switch is confirmed by nginx itself; status_url is how the controller reaches it
+    # (http://nginx:8099). Keep the port unpublished.
+    status_listen: str | None = None
+    status_url: str | None = None
+    server_snippet: str = ""  # extra directives for every app's server block
+    command_timeout: Duration = 10.0
+    confirm_timeout: Duration = 5.0
+
+    @field_validator("listen", "status_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):)?[0-9]{1,5}$", value):
+            raise ValueError("expected PORT or HOST:PORT")
+        if value is not None and not 1 <= int(value.rsplit(":", 1)[-1]) <= 65535:
+            raise ValueError("the port must be from 1 to 65535")
+        return value
+
+    @field_validator("status_url")
+    @classmethod
+    def _status_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("expected a base URL such as http://nginx:8099")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NginxSettings:
+        reloads = [name for name in ("reload_command", "pid_file", "service") if getattr(self, name)]
+        if len(reloads) > 1:
+            raise ValueError(f"set one way to reload nginx, not {' and '.join(reloads)}")
+        if (self.status_listen is None) != (self.status_url is None):
+            raise ValueError("status_listen and status_url go together")
+        if self.status_listen is not None and self.status_listen.rsplit(":", 1)[-1] == self.listen.rsplit(":", 1)[-1]:
+            raise ValueError("status_listen must use another port than listen")
+        return self
+
+
+class RouterSettings(Strict):
+    kind: Literal["traefik-file", "traefik-http", "nginx"] = "traefik-file"
+    traefik: TraefikSettings = TraefikSettings()
+    nginx: NginxSettings = NginxSettings()
+
+
+class DefaultsSettings(Strict):
+    """Routing attributes of apps whose labels don't set them; `{app}` in a rule is the app's name."""
+
+    port: int | None = Field(None, ge=1, le=65535)
+    rule: str | None = None
+    health_path: str = "/health"
+    preview_rule: str | None = None
+    strategy: Strategy = Strategy.BLUEGREEN
+
+    @field_validator("rule", "preview_rule")
+    @classmethod
+    def _rule(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rule(value.replace("{app}", "app"))
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, value: str) -> str:
+        if not re.match(r"^/[^\s\"'`;{}\\]*$", value):
+            raise ValueError("expected an absolute path such as /health")
+        return value
+
+
+class PrometheusSettings(Strict):
+    url: str | None = None
+    timeout: Duration = 5.0
+
+
+class NotifySettings(Strict):
+    webhooks: CommaList = []
+    timeout: Duration = 5.0
+    retries: int = Field(3, ge=1, le=10)
+
+
+class BlueGreenConfig(Strict):
+    # Fields are validated in this order, so a check on one field may look at those above it.
+    listen: str = "0.0.0.0:8080"
+    token_file: str | None = None
+    docker_timeout: Duration = 10.0
+    router: RouterSettings = RouterSettings()
+    defaults: DefaultsSettings = DefaultsSettings()
+    probe_interval: Duration = 2.0
+    probe_timeout: Duration | None = None  # default: 2s, or probe_interval when that is shorter
+    healthy_threshold: int = Field(3, ge=1, le=100)
+    failure_threshold: int = Field(2, ge=0, le=100)
+    wait_timeout: Duration = 300.0
+    precheck_timeout: Duration = 120.0
+    switch_timeout: Duration = 30.0
+    verification_window: Duration = 60.0
+    prometheus: PrometheusSettings = PrometheusSettings()
+    checks: list[PromCheck] = []
+    scale_down_delay: Duration = 600.0
+    keep: bool = False
+    rollback_on_alert: Literal["verification", "always", "never"] = "verification"
+    on_restart: Literal["resume", "rollback"] = "resume"
+    progressive_steps: Annotated[list[int], BeforeValidator(_comma_list)] = [10, 50, 100]
+    notify: NotifySettings = NotifySettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, value: DefaultsSettings, info: ValidationInfo) -> DefaultsSettings:
+        router = info.data.get("router")
+        if router is not None and router.kind == "nginx" and value.strategy is Strategy.PROGRESSIVE:
+            raise ValueError("strategy progressive needs a Traefik router: nginx switches all traffic at once")
+        return value
+
+    @field_validator("probe_interval")
+    @classmethod
+    def _probe_interval(cls, value: float) -> float:
+        if value < 0.2:
+            raise ValueError("must be at least 200ms")
+        return value
+
+    @field_validator("probe_timeout")
+    @classmethod
+    def _probe_timeout(cls, value: float | None, info: ValidationInfo) -> float | None:
+        interval = info.data.get("probe_interval")
+        if value is not None and interval is not None and value > interval:
+            raise ValueError("must not exceed probe_interval: a probe round has to fit in a tick")
+        return value
+
+    @field_validator("verification_window")
+    @classmethod
+    def _window(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("probe_interval")
+        if interval is not None and value < interval:
+            raise ValueError("must hold at least one probe_interval")
+        return value
+
+    @field_validator("progressive_steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        validate_steps(value)
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, value: list[PromCheck], info: ValidationInfo) -> list[PromCheck]:
+        names = [check.name for check in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"check names must be unique: {', '.join(duplicates)}")
+        prometheus = info.data.get("prometheus")
+        if value and prometheus is not None and not prometheus.url:
+            raise ValueError("checks need prometheus.url")
+        return value
+
+    @property
+    def probe_timeout_seconds(self) -> float:
+        return self.probe_timeout if self.probe_timeout is not None else min(2.0, self.probe_interval)
+
+    @property
+    def rollback_deadline(self) -> float:
+        """Seconds from the first failed check to the rollback's routing, excluding the router's own apply."""
+        return self.probe_interval * self.failure_threshold
+
+    def settings(self) -> Settings:
+        return Settings(
+            probe_interval=self.probe_interval,
+            healthy_threshold=self.healthy_threshold,
+            failure_threshold=self.failure_threshold,
+            wait_timeout=self.wait_timeout,
+            precheck_timeout=self.precheck_timeout,
+            switch_timeout=self.switch_timeout,
+            verification_window=self.verification_window,
+            scale_down_delay=self.scale_down_delay,
+            keep=self.keep,
+            rollback_on_alert=self.rollback_on_alert,
+            on_restart=self.on_restart,
+            progressive_steps=tuple(self.progressive_steps),
+        )
+
+    def app_defaults(self) -> AppDefaults:
+        d = self.defaults
+        return AppDefaults(port=d.port, rule=d.rule, health_path=d.health_path, preview_rule=d.preview_rule,
+                           strategy=d.strategy)
+
+
+def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig) -> list[str]:
+    """Every problem with the blue-green labels of `services`, one line each (for `bluegreen check`)."""
+    services = list(services)
+    found = discover(services, config.app_defaults())
+    problems = list(found.problems)
+    for svc in sorted(services, key=lambda s: s.name):
+        if any(key in STATE_KEYS for key in svc.labels):
+            problems.extend(AppState.from_labels(svc.labels, svc.name)[1])
+    if config.router.kind != "nginx":
+        return problems
+    for app in found.apps.values():
+        where = f"app {app.name}"
+        if app.strategy is Strategy.PROGRESSIVE:
+            problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
+                            "all traffic at once (got 'progressive')")
+        for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
+            if rule is not None and rule_hosts(parse_rule(rule)) is None:
+                problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
+                                f"joined by || (got {rule!r})")
+    return problems
+

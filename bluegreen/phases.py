@@ -1,0 +1,702 @@
+"""The deploy state machine: from the stored state and one tick's observations to the next state and its intents.
+
+Everything here is plain data and functions; the daemon loop does the I/O. One tick:
+
+1. Observe: both color services (`ColorStatus`), the routing the router reports in effect
+   (`Router.read`), and, when `needs(state)` asks for them, one probe round of the color under
+   test and the PromQL checks; plus any alert that fired for the app since the last tick.
+2. `step = advance(app, state, progress, observation, settings)`.
+3. Execute `plan(step, stored_generations)` in this order: `first` (the new state, with the
+   intents for that color, in one `Swarm.update` at the version read), `routes` (apply, then
+   confirm), `then` (the other color), `notifications`. Keep `step.progress` in memory.
+
+Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
+
+- Intents are declarative ("color green runs image X", "weights 0/100") and are emitted only
+  while the observation shows they are not in place yet. Running one twice changes nothing;
+  and once in place, it is not emitted again.
+- The state is written before the intents run (and travels in the same service update as the
+  intents for that service). A kill after the write resumes in the new phase, which emits the
+  intents still missing; a kill before it repeats the tick. Notifications are sent once, after
+  the write: at most once per transition.
+- Traffic leans toward a deploy's target only in Switching, Progressing and Verifying, and the
+  only ways out of those are a completed verification window or RollingBack. A restart in them
+  starts a fresh window (failures already counted are stored and kept), or, with
+  `on_restart: rollback`, rolls back.
+- `Progress` (probe streaks, the window's rounds) is volatile: after a restart it starts empty,
+  which only ever asks for more evidence, never less.
+
+Rollback deadline: a verification round fails at most `probe_interval` after a failure starts;
+the round that exceeds `failure_threshold` moves to RollingBack and emits the Route back in the
+same step, so traffic is back within probe_interval × failure_threshold (counted from the first
+failed round) plus the time the router takes to apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Literal
+
+from bluegreen.model import (
+    LOCK_LABEL,
+    AppState,
+    Color,
+    Deploy,
+    Operation,
+    Phase,
+    Result,
+    Routing,
+    Strategy,
+    new_deploy_id,
+    same_image,
+)
+from swarmshift.config import format_duration
+
+AlertPolicy = Literal["verification", "always", "never"]
+RestartPolicy = Literal["resume", "rollback"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The controller config's knobs that the machine reads (see bluegreen.config)."""
+
+    probe_interval: float = 2.0
+    healthy_threshold: int = 3
+    failure_threshold: int = 2
+    wait_timeout: float = 300.0
+    precheck_timeout: float = 120.0
+    switch_timeout: float = 30.0
+    verification_window: float = 60.0
+    scale_down_delay: float = 600.0
+    keep: bool = False
+    rollback_on_alert: AlertPolicy = "verification"
+    on_restart: RestartPolicy = "resume"
+    progressive_steps: tuple[int, ...] = (10, 50, 100)
+
+    @property
+    def window_rounds(self) -> int:
+        """Probe rounds a verification window must hold, so a slow tick can't shorten the evidence."""
+        return max(1, math.floor(self.verification_window / self.probe_interval + 1e-9))
+
+
+# --- Observations ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColorStatus:
+    """One color's service as read this tick."""
+
+    service: str
+    image: str
+    replicas: int  # desired
+    running: int  # tasks running
+    # Running tasks whose container reports unhealthy or starting. Swarm reports a task with a
+    # health check as running only once it first passed, so a health Docker cannot read (a task
+    # on another node) is not counted here.
+    unhealthy: int = 0
+    updating: bool = False  # a Swarm rolling update is in progress
+    lock: str | None = None  # the value of swarmshift.bluegreen.lock
+
+    def ready(self) -> bool:
+        return self.replicas > 0 and self.running >= self.replicas and self.unhealthy == 0 and not self.updating
+
+    def describe(self) -> str:
+        text = f"{self.running}/{self.replicas} tasks running"
+        if self.unhealthy:
+            text += f", {self.unhealthy} unhealthy"
+        if self.updating:
+            text += ", a rolling update is in progress"
+        return text
+
+
+class ProbeOutcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # the tasks answered, wrongly (status, timeout, refused)
+    UNREACHABLE = "unreachable"  # the controller has no network path to the tasks: never healthy
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One round of HTTP probes of a color's tasks (all of them must pass for OK)."""
+
+    outcome: ProbeOutcome
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is ProbeOutcome.OK
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One PromQL check, already compared with its threshold (bluegreen.config.PromCheck.evaluate)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float  # wall clock, seconds since the epoch: stored times must survive a restart
+    colors: Mapping[Color, ColorStatus]
+    routed: Routing | None = None  # what the router reports in effect; None when it has nothing
+    probe: Probe | None = None  # of the color `needs` named, taken this tick
+    checks: tuple[CheckResult, ...] = ()
+    alert: str | None = None  # a firing alert for this app, received since the last tick
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the loop should measure before the next `advance`."""
+
+    probe: Color | None = None
+    checks: Color | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the machine remembers between ticks but does not store: it restarts empty."""
+
+    started: float | None = None  # when this process began the current phase's wait or window
+    consecutive_ok: int = 0  # pre-switch probe streak
+    rounds: int = 0  # verification rounds seen in the current window
+
+
+# --- Intents -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetImage:
+    color: Color
+    image: str
+
+
+@dataclass(frozen=True)
+class Scale:
+    color: Color
+    replicas: int
+
+
+@dataclass(frozen=True)
+class SetLock:
+    color: Color
+    value: str | None  # None removes the lock
+
+
+@dataclass(frozen=True)
+class Route:
+    routing: Routing
+
+
+@dataclass(frozen=True)
+class Notify:
+    event: str  # phase, switch, rollback, retire
+    text: str  # one line for people (Slack)
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+Intent = SetImage | Scale | SetLock | Route | Notify
+
+
+@dataclass(frozen=True)
+class Step:
+    previous: AppState
+    state: AppState
+    progress: Progress
+    intents: tuple[Intent, ...] = ()
+    reason: str = ""  # why: log it with the step
+
+    @property
+    def persisted(self) -> bool:
+        """Whether the state changed, and so must be written before the intents run."""
+        return self.state.generation != self.previous.generation
+
+    @property
+    def transitioned(self) -> bool:
+        return self.state.phase is not self.previous.phase
+
+
+class Refused(Exception):
+    """An operator request the app cannot take now. `code`: busy (HTTP 409), unhealthy, noop, nothing."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- The machine -------------------------------------------------------------------------------
+
+
+def needs(state: AppState) -> Needs:
+    target = state.deploy.target if state.deploy is not None else None
+    if state.phase in (Phase.PRECHECKS, Phase.PROGRESSING, Phase.VERIFYING):
+        return Needs(probe=target, checks=target)
+    return Needs()
+
+
+@dataclass(frozen=True)
+class _Tick:
+    app: str
+    state: AppState
+    progress: Progress
+    obs: Observation
+    settings: Settings
+
+    @property
+    def now(self) -> float:
+        return self.obs.now
+
+    @property
+    def deploy(self) -> Deploy:
+        assert self.state.deploy is not None, f"{self.state.phase} without a deploy"
+        return self.state.deploy
+
+    def color(self, color: Color) -> ColorStatus:
+        return self.obs.colors[color]
+
+    def elapsed(self) -> float:
+        """Time in the current phase as this process saw it: a restart gives waits a fresh start."""
+        return self.now - (self.progress.started if self.progress.started is not None else self.now)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: AppState
+    progress: Progress
+    intents: tuple[Intent, ...] = ()
+    reason: str = ""
+
+
+def advance(app: str, state: AppState, progress: Progress, obs: Observation, settings: Settings) -> Step:
+    """The next step for `app`: its new state, volatile progress, intents and the reason."""
+    tick = _Tick(app, state, progress if progress.started is not None else replace(progress, started=obs.now),
+                 obs, settings)
+    restarted = progress.started is None and state.phase.moves_traffic
+    return _finish(tick, _HANDLERS[state.phase](tick, restarted))
+
+
+def _finish(tick: _Tick, outcome: _Outcome) -> Step:
+    """Add what every state requires: its locks and its routing, and a notification for a new phase."""
+    new, obs = outcome.state, tick.obs
+    intents = list(outcome.intents)
+    for color, want in new.locks().items():
+        if obs.colors[color].lock != want:
+            intents.append(SetLock(color, want))
+    want_routing = new.routing()
+    if obs.routed != want_routing:
+        intents.append(Route(want_routing))
+    if new.phase is not tick.state.phase:
+        intents.append(_notification(tick.app, tick.state, new, outcome.reason))
+    return Step(previous=tick.state, state=new, progress=outcome.progress, intents=tuple(intents),
+                reason=outcome.reason)
+
+
+def _notification(app: str, old: AppState, new: AppState, reason: str) -> Notify:
+    event = "phase"
+    if new.phase is Phase.ROLLING_BACK:
+        event = "rollback"
+    elif old.phase is Phase.SWITCHING:
+        event = "switch"
+    deploy = new.deploy
+    fields = {
+        "app": app,
+        "phase": new.phase.value,
+        "previous_phase": old.phase.value,
+        "active": new.active.value,
+        "reason": reason,
+        "deploy": deploy.id if deploy else None,
+        "operation": deploy.kind.value if deploy else None,
+        "step": f"{deploy.step + 1}/{len(deploy.steps)}" if deploy else None,
+        "percent": deploy.percent if deploy and new.phase.moves_traffic else None,
+        "image": deploy.image if deploy else None,
+        "result": new.result.value if new.result and not new.phase.in_flight else None,
+    }
+    return Notify(event, f"{app}: {old.phase} → {new.phase}: {reason}", fields)
+
+
+def _stay(tick: _Tick, reason: str = "", intents: tuple[Intent, ...] = (), progress: Progress | None = None,
+          **changes: object) -> _Outcome:
+    state = tick.state.evolve(**changes) if changes else tick.state
+    return _Outcome(state, progress or tick.progress, intents, reason)
+
+
+def _goto(tick: _Tick, phase: Phase, reason: str, intents: tuple[Intent, ...] = (), **changes: object) -> _Outcome:
+    state = tick.state.evolve(phase=phase, since=tick.now, **changes)
+    return _Outcome(state, Progress(started=tick.now), intents, reason)
+
+
+def _retire_at(tick: _Tick) -> float | None:
+    return None if tick.settings.keep else tick.now + tick.settings.scale_down_delay
+
+
+def _fail(tick: _Tick, reason: str) -> _Outcome:
+    """Give up before traffic moved: the active color was never touched."""
+    return _goto(tick, Phase.FAILED, reason, deploy=replace(tick.deploy, reason=reason), result=Result.FAILED,
+                 retire_at=_retire_at(tick))
+
+
+def _rollback(tick: _Tick, reason: str, deploy: Deploy | None = None) -> _Outcome:
+    """Send traffic back to the active color; `_finish` emits the Route in this very step."""
+    return _goto(tick, Phase.ROLLING_BACK, reason, deploy=replace(deploy or tick.deploy, reason=reason))
+
+
+def _succeed(tick: _Tick, reason: str, deploy: Deploy) -> _Outcome:
+    return _goto(tick, Phase.STABLE, reason, active=deploy.target, deploy=deploy, result=Result.SUCCEEDED,
+                 retire_at=_retire_at(tick))
+
+
+def _alert_rolls_back(tick: _Tick) -> bool:
+    return tick.obs.alert is not None and tick.settings.rollback_on_alert != "never"
+
+
+def _previous_available(tick: _Tick) -> bool:
+    """Whether the color without traffic is the previous release, still up and healthy."""
+    state = tick.state
+    if state.result is not Result.SUCCEEDED or state.deploy is None:
+        return False
+    idle = tick.color(state.active.other)
+    return idle.ready() and same_image(idle.image, state.deploy.previous_image)
+
+
+def _at_rest(tick: _Tick, restarted: bool) -> _Outcome:
+    state = tick.state
+    alert_note = ""
+    if tick.obs.alert is not None and tick.settings.rollback_on_alert == "always":
+        if _previous_available(tick):
+            to = state.active.other
+            return _begin_switch(tick, Operation.ROLLBACK, to, gate=False, force=False,
+                                 deploy_id=new_deploy_id(tick.app, tick.now, f"g{state.generation}"),
+                                 reason=f"alert {tick.obs.alert} fired: rolling back to {to} "
+                                        f"({tick.color(to).service}, {tick.color(to).image})")
+        alert_note = f"alert {tick.obs.alert} fired, but no previous release is up to roll back to"
+    if state.retire_at is not None and tick.now >= state.retire_at:
+        idle = tick.color(state.active.other)
+        if idle.replicas == 0:
+            return _stay(tick, f"{idle.service} is already at 0 replicas", retire_at=None)
+        reason = f"scale_down_delay is over: scaling {idle.service} to 0"
+        notice = Notify("retire", f"{tick.app}: {reason}", {"app": tick.app, "service": idle.service})
+        return _stay(tick, reason, (Scale(state.active.other, 0), notice), retire_at=None)
+    return _stay(tick, alert_note)
+
+
+def _want_replicas(tick: _Tick) -> int:
+    # The source is locked for the whole deploy, so its count cannot move under us.
+    return max(tick.color(tick.deploy.source).replicas, 1)
+
+
+def _preparing(tick: _Tick, restarted: bool) -> _Outcome:
+    deploy = tick.deploy
+    target = tick.color(deploy.target)
+    replicas = _want_replicas(tick)
+    intents: list[Intent] = []
+    if not same_image(target.image, deploy.image):
+        intents.append(SetImage(deploy.target, deploy.image))
+    if target.replicas != replicas:
+        intents.append(Scale(deploy.target, replicas))
+    locked = all(tick.color(c).lock == deploy.id for c in Color)
+    if not intents and locked:
+        return _goto(tick, Phase.WAITING,
+                     f"{target.service} set to {deploy.image} × {replicas}, both colors locked; waiting for its tasks")
+    if tick.elapsed() >= tick.settings.wait_timeout:
+        return _fail(tick, f"{target.service} could not be prepared within "
+                           f"{format_duration(tick.settings.wait_timeout)}")
+    return _stay(tick, f"preparing {target.service}: {deploy.image} × {replicas}", tuple(intents))
+
+
+def _waiting(tick: _Tick, restarted: bool) -> _Outcome:
+    deploy = tick.deploy
+    target = tick.color(deploy.target)
+    replicas = _want_replicas(tick)
+    if not same_image(target.image, deploy.image) or target.replicas != replicas:
+        return _goto(tick, Phase.PREPARING, f"{target.service} was changed outside the controller "
+                                            f"({target.image} × {target.replicas}); preparing it again")
+    if target.ready():
+        return _goto(tick, Phase.PRECHECKS, f"{target.service}: all {target.replicas} tasks running and healthy")
+    if tick.elapsed() >= tick.settings.wait_timeout:
+        return _fail(tick, f"{target.service}: {target.describe()} after "
+                           f"{format_duration(tick.settings.wait_timeout)}; traffic stays on {deploy.source}")
+    return _stay(tick, f"waiting for {target.service}: {target.describe()}")
+
+
+def _round_problems(tick: _Tick, color: Color, image: str) -> list[str]:
+    """Why this tick's evidence about `color` is not good; empty when every check passed."""
+    status = tick.color(color)
+    problems = []
+    if not same_image(status.image, image):
+        problems.append(f"{status.service} runs {status.image}, not {image}: changed outside the controller")
+    if not status.ready():
+        problems.append(f"{status.service}: {status.describe()}")
+    probe = tick.obs.probe
+    if probe is not None and probe.outcome is ProbeOutcome.UNREACHABLE:
+        problems.append(f"cannot probe {status.service} from the controller: {probe.detail} "
+                        "(unreachable never counts as healthy)")
+    elif probe is not None and not probe.ok:
+        problems.append(f"probe of {status.service} failed: {probe.detail}")
+    problems.extend(f"check {check.name} failed: {check.detail}" for check in tick.obs.checks if not check.ok)
+    return problems
+
+
+def _prechecks(tick: _Tick, restarted: bool) -> _Outcome:
+    deploy, settings = tick.deploy, tick.settings
+    if tick.obs.probe is not None:
+        problems = _round_problems(tick, deploy.target, deploy.image)
+        if not problems:
+            streak = tick.progress.consecutive_ok + 1
+            if streak >= settings.healthy_threshold:
+                return _goto(tick, Phase.SWITCHING, f"{streak} probes in a row passed; switching "
+                                                    f"{deploy.percent}% of the traffic to {deploy.target}")
+            return _stay(tick, f"probe {streak}/{settings.healthy_threshold} passed",
+                         progress=replace(tick.progress, consecutive_ok=streak))
+        reason = "; ".join(problems)
+        progress = replace(tick.progress, consecutive_ok=0)
+    else:
+        reason, progress = "", tick.progress
+    if tick.elapsed() >= settings.precheck_timeout:
+        return _fail(tick, f"pre-switch checks did not pass {settings.healthy_threshold} times in a row within "
+                           f"{format_duration(settings.precheck_timeout)}" + (f": {reason}" if reason else ""))
+    return _stay(tick, reason, progress=progress)
+
+
+def _switching(tick: _Tick, restarted: bool) -> _Outcome:
+    deploy, state = tick.deploy, tick.state
+    if _alert_rolls_back(tick):
+        return _rollback(tick, f"alert {tick.obs.alert} fired during the switch")
+    want = state.routing()
+    if tick.obs.routed == want:
+        if deploy.force:
+            return _succeed(tick, f"forced switch to {deploy.target} confirmed by the router; not verified",
+                            deploy)
+        phase = Phase.PROGRESSING if deploy.percent < 100 else Phase.VERIFYING
+        return _goto(tick, phase, f"the router confirms {want}; verifying for "
+                                  f"{format_duration(tick.settings.verification_window)}")
+    if tick.elapsed() >= tick.settings.switch_timeout:
+        return _rollback(tick, f"the router did not confirm {want} within "
+                               f"{format_duration(tick.settings.switch_timeout)}")
+    return _stay(tick, f"waiting for the router to confirm {want}")
+
+
+def _verifying(tick: _Tick, restarted: bool) -> _Outcome:
+    deploy, settings, state = tick.deploy, tick.settings, tick.state
+    if _alert_rolls_back(tick):
+        return _rollback(tick, f"alert {tick.obs.alert} fired during verification")
+    notes = []
+    if restarted:
+        if settings.on_restart == "rollback":
+            return _rollback(tick, "the controller restarted during verification (on_restart: rollback)")
+        notes.append("restarted mid-verification: the window starts again, failures so far are kept")
+    progress, updated = tick.progress, deploy
+    if tick.obs.probe is not None:
+        progress = replace(progress, rounds=progress.rounds + 1)
+        problems = _round_problems(tick, deploy.target, deploy.image)
+        if problems:
+            updated = replace(deploy, failures=deploy.failures + 1)
+            if updated.failures > settings.failure_threshold:
+                return _rollback(tick, f"{updated.failures} failed checks, more than failure_threshold "
+                                       f"{settings.failure_threshold}: {'; '.join(problems)}", updated)
+            notes.append(f"check round failed ({updated.failures} of {settings.failure_threshold} allowed): "
+                         + "; ".join(problems))
+    if tick.elapsed() >= settings.verification_window and progress.rounds >= settings.window_rounds:
+        if updated.step + 1 < len(updated.steps):
+            nxt = replace(updated, step=updated.step + 1)
+            return _goto(tick, Phase.SWITCHING, f"{updated.percent}% on {updated.target} verified "
+                                                f"({progress.rounds} rounds); moving to {nxt.percent}%", deploy=nxt)
+        return _succeed(tick, f"{updated.target} verified over {progress.rounds} rounds "
+                              f"with {updated.failures} failed", updated)
+    if updated is not deploy:
+        return _stay(tick, "; ".join(notes), progress=progress, deploy=updated)
+    return _Outcome(state, progress, (), "; ".join(notes))
+
+
+def _rolling_back(tick: _Tick, restarted: bool) -> _Outcome:
+    want = tick.state.routing()
+    if tick.obs.routed == want:
+        return _goto(tick, Phase.ROLLED_BACK, f"traffic is back on {tick.state.active}: {tick.deploy.reason}",
+                     result=Result.ROLLED_BACK, retire_at=_retire_at(tick))
+    return _stay(tick, f"waiting for the router to confirm {want}")
+
+
+_HANDLERS = {
+    Phase.STABLE: _at_rest,
+    Phase.ROLLED_BACK: _at_rest,
+    Phase.FAILED: _at_rest,
+    Phase.PREPARING: _preparing,
+    Phase.WAITING: _waiting,
+    Phase.PRECHECKS: _prechecks,
+    Phase.SWITCHING: _switching,
+    Phase.PROGRESSING: _verifying,
+    Phase.VERIFYING: _verifying,
+    Phase.ROLLING_BACK: _rolling_back,
+}
+assert set(_HANDLERS) == set(Phase), "every phase needs a handler"
+
+
+# --- Operator requests -------------------------------------------------------------------------
+
+
+def _refuse_if_busy(app: str, state: AppState) -> None:
+    if state.phase.in_flight and state.deploy is not None:
+        d = state.deploy
+        raise Refused("busy", f"{app}: {d.kind} {d.id} is in phase {state.phase} ({d.image} on {d.target}); "
+                              "wait for it or roll it back")
+
+
+def _tick_for(app: str, state: AppState, obs: Observation, settings: Settings) -> _Tick:
+    return _Tick(app, state, Progress(started=obs.now), obs, settings)
+
+
+def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, deploy_id: str, settings: Settings,
+                 strategy: Strategy = Strategy.BLUEGREEN, kind: Operation = Operation.DEPLOY) -> Step:
+    """Begin deploying `image` to the idle color: Preparing, with its intents in this step."""
+    _refuse_if_busy(app, state)
+    if not image.strip():
+        raise Refused("nothing", f"{app}: no image to deploy")
+    source = state.active
+    steps = settings.progressive_steps if strategy is Strategy.PROGRESSIVE else (100,)
+    deploy = Deploy(id=deploy_id, kind=kind, source=source, image=image,
+                    previous_image=obs.colors[source].image, started_at=obs.now, steps=tuple(steps))
+    # A pending scale-down of the idle color is cancelled: it is about to receive the new release.
+    preparing = state.evolve(phase=Phase.PREPARING, since=obs.now, deploy=deploy, retire_at=None)
+    tick = _tick_for(app, preparing, obs, settings)
+    outcome = _preparing(tick, False)
+    reason = f"{kind} {image} to {deploy.target} ({obs.colors[deploy.target].service}); {outcome.reason}"
+    return _finish(_tick_for(app, state, obs, settings), replace(outcome, reason=reason))
+
+
+def switch_needs(state: AppState, to: Color | None = None) -> Needs:
+    """What to measure before `start_switch`: a probe round of the color traffic would move to."""
+    return Needs(probe=to or state.active.other)
+
+
+def start_switch(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings,
+                 to: Color | None = None, force: bool = False) -> Step:
+    """Move all traffic to the other color as it is, after checking its health (unless forced).
+
+    The target must have every task running and healthy and have passed the probe in `obs`;
+    no probe counts as not healthy. A forced switch skips this gate and the verification.
+    """
+    _refuse_if_busy(app, state)
+    to = to or state.active.other
+    if to is state.active:
+        raise Refused("noop", f"{app}: traffic is already on {to}")
+    tick = _tick_for(app, state, obs, settings)
+    return _finish(tick, _begin_switch(tick, Operation.SWITCH, to, gate=not force, force=force, deploy_id=deploy_id,
+                                       reason=f"switch to {to} requested" + (" (forced)" if force else "")))
+
+
+def _begin_switch(tick: _Tick, kind: Operation, to: Color, *, gate: bool, force: bool, deploy_id: str,
+                  reason: str) -> _Outcome:
+    state, obs = tick.state, tick.obs
+    target = obs.colors[to]
+    if gate:
+        problems = []
+        if not target.ready():
+            problems.append(f"{target.service}: {target.describe()}")
+        if obs.probe is None:
+            problems.append(f"{target.service} was not probed")
+        elif not obs.probe.ok:
+            problems.append(f"probe of {target.service}: {obs.probe.outcome}: {obs.probe.detail}")
+        if problems:
+            raise Refused("unhealthy", f"{tick.app}: refusing to switch to {to}: {'; '.join(problems)}; "
+                                       "force the switch to do it anyway")
+    deploy = Deploy(id=deploy_id, kind=kind, source=state.active, image=target.image,
+                    previous_image=obs.colors[state.active].image, started_at=tick.now, force=force)
+    return _goto(tick, Phase.SWITCHING, reason, deploy=deploy, retire_at=None)
+
+
+def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings) -> Step:
+    """Return to the previous color: abort a deploy in flight, or go back to the last release."""
+    tick = _tick_for(app, state, obs, settings)
+    phase = state.phase
+    if phase in (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS):
+        return _finish(tick, _fail(tick, f"rolled back by request in {phase}, before any traffic moved"))
+    if phase in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING):
+        return _finish(tick, _rollback(tick, f"rollback requested in {phase}"))
+    if phase is Phase.ROLLING_BACK:
+        raise Refused("noop", f"{app}: already rolling back to {state.active}")
+    if state.deploy is None or state.result is not Result.SUCCEEDED:
+        last = f"the last {state.deploy.kind} {state.result}" if state.deploy and state.result else "no operation yet"
+        raise Refused("nothing", f"{app}: no previous release to return to ({last}); traffic is on {state.active}")
+    previous = state.active.other
+    if obs.colors[previous].replicas > 0:
+        return _finish(tick, _begin_switch(tick, Operation.ROLLBACK, previous, gate=True, force=False,
+                                           deploy_id=deploy_id, reason=f"rollback to {previous} requested"))
+    # The previous color was scaled down: bring its release back the safe way, as a deploy.
+    return start_deploy(app, state, obs, image=state.deploy.previous_image, deploy_id=deploy_id, settings=settings,
+                        kind=Operation.ROLLBACK)
+
+
+# --- Executing a step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceWrite:
+    """One `Swarm.update` of a color's service: the state labels with that color's intents."""
+
+    color: Color
+    image: str | None = None
+    replicas: int | None = None
+    labels: Mapping[str, str | None] = field(default_factory=dict)
+
+    def changes(self) -> dict[str, object]:
+        """Keyword arguments for `Swarm.update`."""
+        out: dict[str, object] = {}
+        if self.image is not None:
+            out["image"] = self.image
+        if self.replicas is not None:
+            out["replicas"] = self.replicas
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A step in execution order: the state is durable after `first`, before any routing moves."""
+
+    first: tuple[ServiceWrite, ...]
+    routes: tuple[Route, ...]
+    then: tuple[ServiceWrite, ...]
+    notifications: tuple[Notify, ...]
+
+
+def plan(step: Step, stored: Mapping[Color, int | None]) -> Plan:
+    """Group a step's intents into service writes; `stored` is the state generation on each color now.
+
+    A color whose stored generation differs from the step's state gets the state labels, so a
+    copy wiped by `docker stack deploy` is written back without any phase change.
+    """
+    writes: dict[Color, dict[str, object]] = {c: {"labels": {}} for c in Color}
+    touched: list[Color] = []
+    for intent in step.intents:
+        if isinstance(intent, SetImage):
+            writes[intent.color]["image"] = intent.image
+        elif isinstance(intent, Scale):
+            writes[intent.color]["replicas"] = intent.replicas
+        elif isinstance(intent, SetLock):
+            writes[intent.color]["labels"][LOCK_LABEL] = intent.value  # type: ignore[index]
+        else:
+            continue
+        if intent.color not in touched:
+            touched.append(intent.color)
+    state_labels = step.state.to_labels()
+    for color in Color:
+        if stored.get(color) != step.state.generation:
+            writes[color]["labels"].update(state_labels)  # type: ignore[union-attr]
+            if color not in touched:
+                touched.append(color)
+    ordered = [ServiceWrite(color=c, **writes[c]) for c in touched]  # type: ignore[arg-type]
+    durable = bool(step.persisted or any(stored.get(c) != step.state.generation for c in Color))
+    # With a new state, the first write carries it; without one, nothing waits on the writes.
+    first = tuple(ordered[:1]) if durable else ()
+    then = tuple(ordered[1:]) if durable else tuple(ordered)
+    return Plan(
+        first=first,
+        routes=tuple(i for i in step.intents if isinstance(i, Route)),
+        then=then,
+        notifications=tuple(i for i in step.intents if isinstance(i, Notify)),
+    )

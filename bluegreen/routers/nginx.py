@@ -1,0 +1,447 @@
+"""The nginx router: one server config per app, activated only once `nginx -t` accepts it, then a reload.
+
+nginx switches all traffic at once (no weights): the app's server block proxies to the color
+that holds the traffic, and a second block serves the preview color on the preview hosts.
+
+    server {
+        listen 80;
+        server_name web.example.com;
+        resolver 127.0.0.11 valid=5s ipv6=off;   # Docker's DNS: the dnsrr name resolves per request
+        location / {
+            set $swarmshift_upstream web-green:8000;
+            proxy_pass http://$swarmshift_upstream;
+            proxy_next_upstream error timeout http_502 http_503 http_504;   # another task, same color
+            ...
+        }
+    }
+
+Why it loses no request on a switch: a reload starts new workers with the new config while the
+old ones finish the requests they hold; no request is ever cut. What a reload does cut is an
+idle keep-alive connection, and a request a client sends on it at that instant is lost; hence
+`keepalive_timeout 0` by default (see NginxSettings.keepalive_timeout). The proxy_pass target is
+a variable so that nginx resolves the service name per request (through `resolver`), instead of
+once at load: tasks come and go, and with `endpoint_mode: dnsrr` the name is their addresses.
+
+How a config is activated: the live file is kept as a backup, the candidate replaces it (by
+rename), `nginx -t` tests the whole configuration, and only then is nginx reloaded; when the test
+or the reload fails, the backup is renamed back and nginx keeps running the old config, never
+having read the new one. A controller killed between the swap and the restore leaves the
+backup; the next `read` or `apply` of that app restores it first. The nginx.conf that includes
+`<conf_dir>/*.conf` should define a `default_server` of its own: otherwise nginx hands requests
+for unknown hosts to the first app.
+
+With a status port, each app's file also answers `GET /swarmshift/routing` there (Host
+`swarmshift-status-<app>`) with the routing it carries, so `confirm` hears from nginx itself
+that the new workers run the new config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal as signals
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from bluegreen.model import App, Color, Routing, parse_rule, rule_hosts
+from bluegreen.routers import RouterError
+from bluegreen.routers.traefik_file import write_atomic
+
+if TYPE_CHECKING:
+    from bluegreen.config import NginxSettings
+    from swarmshift.swarm import Swarm
+
+Action = Callable[[], Awaitable[None]]
+Upstream = Callable[[App, Color], str]
+
+HEADER = "# Managed by swarmshift (blue-green controller): rewritten on every switch; do not edit.\n"
+_ROUTING_LINE = re.compile(r"^# routing: blue=(\d+) green=(\d+) preview=(blue|green)$", re.MULTILINE)
+_NO_CONFIG = "# swarmshift: no config for this app yet\n"
+_ADDRESS = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
+_LISTEN = re.compile(r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):)?[0-9]{1,5}$")
+_HOST = re.compile(r"^(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+STATUS_PATH = "/swarmshift/routing"
+
+
+def swarm_upstream(app: App, color: Color) -> str:
+    """The color's Swarm service name and port, resolved by Docker's DNS on the overlay network."""
+    return f"{app.service(color)}:{app.port}"
+
+
+def status_host(app: str) -> str:
+    return f"swarmshift-status-{app}"
+
+
+def _seconds(value: float) -> str:
+    ms = round(value * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def hosts(rule: str) -> tuple[str, ...]:
+    """The server names of a Host(`…`) [|| Host(`…`)] rule; RouterError for any other rule."""
+    found = rule_hosts(parse_rule(rule))
+    if not found:
+        raise RouterError(f"the nginx router needs a rule of Host(`…`) matchers joined by || (got {rule!r})")
+    for host in found:
+        if not _HOST.match(host):
+            raise RouterError(f"not a host name nginx takes: {host!r}")
+    return found
+
+
+# --- Test and reload actions -------------------------------------------------------------------
+
+
+def command(argv: Sequence[str], *, within: float = 10.0) -> Action:
+    """An action running `argv`; RouterError with its output when it fails or overruns."""
+    argv = list(argv)
+
+    async def run() -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.STDOUT)
+        except OSError as err:
+            raise RouterError(f"{argv[0]}: {err.strerror or err}") from err
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), within)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RouterError(f"{' '.join(argv)}: no answer within {_seconds(within)}") from None
+        if proc.returncode != 0:
+            text = output.decode(errors="replace").strip()
+            raise RouterError(f"{' '.join(argv)} exited with {proc.returncode}: {text}")
+
+    return run
+
+
+def signal_pid_file(path: str | Path, sig: int = signals.SIGHUP) -> Action:
+    """An action sending `sig` (SIGHUP: reload) to the nginx master whose pid is in `path`."""
+    path = Path(path)
+
+    async def send() -> None:
+        try:
+            pid = int(path.read_text().strip())
+            os.kill(pid, sig)
+        except (OSError, ValueError) as err:
+            raise RouterError(f"cannot signal the nginx master in {path}: {err}") from err
+
+    return send
+
+
+async def _service_containers(swarm: Swarm, service: str) -> list[str]:
+    found = await swarm.containers(f"com.docker.swarm.service.name={service}")
+    if not found:
+        raise RouterError(f"no running container of the nginx service {service} on this node")
+    return [c["Id"] for c in found]
+
+
+def docker_signal(swarm: Swarm, service: str, sig: str = "HUP") -> Action:
+    """An action signalling every container of the nginx Swarm service on this node (SIGHUP reloads nginx)."""
+    import docker.errors
+
+    async def send() -> None:
+        for container in await _service_containers(swarm, service):
+            try:
+                await asyncio.to_thread(swarm.api.kill, container, sig)
+            except docker.errors.APIError as err:
+                raise RouterError(f"signal {sig} to {container[:12]}: {err.explanation or err}") from err
+
+    return send
+
+
+def docker_exec(swarm: Swarm, service: str, argv: Sequence[str], *, within: float = 10.0) -> Action:
+    """An action running `argv` (nginx -t) in a container of the nginx service, where nginx and its files are."""
+    import docker.errors
+
+    argv = list(argv)
+
+    async def run() -> None:
+        container = (await _service_containers(swarm, service))[0]
+
+        def execute() -> tuple[int, str]:
+            exec_id = swarm.api.exec_create(container, argv, stdout=True, stderr=True)["Id"]
+            output = swarm.api.exec_start(exec_id)
+            return swarm.api.exec_inspect(exec_id).get("ExitCode") or 0, output.decode(errors="replace")
+
+        try:
+            code, output = await asyncio.wait_for(asyncio.to_thread(execute), within)
+        except TimeoutError:
+            raise RouterError(f"{' '.join(argv)} in {service}: no answer within {_seconds(within)}") from None
+        except docker.errors.APIError as err:
+            raise RouterError(f"{' '.join(argv)} in {service}: {err.explanation or err}") from err
+        if code != 0:
+            raise RouterError(f"{' '.join(argv)} in {service} exited with {code}: {output.strip()}")
+
+    return run
+
+
+# --- The router --------------------------------------------------------------------------------
+
+
+class NginxRouter:
+    kind = "nginx"
+
+    def __init__(
+        self,
+        conf_dir: str | Path,
+        *,
+        test: Action,
+        reload: Action,
+        listen: str = "80",
+        resolver: str = "127.0.0.11",
+        resolver_valid: float = 5.0,
+        keepalive_timeout: float = 0.0,
+        upstream: Upstream = swarm_upstream,
+        status_listen: str | None = None,
+        status_url: str | None = None,
+        server_snippet: str = "",
+        confirm_timeout: float = 5.0,
+        settle: float = 0.2,
+    ) -> None:
+        for value, what in ((listen, "listen"), (status_listen, "status_listen")):
+            if value is not None and not _LISTEN.match(str(value)):
+                raise ValueError(f"{what}: expected PORT or HOST:PORT (got {value!r})")
+        if (status_listen is None) != (status_url is None):
+            raise ValueError("status_listen and status_url go together")
+        self.dir = Path(conf_dir)
+        self.test = test
+        self.reload = reload
+        self.listen = str(listen)
+        self.resolver = resolver
+        self.resolver_valid = resolver_valid
+        self.keepalive_timeout = keepalive_timeout
+        self.upstream = upstream
+        self.status_listen = status_listen
+        self.status_url = status_url.rstrip("/") if status_url else None
+        self.server_snippet = server_snippet.strip()
+        self.confirm_timeout = confirm_timeout
+        self.settle = settle
+        # nginx -t tests every app's file at once: one activation at a time, or one app's bad
+        # candidate would fail another's test.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: NginxSettings, *, swarm: Swarm | None = None) -> NginxRouter:
+        if settings.service:
+            if swarm is None:
+                raise ValueError("an nginx service needs the Swarm client")
+            test = docker_exec(swarm, settings.service, settings.test_command, within=settings.command_timeout)
+            reload = docker_signal(swarm, settings.service)
+        else:
+            test = command(settings.test_command, within=settings.command_timeout)
+            if settings.pid_file:
+                reload = signal_pid_file(settings.pid_file)
+            else:
+                reload = command(settings.reload_command or ["nginx", "-s", "reload"], within=settings.command_timeout)
+        return cls(
+            settings.conf_dir, test=test, reload=reload, listen=settings.listen, resolver=settings.resolver,
+            resolver_valid=settings.resolver_valid, keepalive_timeout=settings.keepalive_timeout,
+            status_listen=settings.status_listen, status_url=settings.status_url,
+            server_snippet=settings.server_snippet, confirm_timeout=settings.confirm_timeout,
+        )
+
+    def path(self, app: str) -> Path:
+        return self.dir / f"{app}.conf"
+
+    def _backup(self, app: str) -> Path:
+        # Not matched by the `*.conf` include: nginx never reads it.
+        return self.dir / f".{app}.conf.bak"
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def _server(self, names: Sequence[str], address: str) -> list[str]:
+        if not _ADDRESS.match(address):
+            raise RouterError(f"not an upstream address nginx takes: {address!r} (expected HOST:PORT)")
+        lines = [
+            "server {",
+            f"    listen {self.listen};",
+            f"    server_name {' '.join(names)};",
+            f"    resolver {self.resolver} valid={_seconds(self.resolver_valid)} ipv6=off;",
+            "    resolver_timeout 2s;",
+            "    # A reload closes idle keep-alive connections, losing a request sent on one just then."
+            if self.keepalive_timeout == 0 else "    # Keep-alive: clients must retry the requests a reload cuts.",
+            f"    keepalive_timeout {_seconds(self.keepalive_timeout)};",
+            "    location / {",
+            "        # A variable makes nginx resolve the name per request: the color's tasks come and go.",
+            f"        set $swarmshift_upstream {address};",
+            "        proxy_pass http://$swarmshift_upstream;",
+            "        proxy_http_version 1.1;",
+            "        proxy_set_header Host $host;",
+            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "        proxy_set_header X-Forwarded-Proto $scheme;",
+            "        proxy_set_header X-Forwarded-Host $host;",
+            "        proxy_connect_timeout 2s;",
+            "        # Another task of the same color, for idempotent requests only (nginx's default).",
+            "        proxy_next_upstream error timeout http_502 http_503 http_504;",
+            "        proxy_next_upstream_tries 3;",
+            "        proxy_next_upstream_timeout 10s;",
+            "    }",
+        ]
+        if self.server_snippet:
+            lines += ["    " + line for line in self.server_snippet.splitlines()]
+        return lines + ["}"]
+
+    def render(self, app: App, routing: Routing) -> str:
+        """The app's config file for `routing`; nginx takes only all-or-nothing weights."""
+        active = routing.single
+        if active is None:
+            raise RouterError(f"nginx cannot split traffic ({routing}); use a Traefik router for progressive mode")
+        out = [HEADER.rstrip("\n"), f"# routing: {routing}", f"# app {app.name}: traffic to {active}", ""]
+        out += self._server(hosts(app.rule), self.upstream(app, active))
+        if app.preview_rule:
+            out += ["", f"# preview: {routing.preview}"]
+            out += self._server(hosts(app.preview_rule), self.upstream(app, routing.preview))
+        if self.status_listen:
+            out += [
+                "",
+                "server {",
+                f"    listen {self.status_listen};",
+                f"    server_name {status_host(app.name)};",
+                "    access_log off;",
+                f"    location = {STATUS_PATH} {{",
+                "        default_type text/plain;",
+                f'        return 200 "app={app.name} {routing}\\n";',
+                "    }",
+                "}",
+            ]
+        return "\n".join(out) + "\n"
+
+    # -- activation --------------------------------------------------------------------------
+
+    def _recover(self, app: str) -> None:
+        """Put back the backup a killed activation left: nginx may never have tested the live file."""
+        backup = self._backup(app)
+        if backup.exists():
+            os.replace(backup, self.path(app))
+
+    def _swap_in(self, app: str, text: str) -> bytes | None:
+        """Keep the live file as the backup and put the candidate in its place; returns the old content."""
+        live = self.path(app)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._recover(app)
+        try:
+            old = live.read_bytes()
+        except FileNotFoundError:
+            old = None
+        if old == text.encode():
+            return old
+        write_atomic(self._backup(app), old if old is not None else _NO_CONFIG.encode())
+        write_atomic(live, text.encode())
+        return old
+
+    def _restore(self, app: str) -> None:
+        os.replace(self._backup(app), self.path(app))
+
+    def _commit(self, app: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._backup(app))
+
+    async def _activate(self, app: str, text: str) -> None:
+        async with self._lock:
+            try:
+                old = await asyncio.to_thread(self._swap_in, app, text)
+            except OSError as err:
+                raise RouterError(f"{self.path(app)}: {err.strerror or err}") from err
+            if old == text.encode():
+                return
+            for step, action in (("nginx -t refused", self.test), ("the reload failed", self.reload)):
+                try:
+                    await action()
+                except RouterError as err:
+                    await asyncio.to_thread(self._restore, app)
+                    raise RouterError(f"{app}: {step} the new config; the old one stays in effect: {err}") from err
+            await asyncio.to_thread(self._commit, app)
+
+    async def apply(self, app: App, routing: Routing) -> None:
+        await self._activate(app.name, self.render(app, routing))
+
+    async def remove(self, app: str) -> None:
+        """Stop routing `app`: its file becomes a stub, tested and reloaded like any change."""
+        if self.path(app).exists():
+            await self._activate(app, _NO_CONFIG)
+
+    # -- reading back ------------------------------------------------------------------------
+
+    async def written(self, app: App) -> Routing | None:
+        """The routing in the app's live file: only a tested and reloaded config stays there."""
+        def load() -> str | None:
+            self._recover(app.name)
+            try:
+                return self.path(app.name).read_text()
+            except OSError:
+                return None
+
+        async with self._lock:  # between activations only: a running one owns the backup
+            text = await asyncio.to_thread(load)
+        return parse_routing(text) if text else None
+
+    async def read(self, app: App) -> Routing | None:
+        """What nginx serves, from its status port when there is one, else from the live file."""
+        written = await self.written(app)
+        return await self.loaded(app) if self.status_url else written
+
+    async def loaded(self, app: App, session: aiohttp.ClientSession | None = None) -> Routing | None:
+        """The routing nginx itself serves on the status port (None when it does not answer), else the file's."""
+        if self.status_url is None:
+            return await self.written(app)
+        if session is None:
+            async with _status_session() as own:
+                return await self.loaded(app, own)
+        try:
+            async with session.get(self.status_url + STATUS_PATH, headers={"Host": status_host(app.name)}) as resp:
+                body = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if resp.status != 200 or not body.startswith(f"app={app.name} "):
+            return None
+        return parse_routing("# routing: " + body.split(" ", 1)[1].strip())
+
+    async def confirm(self, app: App, routing: Routing) -> bool:
+        """Whether nginx serves `routing` within `confirm_timeout`, and only it for `settle` seconds.
+
+        On a reload nginx's master starts the new workers, waits 100 ms, and only then tells the
+        old ones to stop accepting: for that long both generations take new connections. The
+        old generation answers the status port with the old routing (or not at all), so a
+        switch is confirmed once only the new routing has been heard for `settle` seconds.
+        """
+        if self.status_url is None:
+            return await self.written(app) == routing
+        deadline = time.monotonic() + self.confirm_timeout
+        since: float | None = None
+        async with _status_session() as session:
+            while True:
+                now = time.monotonic()
+                if await self.loaded(app, session) == routing:
+                    since = now if since is None else since
+                    if now - since >= self.settle:
+                        return True
+                else:
+                    since = None
+                if now >= deadline:
+                    return False
+                await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Nothing to release: each confirmation opens and closes its own HTTP session."""
+
+
+def _status_session() -> aiohttp.ClientSession:
+    # A fresh connection per request: a kept one would stay with the worker that accepted it.
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2),
+                                 connector=aiohttp.TCPConnector(force_close=True))
+
+
+def parse_routing(text: str) -> Routing | None:
+    match = _ROUTING_LINE.search(text)
+    if not match:
+        return None
+    try:
+        return Routing(blue=int(match.group(1)), green=int(match.group(2)), preview=Color(match.group(3)))
+    except ValueError:
+        return None

@@ -1,0 +1,378 @@
+"""The Traefik file-provider router: one YAML document per app in the watched directory, replaced atomically.
+
+The same document generator serves the HTTP provider (`traefik_http`), and `TraefikAPI` reads
+back what Traefik has loaded, for both.
+
+An app's document:
+
+    http:
+      routers:
+        <app>:          rule -> service <app>, on the configured entrypoints
+        <app>-preview:  preview rule -> <app>-<preview color>      (only with a preview rule)
+      services:
+        <app>:          weighted (WRR) over <app>-blue and <app>-green, healthCheck: {}
+        <app>-blue:     loadBalancer -> http://<blue service>:<port>, healthCheck on the health path
+        <app>-green:    loadBalancer -> http://<green service>:<port>, healthCheck on the health path
+
+Traefik ignores a weight of 0, so 100/0 sends nothing to the idle color. `healthCheck: {}` on
+the weighted service makes it skip a color whose servers all fail their checks; Traefik refuses
+that unless every child has its own health check, hence the loadBalancer checks.
+
+Traefik's file provider reloads the whole directory on any change and drops *all* of it when one
+file is bad, so a document is checked before it is written, and written by rename: Traefik (or
+any reader) sees the old file or the new one, never a part. Temp files end in `.tmp`, an
+extension the provider skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from bluegreen.model import App, Color, Routing, RuleError, parse_rule
+from bluegreen.routers import RouterError, poll_until
+
+HEADER = "# Managed by swarmshift (blue-green controller): rewritten on every switch; do not edit.\n"
+# The routing is repeated in a comment: without a preview rule the document has no preview
+# router, and the preview color must still read back as written.
+_ROUTING_LINE = re.compile(r"^# routing: blue=(\d+) green=(\d+) preview=(blue|green)$", re.MULTILINE)
+_SERVER_URL = re.compile(r"^http://[A-Za-z0-9][A-Za-z0-9_.-]*:[0-9]{1,5}$")
+
+
+def go_duration(seconds: float) -> str:
+    """A Go duration string, the format Traefik reads (`5s`, `500ms`)."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def color_service(app: str, color: Color) -> str:
+    return f"{app}-{color}"
+
+
+def preview_router(app: str) -> str:
+    return f"{app}-preview"
+
+
+def document(app: App, routing: Routing, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
+             health_timeout: float = 2.0) -> dict[str, Any]:
+    """The dynamic-configuration document that routes `app` as `routing` says."""
+    entrypoints = tuple(entrypoints)
+    # Each router gets its own list: a shared one would come out as a YAML anchor and alias.
+    routers: dict[str, Any] = {
+        app.name: {"rule": app.rule, "entryPoints": list(entrypoints), "service": app.name},
+    }
+    if app.preview_rule:
+        routers[preview_router(app.name)] = {
+            "rule": app.preview_rule,
+            "entryPoints": list(entrypoints),
+            "service": color_service(app.name, routing.preview),
+        }
+    services: dict[str, Any] = {
+        app.name: {
+            "weighted": {
+                "services": [{"name": color_service(app.name, c), "weight": routing.weight(c)} for c in Color],
+                "healthCheck": {},
+            }
+        }
+    }
+    for color in Color:
+        services[color_service(app.name, color)] = {
+            "loadBalancer": {
+                "servers": [{"url": app.url(color)}],
+                "healthCheck": {
+                    "path": app.health_path,
+                    "interval": go_duration(health_interval),
+                    "timeout": go_duration(health_timeout),
+                },
+            }
+        }
+    return {"http": {"routers": routers, "services": services}}
+
+
+def merge(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several apps' documents as one (the HTTP provider serves one); a name used twice is an error."""
+    merged: dict[str, Any] = {"http": {"routers": {}, "services": {}}}
+    for doc in documents:
+        for section in ("routers", "services"):
+            for name, value in doc["http"][section].items():
+                if name in merged["http"][section]:
+                    raise RouterError(f"two apps define the Traefik {section[:-1]} {name!r}")
+                merged["http"][section][name] = value
+    return merged
+
+
+def check_document(doc: Mapping[str, Any]) -> None:
+    """RouterError unless `doc` is a document this module would hand to Traefik.
+
+    The JSON schema cannot catch what makes Traefik drop a router or a service (a rule that
+    does not parse, a dangling service name, a weighted health check over a child without one),
+    so this checks those, for the exact shape `document` produces.
+    """
+    def fail(message: str) -> None:
+        raise RouterError(f"refusing to hand Traefik an invalid document: {message}")
+
+    if set(doc) != {"http"} or not isinstance(doc["http"], Mapping) or set(doc["http"]) - {"routers", "services"}:
+        fail("expected only http.routers and http.services")
+    routers = doc["http"].get("routers") or {}
+    services = doc["http"].get("services") or {}
+    for name, router in routers.items():
+        if set(router) != {"rule", "entryPoints", "service"}:
+            fail(f"router {name}: unexpected keys {sorted(router)}")
+        try:
+            parse_rule(router["rule"])
+        except (RuleError, TypeError) as err:
+            fail(f"router {name}: rule {router['rule']!r}: {err}")
+        eps = router["entryPoints"]
+        if not isinstance(eps, list) or not eps or not all(isinstance(e, str) and e for e in eps):
+            fail(f"router {name}: entryPoints must be a non-empty list of names")
+        if router["service"] not in services:
+            fail(f"router {name}: service {router['service']!r} is not defined")
+    for name, service in services.items():
+        if not isinstance(service, Mapping) or len(service) != 1:
+            fail(f"service {name}: expected exactly one of loadBalancer or weighted")
+        kind, body = next(iter(service.items()))
+        if kind == "loadBalancer":
+            servers = body.get("servers")
+            if not servers or any(not _SERVER_URL.match(str(s.get("url", ""))) or int(s["url"].rsplit(":", 1)[1])
+                                  not in range(1, 65536) for s in servers):
+                fail(f"service {name}: servers must be http://host:port URLs")
+            check = body.get("healthCheck")
+            if not isinstance(check, Mapping) or not str(check.get("path", "")).startswith("/"):
+                fail(f"service {name}: a loadBalancer needs a healthCheck with an absolute path")
+        elif kind == "weighted":
+            children = body.get("services") or []
+            weights = [c.get("weight") for c in children]
+            if not children or any(not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 100 for w in weights):
+                fail(f"service {name}: weights must be whole numbers from 0 to 100")
+            if sum(weights) != 100:
+                fail(f"service {name}: weights add up to {sum(weights)}, not 100")
+            for child in children:
+                target = services.get(child.get("name"))
+                if target is None:
+                    fail(f"service {name}: child {child.get('name')!r} is not defined")
+                if "healthCheck" in body and "healthCheck" not in next(iter(target.values())):
+                    fail(f"service {name}: healthCheck needs one on child {child['name']}")
+        else:
+            fail(f"service {name}: unexpected kind {kind}")
+
+
+def routing_of(doc: Mapping[str, Any], app: str, fallback_preview: Color | None = None) -> Routing | None:
+    """The routing a document gives `app`, or None when it does not route it."""
+    try:
+        children = {c["name"]: c["weight"] for c in doc["http"]["services"][app]["weighted"]["services"]}
+        blue, green = children[color_service(app, Color.BLUE)], children[color_service(app, Color.GREEN)]
+        preview = _preview_color(app, doc["http"]["routers"].get(preview_router(app), {}).get("service"))
+        return Routing(blue=blue, green=green, preview=preview or fallback_preview or _idle(blue, green))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _preview_color(app: str, service: str | None) -> Color | None:
+    if not service:
+        return None
+    name = service.split("@", 1)[0]  # the API may qualify names with their provider
+    for color in Color:
+        if name == color_service(app, color):
+            return color
+    return None
+
+
+def _idle(blue: int, green: int) -> Color:
+    # Without a preview router nothing shows the preview color; report the one Routing would pick.
+    return Color.GREEN if blue >= green else Color.BLUE
+
+
+def render(doc: Mapping[str, Any], routing: Routing) -> bytes:
+    """The document as YAML, checked to read back as exactly the same document."""
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    if yaml.safe_load(text) != doc:
+        raise RouterError("the document does not survive a YAML round trip")
+    return f"{HEADER}# routing: {routing}\n{text}".encode()
+
+
+def parse_file(text: str, app: str) -> Routing | None:
+    """The routing in a file this router wrote, or None when the file does not route `app`."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(doc, Mapping):
+        return None
+    line = _ROUTING_LINE.search(text)
+    return routing_of(doc, app, Color(line.group(3)) if line else None)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that readers see the old content or the new, never a part.
+
+    The temp file sits in the same directory (rename is atomic only within a file system) and
+    ends in `.tmp`, which Traefik's file provider skips. Data and directory are fsynced, so a
+    crash right after the rename cannot bring back the old file or an empty one.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        # mkstemp creates 0600; the proxy reading the file may run as another user.
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class TraefikAPI:
+    """Reads what Traefik has loaded, from its API (`GET /api/http/services/<name>@<provider>`).
+
+    Traefik answers with the service's configuration as loaded plus runtime fields: for a
+    weighted service `{"weighted": {"services": [{"name", "weight"}, …]}, "status", "name",
+    "provider", "type": "weighted", …}`; a router answers with its `service`. The API should
+    listen on an entrypoint only the stack can reach.
+    """
+
+    def __init__(self, url: str, *, provider: str = "file", timeout: float = 3.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.provider = provider
+        self.timeout = timeout
+        self._session = session
+        self._own_session = session is None
+
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with self._session.get(f"{self.url}{path}") as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise RouterError(f"Traefik API {path}: HTTP {resp.status}")
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise RouterError(f"Traefik API {path}: {err or type(err).__name__}") from err
+
+    async def loaded(self, app: App, fallback_preview: Color | None = None) -> Routing | None:
+        """The routing Traefik has loaded for `app`, or None when it has not loaded the app (yet)."""
+        service = await self._get(f"/api/http/services/{app.name}@{self.provider}")
+        router = None
+        if app.preview_rule:
+            router = await self._get(f"/api/http/routers/{preview_router(app.name)}@{self.provider}")
+        return loaded_routing(app.name, service, router, fallback_preview)
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+
+def loaded_routing(app: str, service: Mapping[str, Any] | None, preview: Mapping[str, Any] | None,
+                   fallback_preview: Color | None = None) -> Routing | None:
+    """The routing in Traefik's API answers for the app's weighted service and preview router.
+
+    None unless the service is a weighted one that Traefik runs (status enabled or warning) with
+    both colors listed; a child without a weight has Traefik's default weight, 1.
+    """
+    if not service or service.get("status") not in ("enabled", "warning"):
+        return None
+    try:
+        children = service["weighted"]["services"]
+        weights = {str(c["name"]).split("@", 1)[0]: c.get("weight", 1) for c in children}
+        blue, green = weights[color_service(app, Color.BLUE)], weights[color_service(app, Color.GREEN)]
+        if preview is not None and preview.get("status") not in ("enabled", "warning"):
+            return None
+        color = _preview_color(app, preview.get("service") if preview else None)
+        return Routing(blue=int(blue), green=int(green),
+                       preview=color or fallback_preview or _idle(int(blue), int(green)))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class TraefikFileRouter:
+    kind = "traefik-file"
+
+    def __init__(self, dynamic_dir: str | Path, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
+                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 10.0) -> None:
+        self.dir = Path(dynamic_dir)
+        self.entrypoints = tuple(entrypoints)
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.api = api
+        self.confirm_timeout = confirm_timeout
+
+    def path(self, app: str) -> Path:
+        return self.dir / f"{app}.yml"
+
+    def document(self, app: App, routing: Routing) -> dict[str, Any]:
+        return document(app, routing, entrypoints=self.entrypoints, health_interval=self.health_interval,
+                        health_timeout=self.health_timeout)
+
+    async def apply(self, app: App, routing: Routing) -> None:
+        doc = self.document(app, routing)
+        check_document(doc)
+        data = render(doc, routing)
+        path = self.path(app.name)
+        try:
+            if path.read_bytes() == data:
+                return  # already in place: a rewrite would only make Traefik reload for nothing
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise RouterError(f"{path}: {err.strerror or err}") from err
+        try:
+            await asyncio.to_thread(write_atomic, path, data)
+        except OSError as err:
+            raise RouterError(f"{path}: {err.strerror or err}") from err
+
+    async def written(self, app: App) -> Routing | None:
+        """The routing in the app's file, or None when there is no readable file."""
+        try:
+            text = await asyncio.to_thread(self.path(app.name).read_text)
+        except OSError:
+            return None
+        return parse_file(text, app.name)
+
+    async def read(self, app: App) -> Routing | None:
+        written = await self.written(app)
+        if self.api is None:
+            return written
+        try:
+            return await self.api.loaded(app, fallback_preview=written.preview if written else None)
+        except RouterError:
+            return None  # Traefik unreachable: unknown, which the machine never takes as confirmed
+
+    async def confirm(self, app: App, routing: Routing) -> bool:
+        return await poll_until(lambda: self.read(app), routing, self.confirm_timeout)
+
+    def merged(self) -> dict[str, Any]:
+        """Every app file this router wrote, as one document: what `GET /v1/traefik` serves in file mode."""
+        docs = []
+        for path in sorted(self.dir.glob("*.yml")):
+            text = path.read_text()
+            if text.startswith(HEADER):  # other files in the directory belong to the operator
+                docs.append(yaml.safe_load(text))
+        return merge(docs)
+
+    async def remove(self, app: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self.path(app))
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()

@@ -1,0 +1,83 @@
+"""The Traefik HTTP-provider router: every app's document merged into one, served at `GET /v1/traefik`.
+
+Traefik polls the controller (`providers.http.endpoint`), so Traefik and the controller may run
+on different nodes, which the file provider cannot do. The price is latency: a switch reaches
+Traefik at its next poll (`pollInterval`, 5s by default) plus its throttle.
+
+The routing lives in memory. After a restart it is empty until reconciliation has applied every
+app; until `mark_ready()` the document is refused (serve 503), because Traefik replaces its
+whole HTTP-provider configuration with what it fetches, and keeps the last one on an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bluegreen.model import App, Routing
+from bluegreen.routers import RouterError, poll_until
+from bluegreen.routers.traefik_file import TraefikAPI, check_document, document, merge
+
+
+class TraefikHTTPRouter:
+    kind = "traefik-http"
+
+    def __init__(self, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
+                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 15.0) -> None:
+        self.entrypoints = tuple(entrypoints)
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.api = api
+        self.confirm_timeout = confirm_timeout
+        self._routes: dict[str, tuple[App, Routing]] = {}
+        self._documents: dict[str, dict[str, Any]] = {}
+        self.ready = False
+        self.revision = 0  # grows with every change, for an ETag or a log line
+
+    def document_for(self, app: App, routing: Routing) -> dict[str, Any]:
+        return document(app, routing, entrypoints=self.entrypoints, health_interval=self.health_interval,
+                        health_timeout=self.health_timeout)
+
+    async def apply(self, app: App, routing: Routing) -> None:
+        if self._routes.get(app.name) == (app, routing):
+            return
+        doc = self.document_for(app, routing)
+        check_document(doc)
+        others = [d for name, d in self._documents.items() if name != app.name]
+        merged = merge([*others, doc])  # a name clash with another app fails here, before serving it
+        check_document(merged)
+        self._routes[app.name] = (app, routing)
+        self._documents[app.name] = doc
+        self.revision += 1
+
+    def mark_ready(self) -> None:
+        """Call once every app has been applied after start-up: only then is the document complete."""
+        self.ready = True
+
+    def document(self) -> dict[str, Any]:
+        """The document for `GET /v1/traefik`; RouterError until `mark_ready()`."""
+        if not self.ready:
+            raise RouterError("the routing is not rebuilt yet after start-up")
+        return merge(self._documents[name] for name in sorted(self._documents))
+
+    async def read(self, app: App) -> Routing | None:
+        served = self._routes.get(app.name)
+        written = served[1] if served else None
+        if self.api is None:
+            return written
+        try:
+            return await self.api.loaded(app, fallback_preview=written.preview if written else None)
+        except RouterError:
+            return None
+
+    async def confirm(self, app: App, routing: Routing) -> bool:
+        return await poll_until(lambda: self.read(app), routing, self.confirm_timeout, interval=0.5)
+
+    async def remove(self, app: str) -> None:
+        if self._routes.pop(app, None) is not None:
+            self._documents.pop(app, None)
+            self.revision += 1
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()

@@ -1,0 +1,722 @@
+"""The deploy state machine: every transition as a table row, then whole deploys in a simulated world.
+
+The simulated world (`World`) plays Swarm and the router: it applies the machine's plan the way
+the daemon loop will (state first, then routes, then the other color, then notifications), keeps
+the state only in service labels, and can kill the controller at any point of any phase. After a
+kill, the controller restarts with nothing but what `load_state` reads back from the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from bluegreen.model import (
+    IDLE_LOCK,
+    LOCK_LABEL,
+    STATE_KEYS,
+    App,
+    AppState,
+    Color,
+    Deploy,
+    Operation,
+    Phase,
+    Result,
+    Routing,
+    Strategy,
+    load_state,
+)
+from bluegreen.phases import (
+    CheckResult,
+    ColorStatus,
+    Needs,
+    Notify,
+    Observation,
+    Probe,
+    ProbeOutcome,
+    Progress,
+    Refused,
+    Route,
+    Scale,
+    SetImage,
+    SetLock,
+    Settings,
+    Step,
+    advance,
+    needs,
+    plan,
+    start_deploy,
+    start_rollback,
+    start_switch,
+)
+
+T = 1_750_000_000.0
+S = Settings(probe_interval=1, healthy_threshold=3, failure_threshold=2, wait_timeout=30, precheck_timeout=20,
+             switch_timeout=10, verification_window=5, scale_down_delay=60, progressive_steps=(10, 50, 100))
+OK, FAIL = Probe(ProbeOutcome.OK), Probe(ProbeOutcome.FAILED, "HTTP 500")
+UNREACHABLE = Probe(ProbeOutcome.UNREACHABLE, "no route to 10.201.0.5")
+D = Deploy(id="web-d1", kind=Operation.DEPLOY, source=Color.BLUE, image="web:2", previous_image="web:1",
+           started_at=T - 100)
+PROG = replace(D, steps=(10, 50, 100))
+
+
+def status(color: Color, image: str = "web:1", replicas: int = 2, running: int | None = None, unhealthy: int = 0,
+           lock: str | None = None) -> ColorStatus:
+    return ColorStatus(service=f"web-{color}", image=image, replicas=replicas,
+                       running=replicas if running is None else running, unhealthy=unhealthy, lock=lock)
+
+
+def at_rest(**changes) -> AppState:
+    return AppState(**{"active": Color.BLUE, "phase": Phase.STABLE, "since": T - 50, "generation": 5, **changes})
+
+
+def in_deploy(phase: Phase, deploy: Deploy = D, **changes) -> AppState:
+    return AppState(**{"active": Color.BLUE, "phase": phase, "since": T - 10, "generation": 5, "deploy": deploy,
+                       **changes})
+
+
+def observe(state: AppState, *, blue: dict | None = None, green: dict | None = None, routed: object = "auto",
+            probe: Probe | None = None, checks: tuple[CheckResult, ...] = (), alert: str | None = None,
+            now: float = T) -> Observation:
+    """What the world looks like when everything the state calls for is in place, changed as told."""
+    locks = state.locks()
+    deploy = state.deploy
+    target_image = deploy.image if deploy and state.phase.in_flight and state.phase is not Phase.PREPARING else "web:1"
+    defaults = {
+        Color.BLUE: {"image": "web:1", "lock": locks[Color.BLUE]},
+        Color.GREEN: {"image": target_image, "lock": locks[Color.GREEN],
+                      "replicas": 2 if state.phase.in_flight else 0},
+    }
+    colors = {c: status(c, **{**defaults[c], **((blue if c is Color.BLUE else green) or {})}) for c in Color}
+    return Observation(now=now, colors=colors, routed=state.routing() if routed == "auto" else routed,
+                       probe=probe, checks=checks, alert=alert)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    state: AppState
+    obs: dict = field(default_factory=dict)
+    progress: Progress = Progress(started=T - 1)
+    settings: dict = field(default_factory=dict)
+    phase: Phase | None = None  # None: unchanged
+    intents: tuple = ()  # each must be emitted
+    absent: tuple = ()  # intent types that must not be
+    reason: str = ""
+    check: object = None  # extra assertions on the step
+
+
+ROWS = [
+    # -- at rest ---------------------------------------------------------------------------
+    Row("stable: nothing to do", at_rest(), absent=(Route, SetLock, Scale, SetImage, Notify)),
+    Row("stable: routing missing is restored", at_rest(), {"routed": None},
+        intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("stable: routing drifted is restored", at_rest(), {"routed": Routing.all_to(Color.GREEN)},
+        intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("stable: idle color gets the autoscaler lock", at_rest(), {"green": {"lock": None}},
+        intents=(SetLock(Color.GREEN, IDLE_LOCK),)),
+    Row("stable: a leftover deploy lock leaves the active color", at_rest(), {"blue": {"lock": "web-d0"}},
+        intents=(SetLock(Color.BLUE, None),)),
+    Row("stable: scale-down delay over", at_rest(retire_at=T - 1, deploy=D, result=Result.SUCCEEDED),
+        {"green": {"replicas": 2}}, intents=(Scale(Color.GREEN, 0),), reason="scaling web-green to 0",
+        check=lambda s: s.state.retire_at is None and s.persisted),
+    Row("stable: scale-down delay over, already at 0", at_rest(retire_at=T - 1), absent=(Scale,),
+        check=lambda s: s.state.retire_at is None and s.persisted),
+    Row("stable: scale-down delay not over", at_rest(retire_at=T + 1), {"green": {"replicas": 2}}, absent=(Scale,),
+        check=lambda s: not s.persisted),
+    Row("stable: alert with policy always rolls back to the previous release",
+        at_rest(deploy=replace(D, source=Color.GREEN, image="web:1", previous_image="web:0"),
+                result=Result.SUCCEEDED),
+        {"alert": "HighErrorRate", "green": {"image": "web:0", "replicas": 2}},
+        settings={"rollback_on_alert": "always"}, phase=Phase.SWITCHING,
+        intents=(Route(Routing.all_to(Color.GREEN)),), reason="alert HighErrorRate fired: rolling back to green",
+        check=lambda s: s.state.deploy.kind is Operation.ROLLBACK and s.state.deploy.target is Color.GREEN),
+    Row("stable: alert with policy always but the previous color is gone",
+        at_rest(deploy=D, result=Result.SUCCEEDED), {"alert": "HighErrorRate"},
+        settings={"rollback_on_alert": "always"}, absent=(Route,), reason="no previous release is up"),
+    Row("stable: alert with policy verification is ignored at rest",
+        at_rest(deploy=replace(D, previous_image="web:0"), result=Result.SUCCEEDED),
+        {"alert": "HighErrorRate", "green": {"image": "web:0", "replicas": 2}}, absent=(Route,)),
+    Row("rolled back: an alert never rolls back to the failed color",
+        at_rest(phase=Phase.ROLLED_BACK, deploy=D, result=Result.ROLLED_BACK),
+        {"alert": "HighErrorRate", "green": {"image": "web:2", "replicas": 2}},
+        settings={"rollback_on_alert": "always"}, absent=(Route,), reason="no previous release"),
+    # -- preparing -------------------------------------------------------------------------
+    Row("preparing: image and replicas are set on the idle color", in_deploy(Phase.PREPARING),
+        {"green": {"image": "web:1", "replicas": 0}},
+        intents=(SetImage(Color.GREEN, "web:2"), Scale(Color.GREEN, 2))),
+    Row("preparing: the idle color gets the active color's replica count", in_deploy(Phase.PREPARING),
+        {"blue": {"replicas": 5}, "green": {"image": "web:2", "replicas": 0}},
+        intents=(Scale(Color.GREEN, 5),), absent=(SetImage,)),
+    Row("preparing: waits for both locks", in_deploy(Phase.PREPARING), {"green": {"image": "web:2", "lock": IDLE_LOCK}},
+        intents=(SetLock(Color.GREEN, "web-d1"),), absent=(SetImage, Scale)),
+    Row("preparing: done", in_deploy(Phase.PREPARING), {"green": {"image": "web:2"}}, phase=Phase.WAITING,
+        absent=(SetImage, Scale, SetLock, Route)),
+    Row("preparing: digest-pinned image counts as set", in_deploy(Phase.PREPARING),
+        {"green": {"image": "web:2@sha256:abc"}}, phase=Phase.WAITING),
+    Row("preparing: timeout", in_deploy(Phase.PREPARING), {"green": {"image": "web:1"}},
+        progress=Progress(started=T - 31), phase=Phase.FAILED, reason="could not be prepared within 30s"),
+    # -- waiting ---------------------------------------------------------------------------
+    Row("waiting: tasks still starting", in_deploy(Phase.WAITING), {"green": {"running": 1}},
+        reason="web-green: 1/2 tasks running"),
+    Row("waiting: an unhealthy task holds the deploy", in_deploy(Phase.WAITING), {"green": {"unhealthy": 1}},
+        reason="1 unhealthy"),
+    Row("waiting: all running and healthy", in_deploy(Phase.WAITING), phase=Phase.PRECHECKS),
+    Row("waiting: changed outside the controller", in_deploy(Phase.WAITING), {"green": {"image": "web:9"}},
+        phase=Phase.PREPARING, reason="changed outside the controller"),
+    Row("waiting: timeout fails the deploy, traffic untouched", in_deploy(Phase.WAITING),
+        {"green": {"running": 0}}, progress=Progress(started=T - 30), phase=Phase.FAILED,
+        intents=(SetLock(Color.BLUE, None), SetLock(Color.GREEN, IDLE_LOCK)), absent=(Route,),
+        reason="web-green: 0/2 tasks running after 30s; traffic stays on blue",
+        check=lambda s: (s.state.active, s.state.result, s.state.retire_at) == (Color.BLUE, Result.FAILED, T + 60)),
+    Row("waiting: timeout with keep leaves the new color up", in_deploy(Phase.WAITING), {"green": {"running": 0}},
+        progress=Progress(started=T - 30), settings={"keep": True}, phase=Phase.FAILED,
+        check=lambda s: s.state.retire_at is None),
+    # -- pre-switch checks -----------------------------------------------------------------
+    Row("prechecks: a probe passes", in_deploy(Phase.PRECHECKS), {"probe": OK}, reason="probe 1/3 passed",
+        check=lambda s: s.progress.consecutive_ok == 1 and not s.persisted),
+    Row("prechecks: the third in a row switches", in_deploy(Phase.PRECHECKS), {"probe": OK},
+        progress=Progress(started=T - 5, consecutive_ok=2), phase=Phase.SWITCHING,
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),)),
+    Row("prechecks: a failed probe restarts the streak", in_deploy(Phase.PRECHECKS), {"probe": FAIL},
+        progress=Progress(started=T - 5, consecutive_ok=2), reason="probe of web-green failed: HTTP 500",
+        check=lambda s: s.progress.consecutive_ok == 0),
+    Row("prechecks: unreachable is never healthy", in_deploy(Phase.PRECHECKS), {"probe": UNREACHABLE},
+        progress=Progress(started=T - 5, consecutive_ok=2),
+        reason="cannot probe web-green from the controller: no route to 10.201.0.5",
+        check=lambda s: s.progress.consecutive_ok == 0),
+    Row("prechecks: a failed PromQL check restarts the streak", in_deploy(Phase.PRECHECKS),
+        {"probe": OK, "checks": (CheckResult("errors", False, "0.2 is not < 0.01"),)},
+        progress=Progress(started=T - 5, consecutive_ok=2), reason="check errors failed: 0.2 is not < 0.01",
+        check=lambda s: s.progress.consecutive_ok == 0),
+    Row("prechecks: a task that died breaks the streak", in_deploy(Phase.PRECHECKS),
+        {"probe": OK, "green": {"running": 1}}, progress=Progress(started=T - 5, consecutive_ok=2),
+        check=lambda s: s.progress.consecutive_ok == 0),
+    Row("prechecks: no probe this tick is no evidence", in_deploy(Phase.PRECHECKS),
+        progress=Progress(started=T - 5, consecutive_ok=2), check=lambda s: s.progress.consecutive_ok == 2),
+    Row("prechecks: timeout", in_deploy(Phase.PRECHECKS), {"probe": FAIL}, progress=Progress(started=T - 20),
+        phase=Phase.FAILED, absent=(Route,), reason="did not pass 3 times in a row within 20s"),
+    # -- switching -------------------------------------------------------------------------
+    Row("switching: the route is applied until confirmed", in_deploy(Phase.SWITCHING),
+        {"routed": Routing.all_to(Color.BLUE)}, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        reason="waiting for the router"),
+    Row("switching: confirmed, verify", in_deploy(Phase.SWITCHING), phase=Phase.VERIFYING, absent=(Route,),
+        intents=(Notify,), check=lambda s: s.progress == Progress(started=T)),
+    Row("switching: a partial step is confirmed, progress", in_deploy(Phase.SWITCHING, PROG),
+        phase=Phase.PROGRESSING),
+    Row("switching: a forced switch is not verified", in_deploy(Phase.SWITCHING, replace(D, force=True)),
+        phase=Phase.STABLE, check=lambda s: (s.state.active, s.state.result) == (Color.GREEN, Result.SUCCEEDED)),
+    Row("switching: the router never confirms", in_deploy(Phase.SWITCHING), {"routed": Routing.all_to(Color.BLUE)},
+        progress=Progress(started=T - 10), phase=Phase.ROLLING_BACK, absent=(Route,), reason="did not confirm"),
+    Row("switching: an alert rolls back", in_deploy(Phase.SWITCHING), {"alert": "HighErrorRate"},
+        phase=Phase.ROLLING_BACK, intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("switching: an alert with policy never does not", in_deploy(Phase.SWITCHING), {"alert": "HighErrorRate"},
+        settings={"rollback_on_alert": "never"}, phase=Phase.VERIFYING),
+    # -- verifying -------------------------------------------------------------------------
+    Row("verifying: a passing round", in_deploy(Phase.VERIFYING), {"probe": OK},
+        progress=Progress(started=T - 2, rounds=2), check=lambda s: s.progress.rounds == 3 and not s.persisted),
+    Row("verifying: window complete", in_deploy(Phase.VERIFYING), {"probe": OK},
+        progress=Progress(started=T - 5, rounds=4), phase=Phase.STABLE,
+        intents=(SetLock(Color.BLUE, IDLE_LOCK), SetLock(Color.GREEN, None)), absent=(Route, Scale),
+        reason="green verified over 5 rounds with 0 failed",
+        check=lambda s: (s.state.active, s.state.result, s.state.retire_at) == (Color.GREEN, Result.SUCCEEDED,
+                                                                                 T + 60)),
+    Row("verifying: window long enough but too few rounds", in_deploy(Phase.VERIFYING), {"probe": OK},
+        progress=Progress(started=T - 50, rounds=2)),
+    Row("verifying: a failure within the threshold is stored", in_deploy(Phase.VERIFYING), {"probe": FAIL},
+        progress=Progress(started=T - 2, rounds=2), reason="check round failed (1 of 2 allowed)",
+        check=lambda s: s.state.deploy.failures == 1 and s.persisted),
+    Row("verifying: one failure too many rolls back in the same step",
+        in_deploy(Phase.VERIFYING, replace(D, failures=2)), {"probe": FAIL},
+        phase=Phase.ROLLING_BACK, intents=(Route(Routing.all_to(Color.BLUE)),),
+        reason="3 failed checks, more than failure_threshold 2: probe of web-green failed: HTTP 500",
+        check=lambda s: s.state.deploy.failures == 3),
+    Row("verifying: a failed PromQL check counts", in_deploy(Phase.VERIFYING, replace(D, failures=2)),
+        {"probe": OK, "checks": (CheckResult("errors", False, "0.3 is not < 0.05"),)}, phase=Phase.ROLLING_BACK),
+    Row("verifying: the image changed under us counts", in_deploy(Phase.VERIFYING), {"probe": OK,
+        "green": {"image": "web:9"}}, reason="runs web:9, not web:2", check=lambda s: s.state.deploy.failures == 1),
+    Row("verifying: an alert rolls back", in_deploy(Phase.VERIFYING), {"probe": OK, "alert": "HighErrorRate"},
+        phase=Phase.ROLLING_BACK, intents=(Route(Routing.all_to(Color.BLUE)),),
+        reason="alert HighErrorRate fired during verification"),
+    Row("verifying: an alert with policy never is ignored", in_deploy(Phase.VERIFYING),
+        {"probe": OK, "alert": "HighErrorRate"}, settings={"rollback_on_alert": "never"},
+        progress=Progress(started=T - 1, rounds=1)),
+    Row("verifying: after a restart the window starts again, failures kept",
+        in_deploy(Phase.VERIFYING, replace(D, failures=1)), {"probe": OK}, progress=Progress(),
+        reason="restarted mid-verification",
+        check=lambda s: s.progress == Progress(started=T, rounds=1) and s.state.deploy.failures == 1),
+    Row("verifying: after a restart, on_restart rollback rolls back", in_deploy(Phase.VERIFYING), {"probe": OK},
+        progress=Progress(), settings={"on_restart": "rollback"}, phase=Phase.ROLLING_BACK,
+        intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("progressing: a verified step moves to the next", in_deploy(Phase.PROGRESSING, PROG), {"probe": OK},
+        progress=Progress(started=T - 5, rounds=4), phase=Phase.SWITCHING,
+        intents=(Route(Routing.toward(Color.GREEN, 50)),), reason="10% on green verified",
+        check=lambda s: s.state.deploy.step == 1),
+    Row("progressing: the last partial step moves to 100%", in_deploy(Phase.PROGRESSING, replace(PROG, step=1)),
+        {"probe": OK}, progress=Progress(started=T - 5, rounds=5), phase=Phase.SWITCHING,
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),)),
+    Row("progressing: failures roll back from a partial step", in_deploy(Phase.PROGRESSING, replace(PROG, failures=2)),
+        {"probe": FAIL}, phase=Phase.ROLLING_BACK, intents=(Route(Routing.all_to(Color.BLUE)),)),
+    # -- rolling back ----------------------------------------------------------------------
+    Row("rolling back: the route back is applied until confirmed", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100)}, intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("rolling back: confirmed", in_deploy(Phase.ROLLING_BACK, replace(D, reason="3 failed checks")),
+        phase=Phase.ROLLED_BACK, intents=(SetLock(Color.BLUE, None), SetLock(Color.GREEN, IDLE_LOCK), Notify),
+        reason="traffic is back on blue: 3 failed checks",
+        check=lambda s: (s.state.active, s.state.result, s.state.retire_at) == (Color.BLUE, Result.ROLLED_BACK,
+                                                                                 T + 60)),
+]
+
+
+def _matches(want, got) -> bool:
+    return isinstance(got, want) if isinstance(want, type) else got == want
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_transition(row: Row):
+    settings = replace(S, **row.settings)
+    step = advance("web", row.state, row.progress, observe(row.state, **row.obs), settings)
+    assert step.state.phase is (row.phase or row.state.phase), step.reason
+    for want in row.intents:
+        assert any(_matches(want, got) for got in step.intents), f"{want} not in {step.intents}"
+    for kind in row.absent:
+        assert not any(isinstance(got, kind) for got in step.intents), f"{kind.__name__} in {step.intents}"
+    assert row.reason in step.reason
+    if step.transitioned:
+        assert step.persisted and step.state.since == T
+        assert sum(isinstance(i, Notify) for i in step.intents) == 1
+    if row.check is not None:
+        assert row.check(step), step
+    # Whatever the step, traffic may lean toward the deploy's target only in the switching phases.
+    routing = step.state.routing()
+    if step.state.phase.in_flight and not step.state.phase.moves_traffic:
+        assert routing.single is step.state.active
+
+
+@pytest.mark.parametrize(("state", "needed"), [
+    (at_rest(), Needs()),
+    (in_deploy(Phase.WAITING), Needs()),
+    (in_deploy(Phase.PRECHECKS), Needs(probe=Color.GREEN, checks=Color.GREEN)),
+    (in_deploy(Phase.SWITCHING), Needs()),
+    (in_deploy(Phase.VERIFYING), Needs(probe=Color.GREEN, checks=Color.GREEN)),
+    (in_deploy(Phase.PROGRESSING), Needs(probe=Color.GREEN, checks=Color.GREEN)),
+    (in_deploy(Phase.ROLLING_BACK), Needs()),
+])
+def test_what_each_phase_measures(state, needed):
+    assert needs(state) == needed
+
+
+# --- operator requests -------------------------------------------------------------------------
+
+
+def test_a_deploy_starts_by_preparing_the_idle_color():
+    state = at_rest(retire_at=T + 30)
+    step = start_deploy("web", state, observe(state, green={"replicas": 0}), image="web:2", deploy_id="web-d1",
+                        settings=S)
+    assert step.state.phase is Phase.PREPARING and step.persisted
+    assert step.state.deploy == Deploy(id="web-d1", kind=Operation.DEPLOY, source=Color.BLUE, image="web:2",
+                                       previous_image="web:1", started_at=T)
+    assert step.state.retire_at is None  # the idle color is about to get the new release
+    for intent in (SetImage(Color.GREEN, "web:2"), Scale(Color.GREEN, 2), SetLock(Color.BLUE, "web-d1"),
+                   SetLock(Color.GREEN, "web-d1")):
+        assert intent in step.intents
+    assert not any(isinstance(i, Route) for i in step.intents)
+
+
+def test_a_progressive_deploy_records_its_steps():
+    step = start_deploy("web", at_rest(), observe(at_rest()), image="web:2", deploy_id="d", settings=S,
+                        strategy=Strategy.PROGRESSIVE)
+    assert step.state.deploy.steps == (10, 50, 100)
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p.in_flight])
+def test_a_second_operation_is_refused_while_one_runs(phase):
+    state = in_deploy(phase)
+    obs = observe(state, probe=OK)
+    for request in (lambda: start_deploy("web", state, obs, image="web:3", deploy_id="x", settings=S),
+                    lambda: start_switch("web", state, obs, deploy_id="x", settings=S)):
+        with pytest.raises(Refused) as err:
+            request()
+        assert err.value.code == "busy"
+        assert err.value.message == f"web: deploy web-d1 is in phase {phase} (web:2 on green); wait for it or roll it back"
+
+
+@pytest.mark.parametrize(("obs", "force", "message"), [
+    ({"green": {"replicas": 2}}, False, "web-green was not probed"),
+    ({"green": {"replicas": 2}, "probe": FAIL}, False, "probe of web-green: failed: HTTP 500"),
+    ({"green": {"replicas": 2, "running": 1}, "probe": OK}, False, "web-green: 1/2 tasks running"),
+    ({"green": {"replicas": 0}, "probe": UNREACHABLE}, False, "web-green: 0/0 tasks running"),
+])
+def test_a_switch_to_an_unhealthy_color_is_refused(obs, force, message):
+    state = at_rest()
+    with pytest.raises(Refused) as err:
+        start_switch("web", state, observe(state, **obs), deploy_id="s1", settings=S, force=force)
+    assert err.value.code == "unhealthy" and message in err.value.message and "force" in err.value.message
+
+
+def test_a_switch_to_a_healthy_color_moves_traffic_and_verifies():
+    state = at_rest()
+    step = start_switch("web", state, observe(state, green={"replicas": 2, "image": "web:1b"}, probe=OK),
+                        deploy_id="s1", settings=S)
+    assert step.state.phase is Phase.SWITCHING
+    assert step.state.deploy.kind is Operation.SWITCH and step.state.deploy.image == "web:1b"
+    assert Route(Routing(blue=0, green=100, preview=Color.BLUE)) in step.intents
+
+
+def test_a_forced_switch_skips_the_health_gate():
+    state = at_rest()
+    step = start_switch("web", state, observe(state, green={"replicas": 0}), deploy_id="s1", settings=S, force=True)
+    assert step.state.phase is Phase.SWITCHING and step.state.deploy.force
+
+
+def test_a_switch_to_the_active_color_is_a_noop():
+    with pytest.raises(Refused) as err:
+        start_switch("web", at_rest(), observe(at_rest(), probe=OK), deploy_id="s1", settings=S, to=Color.BLUE)
+    assert err.value.code == "noop"
+
+
+@pytest.mark.parametrize(("phase", "then"), [
+    (Phase.PREPARING, Phase.FAILED), (Phase.WAITING, Phase.FAILED), (Phase.PRECHECKS, Phase.FAILED),
+    (Phase.SWITCHING, Phase.ROLLING_BACK), (Phase.PROGRESSING, Phase.ROLLING_BACK),
+    (Phase.VERIFYING, Phase.ROLLING_BACK),
+])
+def test_a_rollback_request_aborts_a_deploy_in_flight(phase, then):
+    state = in_deploy(phase)
+    step = start_rollback("web", state, observe(state), deploy_id="r1", settings=S)
+    assert step.state.phase is then and step.state.active is Color.BLUE
+    assert step.state.routing() == Routing.all_to(Color.BLUE)
+
+
+@pytest.mark.parametrize(("state", "code"), [
+    (in_deploy(Phase.ROLLING_BACK), "noop"),
+    (at_rest(), "nothing"),
+    (at_rest(phase=Phase.ROLLED_BACK, deploy=D, result=Result.ROLLED_BACK), "nothing"),
+    (at_rest(phase=Phase.FAILED, deploy=D, result=Result.FAILED), "nothing"),
+])
+def test_a_rollback_with_nowhere_to_go_is_refused(state, code):
+    with pytest.raises(Refused) as err:
+        start_rollback("web", state, observe(state, probe=OK), deploy_id="r1", settings=S)
+    assert err.value.code == code
+
+
+def test_a_rollback_to_a_previous_color_still_up_switches_back_after_a_health_check():
+    state = at_rest(active=Color.GREEN, deploy=D, result=Result.SUCCEEDED)
+    obs = observe(state, blue={"replicas": 2, "image": "web:1"}, green={"image": "web:2"}, probe=OK)
+    step = start_rollback("web", state, obs, deploy_id="r1", settings=S)
+    assert step.state.phase is Phase.SWITCHING and step.state.deploy.kind is Operation.ROLLBACK
+    assert step.state.deploy.target is Color.BLUE
+
+
+def test_a_rollback_to_a_scaled_down_color_redeploys_the_previous_release():
+    state = at_rest(active=Color.GREEN, deploy=D, result=Result.SUCCEEDED)
+    obs = observe(state, blue={"replicas": 0, "image": "web:1"}, green={"image": "web:2", "replicas": 2})
+    step = start_rollback("web", state, obs, deploy_id="r1", settings=S)
+    assert step.state.phase is Phase.PREPARING and step.state.deploy.kind is Operation.ROLLBACK
+    assert step.state.deploy.image == "web:1" and Scale(Color.BLUE, 2) in step.intents
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+def test_a_plan_writes_the_state_with_the_first_service_change_before_any_route():
+    state = at_rest()
+    step = start_deploy("web", state, observe(state, green={"replicas": 0}), image="web:2", deploy_id="web-d1",
+                        settings=S)
+    p = plan(step, {Color.BLUE: 5, Color.GREEN: 5})
+    assert [w.color for w in p.first] == [Color.GREEN] and [w.color for w in p.then] == [Color.BLUE]
+    first = p.first[0].changes()
+    assert first["image"] == "web:2" and first["replicas"] == 2
+    assert first["labels"][LOCK_LABEL] == "web-d1"
+    assert first["labels"]["swarmshift.bluegreen.state.phase"] == "Preparing"
+    assert first["labels"]["swarmshift.bluegreen.state.generation"] == "6"
+    assert set(first["labels"]) == {LOCK_LABEL, *STATE_KEYS}
+    assert p.then[0].changes()["labels"]["swarmshift.bluegreen.state.generation"] == "6"
+    assert len(p.notifications) == 1 and p.routes == ()
+
+
+def test_a_plan_rewrites_a_wiped_copy_without_a_phase_change():
+    state = at_rest()
+    step = advance("web", state, Progress(started=T), observe(state), S)
+    assert not step.persisted
+    p = plan(step, {Color.BLUE: None, Color.GREEN: 5})
+    assert [w.color for w in p.first] == [Color.BLUE] and p.then == ()
+    assert p.first[0].changes()["labels"]["swarmshift.bluegreen.state.generation"] == "5"
+
+
+def test_a_plan_with_only_a_route_routes_at_once():
+    state = at_rest()
+    step = advance("web", state, Progress(started=T), observe(state, routed=None), S)
+    p = plan(step, {Color.BLUE: 5, Color.GREEN: 5})
+    assert p.first == () and p.then == () and p.routes == (Route(Routing.all_to(Color.BLUE)),)
+
+
+# --- whole deploys in a simulated world, with kills --------------------------------------------
+
+WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)")
+
+
+class Killed(Exception):
+    pass
+
+
+@dataclass
+class Service:
+    image: str
+    replicas: int
+    labels: dict = field(default_factory=dict)
+    ready_at: float = 0.0
+
+
+@dataclass
+class World:
+    """Swarm, the router and the apps' behaviour, driven only through the machine's plans."""
+
+    now: float = T
+    services: dict = field(default_factory=dict)
+    routing: Routing | None = Routing.all_to(Color.BLUE)
+    startup: float = 2.0  # seconds before new tasks run
+    alert_at: float | None = None
+    redundant: list = field(default_factory=list)  # effects that changed nothing: must stay empty
+    notified: list = field(default_factory=list)
+    log: list = field(default_factory=list)
+    first_failure: float | None = None
+    rolled_back_at: float | None = None
+    # Once traffic has moved away from a deploy's target, it must never move back toward it.
+    target_weights: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.services:
+            state = AppState(active=Color.BLUE, since=T, generation=1)
+            labels = {k: v for k, v in state.to_labels().items() if v is not None}
+            self.services = {
+                Color.BLUE: Service("web:1", 2, dict(labels)),
+                Color.GREEN: Service("web:1", 0, {**labels, LOCK_LABEL: IDLE_LOCK}),
+            }
+
+    # -- how the apps behave ---------------------------------------------------------------
+
+    def running(self, color: Color) -> tuple[int, int]:
+        svc = self.services[color]
+        if self.now < svc.ready_at:
+            return 0, 0
+        return svc.replicas, svc.replicas if "sick" in svc.image else 0
+
+    def probe(self, color: Color) -> Probe:
+        svc = self.services[color]
+        running, unhealthy = self.running(color)
+        if running == 0 or unhealthy:
+            return Probe(ProbeOutcome.FAILED, "connection refused")
+        if "5xx" in svc.image and self.routing is not None and self.routing.weight(color) > 0:
+            if self.first_failure is None:
+                self.first_failure = self.now
+            return Probe(ProbeOutcome.FAILED, "HTTP 500")
+        return Probe(ProbeOutcome.OK)
+
+    # -- the controller's view -------------------------------------------------------------
+
+    def labels(self) -> dict:
+        return {c: dict(s.labels) for c, s in self.services.items()}
+
+    def load(self) -> AppState:
+        replicas = {c: s.replicas for c, s in self.services.items()}
+        return load_state(WEB, self.labels(), replicas, self.routing, self.now).state
+
+    def stored(self) -> dict:
+        return load_state(WEB, self.labels(), {}, None, self.now).stored
+
+    def observe(self, wants: Needs) -> Observation:
+        colors = {}
+        for color, svc in self.services.items():
+            running, unhealthy = self.running(color)
+            colors[color] = ColorStatus(service=WEB.service(color), image=svc.image, replicas=svc.replicas,
+                                        running=running, unhealthy=unhealthy, lock=svc.labels.get(LOCK_LABEL))
+        alert = None
+        if self.alert_at is not None and self.now >= self.alert_at:
+            alert, self.alert_at = "HighErrorRate", None
+        return Observation(now=self.now, colors=colors, routed=self.routing,
+                           probe=self.probe(wants.probe) if wants.probe else None, alert=alert)
+
+    # -- executing a plan ------------------------------------------------------------------
+
+    def write(self, write) -> None:
+        svc = self.services[write.color]
+        changes = write.changes()
+        if "image" in changes:
+            if changes["image"] == svc.image:
+                self.redundant.append(("image", write.color))
+            svc.image, svc.ready_at = changes["image"], self.now + self.startup
+        if "replicas" in changes:
+            if changes["replicas"] == svc.replicas:
+                self.redundant.append(("replicas", write.color))
+            if changes["replicas"] > svc.replicas:
+                svc.ready_at = self.now + self.startup
+            svc.replicas = changes["replicas"]
+        for key, value in changes.get("labels", {}).items():
+            if key == LOCK_LABEL and svc.labels.get(key) == value:
+                self.redundant.append(("lock", write.color))
+            if value is None:
+                svc.labels.pop(key, None)
+            else:
+                svc.labels[key] = value
+
+    def execute(self, step: Step, kill: str | None = None) -> None:
+        p = plan(step, self.stored())
+        for point, actions in (("first", p.first), ("routes", p.routes), ("then", p.then)):
+            for action in actions:
+                if isinstance(action, Route):
+                    if action.routing == self.routing:
+                        self.redundant.append(("route", action.routing))
+                    self.routing = action.routing
+                    self.target_weights.append(action.routing.weight(Color.GREEN))
+                    if step.state.phase is Phase.ROLLING_BACK and self.rolled_back_at is None:
+                        self.rolled_back_at = self.now
+                else:
+                    self.write(action)
+            if kill == point:
+                raise Killed(point)
+        for notice in p.notifications:
+            self.notified.append((notice.fields.get("deploy"), notice.fields.get("step"),
+                                  notice.fields.get("previous_phase"), notice.fields.get("phase"), notice.event))
+
+    def safe(self) -> None:
+        """Traffic only ever reaches the active color, or a deploy's target while the state says it may."""
+        state = self.load()
+        for color in Color:
+            if self.routing is None or self.routing.weight(color) == 0 or color is state.active:
+                continue
+            assert state.deploy is not None and color is state.deploy.target, (self.routing, state)
+            assert state.phase in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING, Phase.ROLLING_BACK), state
+
+
+def run(world: World, start, settings: Settings = S, kill_in: Phase | None = None, kill_at: str = "before",
+        ticks: int = 200) -> tuple[AppState, list]:
+    """Drive a deploy to its end (a retired idle color), killing the controller once if told."""
+    state, progress = world.load(), Progress()
+    step = start(state, world.observe(Needs()))
+    world.execute(step)
+    state, progress = step.state, step.progress
+    killed, visited, rounds = False, [state.phase], 0
+    for _ in range(ticks):
+        world.now += settings.probe_interval
+        step = advance("web", state, progress, world.observe(needs(state)), settings)
+        if state.phase is Phase.VERIFYING and step.state.phase is Phase.STABLE:
+            # Whoever declares the color verified saw a whole window of rounds itself.
+            assert rounds + 1 >= settings.window_rounds
+        rounds = rounds + 1 if state.phase is Phase.VERIFYING and step.progress.rounds else 0
+        kill_now = not killed and kill_in is state.phase
+        if kill_now and kill_at == "before":
+            # The step was computed, then the process died: nothing of it happened.
+            killed = True
+            state, progress, rounds = world.load(), Progress(), 0
+            continue
+        try:
+            world.execute(step, kill=kill_at if kill_now else None)
+        except Killed:
+            killed = True
+            world.safe()
+            # A new process: nothing but the labels.
+            state, progress, rounds = world.load(), Progress(), 0
+            continue
+        world.safe()
+        state, progress = step.state, step.progress
+        if state.phase is not visited[-1]:
+            visited.append(state.phase)
+        if not state.phase.in_flight and state.retire_at is None:
+            break
+    assert not state.phase.in_flight, f"still {state.phase} after {ticks} ticks"
+    assert kill_in is None or killed, f"never reached {kill_in}"
+    return state, visited
+
+
+def deploy(image: str, strategy: Strategy = Strategy.BLUEGREEN):
+    def start(state, obs):
+        return start_deploy("web", state, obs, image=image, deploy_id="web-d1", settings=S, strategy=strategy)
+    return start
+
+
+def check_end(world: World, state: AppState, active: Color, result: Result) -> None:
+    assert (state.active, state.result) == (active, result)
+    assert world.routing == Routing.all_to(active)
+    assert world.load() == state  # the labels hold exactly the final state
+    assert {c: s.labels.get(LOCK_LABEL) for c, s in world.services.items()} == state.locks()
+    assert world.services[active.other].replicas == 0  # retired after scale_down_delay
+    assert world.redundant == []
+    assert len(world.notified) == len(set(world.notified)), "a transition was notified twice"
+    weights = world.target_weights
+    peak = weights.index(max(weights)) if weights else 0
+    assert weights[:peak + 1] == sorted(weights[:peak + 1]), f"traffic went back and forth: {weights}"
+    assert weights[peak:] == sorted(weights[peak:], reverse=True), f"traffic returned to a failed color: {weights}"
+
+
+def test_a_deploy_goes_through_every_phase_and_retires_the_old_color():
+    world = World()
+    state, visited = run(world, deploy("web:2"))
+    assert visited == [Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SWITCHING, Phase.VERIFYING,
+                       Phase.STABLE]
+    check_end(world, state, Color.GREEN, Result.SUCCEEDED)
+    assert world.services[Color.GREEN].image == "web:2"
+
+
+def test_a_progressive_deploy_verifies_every_step():
+    world = World()
+    state, visited = run(world, deploy("web:2", Strategy.PROGRESSIVE))
+    assert visited == [Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SWITCHING, Phase.PROGRESSING,
+                       Phase.SWITCHING, Phase.PROGRESSING, Phase.SWITCHING, Phase.VERIFYING, Phase.STABLE]
+    check_end(world, state, Color.GREEN, Result.SUCCEEDED)
+
+
+def test_health_that_never_passes_fails_the_deploy_without_touching_traffic():
+    world = World()
+    state, visited = run(world, deploy("web:sick"))
+    assert visited == [Phase.PREPARING, Phase.WAITING, Phase.FAILED]
+    check_end(world, state, Color.BLUE, Result.FAILED)
+    assert "web-green: 2/2 tasks running, 2 unhealthy after 30s" in state.deploy.reason
+
+
+def test_failure_after_the_switch_rolls_back_within_the_deadline():
+    world = World()
+    state, visited = run(world, deploy("web:5xx"))
+    assert visited[-3:] == [Phase.VERIFYING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
+    check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
+    # probe_interval × failure_threshold from the first failed round; the router applies at once here.
+    assert world.rolled_back_at - world.first_failure <= S.probe_interval * S.failure_threshold
+    assert state.deploy.failures == S.failure_threshold + 1
+
+
+def test_an_alert_during_verification_rolls_back():
+    world = World(alert_at=T + 8)  # verification runs from T+6 to T+11
+    state, visited = run(world, deploy("web:2"))
+    assert Phase.ROLLING_BACK in visited
+    check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
+    assert "alert HighErrorRate fired" in state.deploy.reason
+
+
+FLOWS = {
+    "deploy": ("web:2", Strategy.BLUEGREEN, Color.GREEN, Result.SUCCEEDED),
+    "progressive": ("web:2", Strategy.PROGRESSIVE, Color.GREEN, Result.SUCCEEDED),
+    "health never passes": ("web:sick", Strategy.BLUEGREEN, Color.BLUE, Result.FAILED),
+    "fails after the switch": ("web:5xx", Strategy.BLUEGREEN, Color.BLUE, Result.ROLLED_BACK),
+    "progressive fails": ("web:5xx", Strategy.PROGRESSIVE, Color.BLUE, Result.ROLLED_BACK),
+}
+
+
+def _kill_cases():
+    for flow, (image, strategy, _, _) in FLOWS.items():
+        _, visited = run(World(), deploy(image, strategy))
+        for phase in dict.fromkeys(visited):
+            for point in ("before", "first", "routes", "then"):
+                yield pytest.param(flow, phase, point, id=f"{flow}-{phase}-{point}")
+
+
+@pytest.mark.parametrize(("flow", "phase", "point"), list(_kill_cases()))
+def test_a_kill_in_any_phase_at_any_point_resumes_to_the_same_end(flow, phase, point):
+    """Killed in `phase` at `point` of executing a step, a new process ends where an unkilled one does.
+
+    On the way, `World.safe` checks after every step that traffic never rests on a color the state
+    does not allow, and `check_end` that no effect ran twice and no transition was notified twice.
+    """
+    image, strategy, active, result = FLOWS[flow]
+    world = World()
+    state, _ = run(world, deploy(image, strategy), kill_in=phase, kill_at=point)
+    check_end(world, state, active, result)

@@ -1,0 +1,193 @@
+"""Every Traefik document swarmshift writes or serves validates against the official JSON schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+import time
+
+import jsonschema
+import pytest
+import yaml
+
+from bluegreen.model import App, Color, Routing
+from bluegreen.routers import RouterError
+from bluegreen.routers.traefik_file import TraefikFileRouter, check_document, document, merge
+from bluegreen.routers.traefik_http import TraefikHTTPRouter
+from tests.conftest import ROOT, shared_file
+
+WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)",
+          preview_rule="Host(`preview.web.example.com`)")
+API = App("api", "api-v-blue", "api-v-green", 9000, "Host(`api.example.com`) && PathPrefix(`/v2`)",
+          health_path="/healthz")
+
+
+@pytest.fixture(scope="module")
+def dynamic_schema():
+    schema = json.loads(shared_file("schemas/traefik-v3-file-provider.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def routings() -> list[tuple[str, Routing]]:
+    cases = [("stable-blue", Routing.all_to(Color.BLUE)), ("switched-green", Routing.all_to(Color.GREEN))]
+    for target in Color:
+        cases += [(f"progressive-{target}-{p}", Routing.toward(target, p)) for p in (10, 50, 100)]
+    cases.append(("preview-on-active", Routing(blue=100, green=0, preview=Color.BLUE)))
+    return cases
+
+
+@pytest.mark.parametrize("app", [WEB, API], ids=["with-preview", "without-preview"])
+@pytest.mark.parametrize(("name", "routing"), routings(), ids=[n for n, _ in routings()])
+def test_every_generated_document_validates(dynamic_schema, app, name, routing):
+    doc = document(app, routing, entrypoints=("web", "websecure"), health_interval=0.5, health_timeout=0.25)
+    dynamic_schema.validate(doc)
+    check_document(doc)
+    weights = {c["name"]: c["weight"] for c in doc["http"]["services"][app.name]["weighted"]["services"]}
+    assert weights == {f"{app.name}-blue": routing.blue, f"{app.name}-green": routing.green}
+    # The weighted health check needs one on every child, or Traefik refuses the service.
+    for color in Color:
+        lb = doc["http"]["services"][f"{app.name}-{color}"]["loadBalancer"]
+        assert lb["healthCheck"] == {"path": app.health_path, "interval": "500ms", "timeout": "250ms"}
+        assert lb["servers"] == [{"url": f"http://{app.service(color)}:{app.port}"}]
+    assert ("web-preview" in doc["http"]["routers"]) == (app.preview_rule is not None)
+
+
+def test_the_http_provider_document_merges_apps_and_validates(dynamic_schema):
+    router = TraefikHTTPRouter()
+
+    async def scenario():
+        await router.apply(WEB, Routing.toward(Color.GREEN, 50))
+        await router.apply(API, Routing.all_to(Color.BLUE))
+        with pytest.raises(RouterError, match="not rebuilt"):
+            router.document()
+        router.mark_ready()
+        return router.document()
+
+    doc = asyncio.run(scenario())
+    dynamic_schema.validate(doc)
+    check_document(doc)
+    assert set(doc["http"]["routers"]) == {"web", "web-preview", "api"}
+    assert set(doc["http"]["services"]) == {"web", "web-blue", "web-green", "api", "api-blue", "api-green"}
+    # The same generator as the file provider: each app's part is exactly its file document.
+    alone = document(WEB, Routing.toward(Color.GREEN, 50))
+    for section in ("routers", "services"):
+        for key, value in alone["http"][section].items():
+            assert doc["http"][section][key] == value
+
+
+def test_the_file_router_serves_its_files_as_one_document(tmp_path, dynamic_schema):
+    router = TraefikFileRouter(tmp_path)
+    (tmp_path / "operator.yml").write_text("http: {routers: {}}\n")  # not ours: left out
+
+    async def scenario():
+        await router.apply(WEB, Routing.all_to(Color.GREEN))
+        await router.apply(API, Routing.toward(Color.BLUE, 10))
+
+    asyncio.run(scenario())
+    doc = router.merged()
+    dynamic_schema.validate(doc)
+    assert doc == merge([document(API, Routing.toward(Color.BLUE, 10)), document(WEB, Routing.all_to(Color.GREEN))])
+
+
+def test_merging_refuses_a_name_two_apps_would_share():
+    with pytest.raises(RouterError, match="two apps"):
+        merge([document(WEB, Routing.all_to(Color.BLUE)), document(WEB, Routing.all_to(Color.GREEN))])
+
+
+def _mutations():
+    base = document(WEB, Routing.all_to(Color.BLUE))
+
+    def mutate(fn):
+        doc = copy.deepcopy(base)
+        fn(doc)
+        return doc
+
+    services = lambda d: d["http"]["services"]  # noqa: E731
+    return {
+        "rule that does not parse": mutate(lambda d: d["http"]["routers"]["web"].update(rule="Host(`x`")),
+        "unknown matcher": mutate(lambda d: d["http"]["routers"]["web"].update(rule="Hots(`x`)")),
+        "dangling router service": mutate(lambda d: d["http"]["routers"]["web"].update(service="nope")),
+        "no entrypoints": mutate(lambda d: d["http"]["routers"]["web"].update(entryPoints=[])),
+        "weights not adding to 100": mutate(lambda d: services(d)["web"]["weighted"]["services"][0].update(weight=50)),
+        "negative weight": mutate(lambda d: services(d)["web"]["weighted"]["services"][0].update(weight=-1)),
+        "unknown weighted child": mutate(lambda d: services(d)["web"]["weighted"]["services"][1].update(name="x")),
+        "child without health check": mutate(lambda d: services(d)["web-green"]["loadBalancer"].pop("healthCheck")),
+        "server url without port": mutate(lambda d: services(d)["web-blue"]["loadBalancer"].update(
+            servers=[{"url": "http://web-blue"}])),
+        "port out of range": mutate(lambda d: services(d)["web-blue"]["loadBalancer"].update(
+            servers=[{"url": "http://web-blue:70000"}])),
+        "newer loadBalancer key": mutate(lambda d: services(d)["web-blue"].update(failover={})),
+        "serversTransports section": mutate(lambda d: d["http"].update(serversTransports={})),
+    }
+
+
+@pytest.mark.parametrize("name", list(_mutations()))
+def test_a_broken_document_is_never_handed_to_traefik(name):
+    with pytest.raises(RouterError, match="invalid document"):
+        check_document(_mutations()[name])
+
+
+def test_the_static_config_validates():
+    schema = json.loads(shared_file("schemas/traefik-v3.json").read_text())
+    static = yaml.safe_load((ROOT / "traefik" / "traefik.yml").read_text())
+    jsonschema.Draft7Validator(schema).validate(static)
+    assert static["entryPoints"]["web"]["address"] == ":80"
+    assert static["providers"]["file"] == {"directory": "/etc/traefik/dynamic", "watch": True}
+    # The API, ping and metrics share the internal entrypoint, which the stack does not publish.
+    internal = static["entryPoints"]["traefik"]["address"]
+    assert internal == ":8080" and static["api"]["insecure"] is True
+    assert static["ping"]["entryPoint"] == static["metrics"]["prometheus"]["entryPoint"] == "traefik"
+
+
+def test_a_reader_polling_the_directory_during_200_switches_never_sees_a_partial_file(tmp_path, dynamic_schema):
+    """Traefik reads the directory whenever it changes; it must only ever find whole, valid documents."""
+    router = TraefikFileRouter(tmp_path, health_interval=1, health_timeout=0.5)
+    asyncio.run(router.apply(WEB, Routing.all_to(Color.BLUE)))
+    stop = threading.Event()
+    seen: dict[str, int] = {"reads": 0, "blue": 0, "green": 0}
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for path in tmp_path.iterdir():
+                if path.suffix not in (".yml", ".yaml"):
+                    continue  # what Traefik's file provider skips (our temp files end in .tmp)
+                try:
+                    doc = yaml.safe_load(path.read_text())
+                    dynamic_schema.validate(doc)
+                    check_document(doc)
+                except FileNotFoundError:
+                    problems.append(f"{path.name} vanished")
+                except Exception as err:  # noqa: BLE001 - any failure to read is the bug we look for
+                    problems.append(f"{path.name}: {type(err).__name__}: {err}")
+                    continue
+                seen["reads"] += 1
+                weights = doc["http"]["services"]["web"]["weighted"]["services"]
+                seen["blue" if weights[0]["weight"] == 100 else "green"] += 1
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+
+    async def switches() -> list[float]:
+        durations = []
+        for i in range(200):
+            started = time.perf_counter()
+            await router.apply(WEB, Routing.all_to(Color.GREEN if i % 2 == 0 else Color.BLUE))
+            durations.append(time.perf_counter() - started)
+            await asyncio.sleep(0.001)  # let the reader in between writes as well as during them
+        return durations
+
+    try:
+        durations = asyncio.run(switches())
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert problems == []
+    assert seen["reads"] > 200 and seen["blue"] and seen["green"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["web.yml"]  # no temp file left behind
+    durations.sort()
+    print(f"\ntraefik-file write+fsync+rename: median {durations[100] * 1000:.2f} ms, "
+          f"p95 {durations[190] * 1000:.2f} ms over 200 switches; {seen['reads']} reads")
