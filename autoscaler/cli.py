@@ -19,7 +19,7 @@ from autoscaler.sources.dockerstats import DockerStatsSource
 from autoscaler.sources.prometheus import PrometheusSource
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.cli import EXIT_FAILED, EXIT_USAGE, config_errors
+from swarmshift.cli import EXIT_FAILED, EXIT_USAGE, config_errors, logs_to_stderr
 from swarmshift.config import ConfigError, load, read_yaml
 from swarmshift.http import TokenFile, parse_listen, start
 from swarmshift.notify import Notifier
@@ -166,6 +166,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
 @config_option
 def check(config_path) -> None:
     """Validate the policy file and the labels of every opted-in service; exit 2 on any problem."""
+    logs_to_stderr()
     with config_errors():
         _, policy_file = load_config(config_path)
     try:
@@ -200,6 +201,7 @@ def check(config_path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plan(config_path, prometheus_url, source, as_json) -> None:
     """Run one evaluation and change nothing: per service, metrics against targets and the replicas wanted."""
+    logs_to_stderr()
     with config_errors():
         cfg, policy_file = load_config(config_path, prometheus_url=prometheus_url, source=source)
     try:

@@ -56,7 +56,10 @@ class AutoscalerConfig(Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        parse_listen(value)
+        try:
+            parse_listen(value)
+        except ValueError:
+            raise ValueError("expected HOST:PORT such as 0.0.0.0:8080") from None
         return value
 
     @property

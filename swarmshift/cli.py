@@ -47,12 +47,21 @@ def config_errors() -> Iterator[None]:
     envvar="SWARMSHIFT_LOG_LEVEL",
     show_default=True,
 )
-def cli(log_format: str, log_level: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_format: str, log_level: str) -> None:
     """Autoscaling and blue-green deployments for Docker Swarm.
 
     Run `swarmshift autoscaler --help` or `swarmshift bluegreen --help` for the daemons.
     """
+    ctx.obj = {"log_format": log_format, "log_level": log_level}
     logs.configure(log_format, log_level)  # type: ignore[arg-type]
+
+
+def logs_to_stderr() -> None:
+    """For commands whose stdout is their output (tables, JSON): logs go to stderr instead."""
+    ctx = click.get_current_context(silent=True)
+    options = (ctx.find_object(dict) if ctx else None) or {}
+    logs.configure(options.get("log_format", "auto"), options.get("log_level", "info"), stream=sys.stderr)
 
 
 def _register() -> None:

@@ -136,7 +136,7 @@ def new_app(registry: CollectorRegistry, token: TokenFile | None) -> web.Applica
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT (got {value!r})")
+        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:8080 (got {value!r})")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

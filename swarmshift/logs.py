@@ -18,6 +18,10 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream=None) -> None
     JSON is one object per line with `timestamp` (ISO 8601, UTC), `level` and `event`.
     """
     stream = stream or sys.stdout
+    if hasattr(stream, "reconfigure"):
+        # One event per line, written as it happens: a log collector (or a test) reading a pipe
+        # must not wait for a block buffer to fill.
+        stream.reconfigure(line_buffering=True)
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer = (

@@ -88,6 +88,16 @@ def knob():
     k.close()
 
 
+@pytest.fixture
+def webhook():
+    """A webhook receiver on 127.0.0.1 that records every POST."""
+    from tests.support.receiver import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED

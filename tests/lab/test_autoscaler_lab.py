@@ -136,22 +136,27 @@ def test_prometheus_outage_holds_everything_and_scaling_resumes(swarm, demo_imag
     assert [e["to"] for e in scaled(daemon, svc.name)] == [3, 1]
 
 
-def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheus, knob, autoscaler_proc):
+def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheus, knob, autoscaler_proc, tmp_path):
     prometheus.add_target("knob", knob.address)
     cooldown = 20
     svc = swarm.service("cool", image=demo_image, labels=knob_labels(cooldown=f"{cooldown}s"))
     knob.set(svc.name, 20)
-    first = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, name="first")
+    events_file = tmp_path / "events.jsonl"
+    config = {"interval": 1, "events_file": str(events_file), "prometheus": {"url": prometheus.url}}
+    first = autoscaler_proc(config, name="first")
     scaled_at = wait_replicas(swarm, svc.name, 2, 30)
     first.kill()
     knob.set(svc.name, 30)
 
-    second = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, name="second")
+    second = autoscaler_proc(config, name="second")
     stays(swarm, svc.name, 2, cooldown - (time.monotonic() - scaled_at) - 1.5)
     again = wait_replicas(swarm, svc.name, 3, 15)
     assert again - scaled_at >= cooldown - 1.5
     assert [(e["from"], e["to"]) for e in scaled(second, svc.name)] == [(2, 3)]
     assert second.events("service_held", service=svc.name, reason="cooldown")
+    # The events file outlives the daemon: the second one serves the first one's event too.
+    served = json.loads(second.get(f"/v1/events?service={svc.name}")[1])["events"]
+    assert [(e["from"], e["to"]) for e in served] == [(1, 2), (2, 3)]
 
 
 def test_two_daemons_never_double_scale(swarm, demo_image, prometheus, knob, autoscaler_proc):
@@ -218,13 +223,15 @@ groups:
     assert [(e["from"], e["to"], e["alert"], e["reason"]) for e in events] == [(1, 2, "DemoNeedsMore", "alert_scale_up")]
 
 
-def test_alert_endpoint_rejects_bad_requests(swarm, demo_image, autoscaler_proc, tmp_path):
+def test_alert_endpoint_rejects_bad_requests_and_scaling_is_notified(swarm, demo_image, autoscaler_proc, webhook, tmp_path):
     token = tmp_path / "token"
     token.write_text("t0ken")
     opted = swarm.service("opted", image=demo_image, labels={
         "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "2", "swarmshift.autoscale.mode": "alert"})
     plain = swarm.service("plain", image=demo_image)
-    daemon = autoscaler_proc({"interval": 2, "token_file": str(token), "source": "docker"})
+    # The first receiver never answers (a closed port): it must not delay the others or the loop.
+    notify = {"webhooks": [f"http://127.0.0.1:{lab.free_port()}/dead", webhook.url + "/hook"], "retries": 2}
+    daemon = autoscaler_proc({"interval": 2, "token_file": str(token), "source": "docker", "notify": notify})
     auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
 
     def alert(service, action="scale_up", status="firing", **labels):
@@ -259,6 +266,12 @@ def test_alert_endpoint_rejects_bad_requests(swarm, demo_image, autoscaler_proc,
     assert status == 200 and [(e["from"], e["to"]) for e in json.loads(body)["events"]] == [(1, 2)]
     assert daemon.metric("swarmshift_autoscaler_scale_events_total", service=opted.name, direction="up") == 1
 
+    delivery = webhook.next(timeout=10)
+    assert delivery.path == "/hook"
+    assert (delivery.body["type"], delivery.body["service"], delivery.body["to"]) == ("service_scaled", opted.name, 2)
+    assert delivery.body["text"].startswith(f"swarmshift: scaled {opted.name} from 1 to 2")
+    lab.wait_for("the dead receiver to be given up", lambda: daemon.events("notification_failed"), 15)
+
 
 def test_check_reports_bad_labels_with_key_and_value(swarm, demo_image, tmp_path):
     import subprocess
@@ -282,3 +295,63 @@ def test_dry_run_logs_and_changes_nothing(swarm, demo_image, prometheus, knob, a
     stays(swarm, svc.name, 1, 2)
     event = scaled(daemon, svc.name)[0]
     assert (event["dry_run"], event["from"], event["to"]) == (True, 1, 3)
+
+
+def test_plan_reports_a_service_with_no_series(swarm, demo_image, prometheus):
+    import subprocess
+
+    from tests.support.swarmshift_proc import SWARMSHIFT
+
+    # Opted in, running, limited: but this Prometheus scrapes no cAdvisor series for it.
+    prometheus.add_target("cadvisor", "127.0.0.1:9")  # replace nothing; keep the job, add a dead target
+    svc = swarm.service("noseries", image=demo_image, cpu_limit=0.5, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3", "swarmshift.autoscale.cpu": "50",
+        "swarmshift.autoscale.query": 'max(absent_metric{service="{{service}}"})',
+        "swarmshift.autoscale.query.target": "5"})
+    cfg = {"prometheus": {"url": prometheus.url, "cpu_query": 'sum by ({service_label}, {task_label}) '
+                          '(rate(container_cpu_usage_seconds_total{{{service_label}="none"}}[{window}]))'}}
+    path = swarm_config(cfg)
+    result = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path, "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    row = next(r for r in json.loads(result.stdout) if r["service"] == svc.name)
+    assert f"no series for service {svc.name}: is cAdvisor scraped, and are its labels kept?" in row["problems"]
+    assert row["to"] == 1 and row["reason"] == "no_data"
+    table = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert table.startswith("SERVICE") and svc.name in table and "no series for service" in table
+
+
+def swarm_config(cfg: dict) -> str:
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(cfg, f)
+        return f.name
+
+
+def test_scale_up_stops_at_node_capacity(swarm, demo_image, prometheus, knob, autoscaler_proc):
+    prometheus.add_target("knob", knob.address)
+    node_memory = swarm.client.info()["MemTotal"]
+    # Each task reserves 40 % of the node's memory: two fit, a third stays pending.
+    svc = swarm.service("full", image=demo_image, labels=knob_labels(max="6"))
+    swarm.client.api.update_service(**update_reservation(swarm, svc.name, int(node_memory * 0.4)))
+    swarm.wait_running(svc.name, 1)
+    knob.set(svc.name, 30)
+    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}})
+    wait_replicas(swarm, svc.name, 3, 30)
+    knob.set(svc.name, 60)  # asks for 6; the pending task says there is no room
+    lab.wait_for("the capacity cap", lambda: daemon.events("scale_capped_by_capacity", service=svc.name), 30)
+    stays(swarm, svc.name, 3, 4)
+    assert len(swarm.running_tasks(svc.name)) == 2
+
+
+def update_reservation(swarm, name: str, memory: int) -> dict:
+    raw = swarm.client.api.inspect_service(name)
+    spec = raw["Spec"]
+    spec["TaskTemplate"].setdefault("Resources", {})["Reservations"] = {"MemoryBytes": memory}
+    return {"service": raw["ID"], "version": raw["Version"]["Index"], "task_template": spec["TaskTemplate"],
+            "name": spec["Name"], "labels": spec["Labels"], "mode": spec["Mode"],
+            "endpoint_spec": spec.get("EndpointSpec")}
