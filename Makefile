@@ -34,5 +34,11 @@ test-lab: lab venv
 lint: venv
 	$(BIN)/ruff check .
 
+demo: lab venv
+	PYTHONPATH=. $(BIN)/python lab/demo.py
+
+demo-down: venv
+	PYTHONPATH=. $(BIN)/python lab/demo.py --down
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
