@@ -143,6 +143,14 @@ def test_update_image_env_and_labels_keeps_the_rest_of_the_spec(swarm, demo_imag
         "APP_VERSION=v2" in t["Spec"]["ContainerSpec"].get("Env", [])
         for t in swarm.running_tasks(svc.name)), timeout=60)
 
+    async def update_status():
+        return (await Swarm().service(svc.name)).update_status
+
+    # A spec change that restarts tasks is a rolling update: Swarm reports it, then completes it.
+    status = wait_for("the rolling update to complete", lambda: (
+        (u := run(update_status())) is not None and u.state == "completed" and u), timeout=60)
+    assert status.started_at and status.completed_at and not status.in_progress
+
 
 def test_nodes_and_missing_services():
     async def scenario():
