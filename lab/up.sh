@@ -63,5 +63,7 @@ sh "$here/base-image.sh"
 base=${LAB_BASE_IMAGE:-swarmshift-lab/python:bookworm}
 log=$(mktemp)
 DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE="$base" -t swarmshift-demo:lab "$here/../stack/demo-app" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
+# The blue-green controller's nginx router (Debian's nginx-light, installed from the mirror).
+DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE="$base" -t swarmshift-nginx:lab "$here/nginx" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
 rm -f "$log"
 echo "lab: ready (engine $(docker version --format '{{.Server.Version}}'), swarm manager, images built)"

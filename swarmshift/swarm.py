@@ -229,13 +229,14 @@ class Swarm:
                 self._client = docker.from_env(timeout=int(self.timeout))
         return self._client.api
 
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+    async def _call(self, what: str, fn: Callable[[], T], *, within: float | None = None) -> T:
         """Run one blocking SDK call off the loop; retry connection errors with backoff."""
         delay = self.backoff
+        limit = (within if within is not None else self.timeout) + 1
         for attempt in range(1, self.retries + 1):
             try:
                 self.calls += 1
-                return await asyncio.wait_for(asyncio.to_thread(fn), timeout=self.timeout + 1)
+                return await asyncio.wait_for(asyncio.to_thread(fn), timeout=limit)
             except docker.errors.NotFound as err:
                 raise NotFound(f"{what}: {err.explanation or err}") from err
             except docker.errors.APIError as err:
@@ -327,6 +328,27 @@ class Swarm:
             info = await self._call("info", self.api.info)
             self._local_node = info.get("Swarm", {}).get("NodeID", "")
         return self._local_node
+
+    # -- containers on this node -----------------------------------------------------------
+
+    async def exec(self, container_id: str, argv: list[str], *, within: float | None = None) -> tuple[int, str]:
+        """Run `argv` in a running container on this node: (exit code, stdout and stderr together).
+
+        Retried on connection errors like every call, so `argv` must be safe to run twice
+        (`nginx -t` is). `within` bounds the command itself, default the client's timeout.
+        """
+        def run() -> tuple[int, str]:
+            exec_id = self.api.exec_create(container_id, argv, stdout=True, stderr=True)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+            return (code if code is not None else -1), output.decode(errors="replace")
+
+        what = f"exec {' '.join(argv)} in {container_id[:12]}"
+        return await self._call(what, run, within=within)
+
+    async def signal(self, container_id: str, sig: str | int) -> None:
+        """Send `sig` (a name such as HUP, or a number) to a container's main process on this node."""
+        await self._call(f"signal {sig} to {container_id[:12]}", lambda: self.api.kill(container_id, sig))
 
     # -- writes ------------------------------------------------------------------------------
 

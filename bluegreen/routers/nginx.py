@@ -135,7 +135,12 @@ def signal_pid_file(path: str | Path, sig: int = signals.SIGHUP) -> Action:
 
 
 async def _service_containers(swarm: Swarm, service: str) -> list[str]:
-    found = await swarm.containers(f"com.docker.swarm.service.name={service}")
+    from swarmshift.swarm import SwarmError
+
+    try:
+        found = await swarm.containers(f"com.docker.swarm.service.name={service}")
+    except SwarmError as err:
+        raise RouterError(f"cannot list the containers of the nginx service {service}: {err}") from err
     if not found:
         raise RouterError(f"no running container of the nginx service {service} on this node")
     return [c["Id"] for c in found]
@@ -143,38 +148,30 @@ async def _service_containers(swarm: Swarm, service: str) -> list[str]:
 
 def docker_signal(swarm: Swarm, service: str, sig: str = "HUP") -> Action:
     """An action signalling every container of the nginx Swarm service on this node (SIGHUP reloads nginx)."""
-    import docker.errors
+    from swarmshift.swarm import SwarmError
 
     async def send() -> None:
         for container in await _service_containers(swarm, service):
             try:
-                await asyncio.to_thread(swarm.api.kill, container, sig)
-            except docker.errors.APIError as err:
-                raise RouterError(f"signal {sig} to {container[:12]}: {err.explanation or err}") from err
+                await swarm.signal(container, sig)
+            except SwarmError as err:
+                raise RouterError(f"signal {sig} to {service} ({container[:12]}): {err}") from err
 
     return send
 
 
 def docker_exec(swarm: Swarm, service: str, argv: Sequence[str], *, within: float = 10.0) -> Action:
     """An action running `argv` (nginx -t) in a container of the nginx service, where nginx and its files are."""
-    import docker.errors
+    from swarmshift.swarm import SwarmError
 
     argv = list(argv)
 
     async def run() -> None:
         container = (await _service_containers(swarm, service))[0]
-
-        def execute() -> tuple[int, str]:
-            exec_id = swarm.api.exec_create(container, argv, stdout=True, stderr=True)["Id"]
-            output = swarm.api.exec_start(exec_id)
-            return swarm.api.exec_inspect(exec_id).get("ExitCode") or 0, output.decode(errors="replace")
-
         try:
-            code, output = await asyncio.wait_for(asyncio.to_thread(execute), within)
-        except TimeoutError:
-            raise RouterError(f"{' '.join(argv)} in {service}: no answer within {_seconds(within)}") from None
-        except docker.errors.APIError as err:
-            raise RouterError(f"{' '.join(argv)} in {service}: {err.explanation or err}") from err
+            code, output = await swarm.exec(container, argv, within=within)
+        except SwarmError as err:
+            raise RouterError(f"{' '.join(argv)} in {service}: {err}") from err
         if code != 0:
             raise RouterError(f"{' '.join(argv)} in {service} exited with {code}: {output.strip()}")
 
