@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-lab:
+lab: venv
 	sh lab/up.sh
+	sh lab/swarmshift-image.sh $(BIN)/pip
 
 test: lab venv
 	$(BIN)/ruff check .
