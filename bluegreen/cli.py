@@ -1,10 +1,357 @@
-"""The `swarmshift bluegreen` commands."""
+"""The `swarmshift bluegreen` commands: the controller daemon (run), the label check, and the operator CLI.
+
+The operator commands talk to a running controller over its API (`--controller URL` or
+SWARMSHIFT_CONTROLLER; the token from SWARMSHIFT_TOKEN or SWARMSHIFT_TOKEN_FILE). Their exit
+codes mean something, so CI can gate on them: 0 success, 1 the operation failed or was refused
+(a deploy rolled back, a switch to an unhealthy color), 2 bad usage or config, 3 the
+controller could not be reached.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+
+from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
+from bluegreen.config import BlueGreenConfig, check_app_labels
+from swarmshift import logs
+from swarmshift.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors
+from swarmshift.config import ConfigError, load
+from swarmshift.http import TokenFile, parse_listen, start
+from swarmshift.notify import Notifier
+from swarmshift.swarm import DockerUnavailable, Swarm
+
+log = logs.get("bluegreen")
+
+IN_FLIGHT = {"Preparing", "Waiting", "PreChecks", "Switching", "Progressing", "Verifying", "RollingBack"}
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), envvar="SWARMSHIFT_CONFIG",
+    help="YAML file with the controller's settings.  [env: SWARMSHIFT_CONFIG]",
+)
+controller_option = click.option(
+    "--controller", "controller_url", envvar="SWARMSHIFT_CONTROLLER", default=DEFAULT_URL, show_default=True,
+    metavar="URL", help="The controller's API.  [env: SWARMSHIFT_CONTROLLER]",
+)
 
 
 @click.group()
 def bluegreen() -> None:
-    """Blue-green deployments: deploy to the idle color, switch Traefik or nginx, roll back."""
+    """Blue-green deployments: deploy to the idle color, switch Traefik or nginx, roll back.
+
+    An app is two services labelled swarmshift.bluegreen.app=<app> and
+    swarmshift.bluegreen.color=blue|green. `run` is the controller daemon; status, deploy,
+    switch and rollback talk to it. Exit codes: 0 success, 1 failed or refused, 2 bad usage or
+    config, 3 controller unreachable.
+    """
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+def load_config(config_path: str | None) -> BlueGreenConfig:
+    return load(BlueGreenConfig, config_path)
+
+
+def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]]:
+    """What the file cannot say is wrong until the daemon looks: the token and the router's directory."""
+    problems: list[str] = []
+    token = None
+    if cfg.token_file:
+        try:
+            token = TokenFile(cfg.token_file)
+        except (OSError, ValueError) as err:
+            problems.append(f"config: token_file: cannot read the token: {err} (got {cfg.token_file!r})")
+    kind = cfg.router.kind
+    if kind in ("traefik-file", "nginx"):
+        key, directory = (("router.traefik.dynamic_dir", cfg.router.traefik.dynamic_dir) if kind == "traefik-file"
+                          else ("router.nginx.conf_dir", cfg.router.nginx.conf_dir))
+        if not Path(directory).is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            problems.append(f"config: {key}: not a directory the controller can write (got {directory!r})")
+    return token, problems
+
+
+@bluegreen.command()
+@config_option
+def run(config_path) -> None:
+    """Run the controller: reconcile every app, serve the API, /healthz, /metrics and /v1/traefik."""
+    with config_errors():
+        cfg = load_config(config_path)
+        token, problems = _startup_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
+    asyncio.run(_serve(cfg, token))
+
+
+async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
+    from bluegreen import routers
+    from bluegreen.api import make_app
+    from bluegreen.controller import Controller
+
+    swarm = Swarm(timeout=cfg.docker_timeout)
+    router = routers.build(cfg.router, swarm=swarm)
+    notifier = Notifier(cfg.notify.webhooks, timeout=cfg.notify.timeout, retries=cfg.notify.retries)
+    controller = Controller(swarm, router, cfg, notifier=notifier)
+    host, port = parse_listen(cfg.listen)
+    runner = await start(make_app(controller, token), host, port)
+    await notifier.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if token is None:
+        log.warning("operations_disabled", reason="no token_file configured: deploy, switch, rollback and alerts "
+                                                  "answer 401")
+    log.info("controller_started", router=router.kind, probe_via=cfg.probe.via, listen=cfg.listen,
+             probe_interval=cfg.probe_interval, failure_threshold=cfg.failure_threshold,
+             rollback_deadline=cfg.rollback_deadline)
+    starting = asyncio.create_task(controller.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            log.error("controller_start_failed", error=str(starting.exception()))
+            raise SystemExit(EXIT_FAILED)
+        await stopping
+    finally:
+        log.info("controller_stopping")
+        for task in (starting, stopping):
+            task.cancel()
+        await controller.stop()
+        await notifier.close()
+        await runner.cleanup()
+        await router.close()
+        await swarm.close()
+
+
+@bluegreen.command()
+@config_option
+def check(config_path) -> None:
+    """Validate the config and the labels of every app; one line per problem, exit 2 on any."""
+    with config_errors():
+        cfg = load_config(config_path)
+    try:
+        services = asyncio.run(_labelled_services(cfg))
+    except DockerUnavailable as err:
+        click.echo(f"cannot list services: {err}", err=True)
+        sys.exit(EXIT_FAILED)
+    from bluegreen.model import APP_LABEL, discover
+
+    problems = check_app_labels(services, cfg)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        sys.exit(EXIT_USAGE)
+    apps = discover(services, cfg.app_defaults()).apps
+    labelled = len({s.labels.get(APP_LABEL) for s in services if s.labels.get(APP_LABEL)})
+    click.echo(f"ok: {len(apps)} app(s) of {labelled} labelled, no problems")
+
+
+async def _labelled_services(cfg: BlueGreenConfig) -> list:
+    swarm = Swarm(timeout=cfg.docker_timeout)
+    try:
+        # Every service: one with stray blue-green labels but no app label is a problem too.
+        return [s for s in await swarm.services() if any(k.startswith("swarmshift.bluegreen.") for k in s.labels)]
+    finally:
+        await swarm.close()
+
+
+# --- the operator CLI --------------------------------------------------------------------------
+
+
+def _client(controller_url: str) -> ControllerClient:
+    try:
+        token = token_from_env()
+    except ValueError as err:
+        _fail(str(err), EXIT_USAGE)
+    return ControllerClient(controller_url, token)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _call(client: ControllerClient, method: str, path: str, body: Any = None) -> Answer:
+    """One request; exits with the code its failure means."""
+    try:
+        answer = client.request(method, path, body if body is not None or method == "GET" else {})
+    except ControllerUnreachable as err:
+        _fail(str(err), EXIT_UNREACHABLE)
+    if answer.ok:
+        return answer
+    if answer.status == 401:
+        _fail(f"the controller refused the token (HTTP 401): set SWARMSHIFT_TOKEN or SWARMSHIFT_TOKEN_FILE\n"
+              f"{answer.error()}", EXIT_USAGE)
+    if answer.status in (400, 404):
+        _fail(answer.error(), EXIT_USAGE)
+    _fail(answer.error(), EXIT_FAILED)  # refused (409, 422) or the controller failed (5xx)
+    raise AssertionError("unreachable")
+
+
+def _app_path(app: str) -> str:
+    if not app or "/" in app:
+        _fail(f"not an app name: {app!r}", EXIT_USAGE)
+    return f"/v1/apps/{app}"
+
+
+@bluegreen.command()
+@click.argument("app", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the controller's JSON instead of a table.")
+@controller_option
+def status(app, as_json, controller_url) -> None:
+    """Per app: the active color, both images and replica counts, health, phase and the last result.
+
+    Exits 1 when any app is degraded (its active color is not fully up, the router does not
+    serve what the state says, its labels are broken, or its last deploy failed or was rolled
+    back), so CI can gate on it.
+    """
+    client = _client(controller_url)
+    body = _call(client, "GET", _app_path(app) if app else "/v1/apps").body
+    apps = [body] if app else body["apps"]
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    else:
+        click.echo(render_status(apps))
+    sys.exit(EXIT_FAILED if any(a.get("health") == "degraded" for a in apps) else EXIT_OK)
+
+
+def _color_cell(view: dict[str, Any], color: str) -> str:
+    c = view["colors"][color]
+    weight = f" {c['weight']}%" if c.get("weight") else ""
+    return f"{c['image']} {c['running']}/{c['replicas']}{weight}"
+
+
+def render_status(apps: list[dict[str, Any]]) -> str:
+    """A table like `argo rollouts list`, then the reasons for each degraded app."""
+    rows = [("APP", "ACTIVE", "PHASE", "HEALTH", "BLUE", "GREEN", "LAST")]
+    notes = []
+    for view in apps:
+        if "colors" not in view:
+            rows.append((view["app"], "-", "-", view["health"], "-", "-", "-"))
+        else:
+            d = view.get("deploy")
+            last = f"{d['operation']} {view['result'] or d['id']}" if d else "-"
+            rows.append((view["app"], view["active"], view["phase"], view["health"], _color_cell(view, "blue"),
+                         _color_cell(view, "green"), last))
+        notes += [f"{view['app']}: {line}" for line in view.get("degraded", [])]
+        if view.get("phase") in IN_FLIGHT and view.get("reason"):
+            notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _wait(client: ControllerClient, app: str, deploy_id: str | None, timeout: float | None) -> int:
+    """Follow the operation to its end: per-phase lines on a TTY; 0 only if it ended Stable."""
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    seen: tuple[str, str] | None = None
+    unreachable_since: float | None = None
+    while True:
+        try:
+            answer = client.get(_app_path(app))
+            unreachable_since = None
+        except ControllerUnreachable as err:
+            # A controller restarting (a new task, a kill) picks the deploy up from Swarm: keep following.
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > 60:
+                _fail(f"{err} (for 60s while waiting)", EXIT_UNREACHABLE)
+            time.sleep(1)
+            continue
+        if not answer.ok:
+            _fail(answer.error(), EXIT_FAILED)
+        view = answer.body
+        d = view.get("deploy") or {}
+        if deploy_id is not None and d.get("id") != deploy_id:
+            _fail(f"{app}: another operation ({d.get('id')}) replaced {deploy_id}", EXIT_FAILED)
+        now = (view.get("phase", "?"), view.get("reason", ""))
+        if tty and now != seen and now[0] != (seen or ("", ""))[0]:
+            click.echo(f"{time.monotonic() - started:6.1f}s  {now[0]:<11}  {now[1]}")
+        seen = now
+        if view.get("phase") not in IN_FLIGHT and "colors" in view:
+            ok = view["phase"] == "Stable" and view.get("result") == "succeeded"
+            outcome = "Stable" if ok else f"{view['phase']} ({view.get('result')})"
+            detail = "" if ok else f": {d.get('reason', '')}"
+            click.echo(f"{app}: {d.get('operation', 'operation')} {deploy_id or ''} ended {outcome}; "
+                       f"traffic on {view['active']}{detail}")
+            return EXIT_OK if ok else EXIT_FAILED
+        if timeout is not None and time.monotonic() - started > timeout:
+            _fail(f"{app}: still {view.get('phase')} after {timeout:g}s", EXIT_FAILED)
+        time.sleep(0.5)
+
+
+wait_option = click.option("--wait", is_flag=True, help="Follow the operation to its end; exit 0 only if it ends Stable.")
+timeout_option = click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                              help="With --wait: give up (exit 1) after this long.")
+
+
+def _started(app: str, body: dict[str, Any]) -> str | None:
+    d = body.get("deploy") or {}
+    click.echo(f"{app}: {d.get('operation', 'operation')} {d.get('id', '')} started: {body.get('phase')}"
+               + (f", {d.get('image')} on {d.get('target')}" if d.get("image") else ""))
+    return d.get("id")
+
+
+@bluegreen.command()
+@click.argument("app")
+@click.option("--image", required=True, help="The image the idle color gets.")
+@wait_option
+@timeout_option
+@controller_option
+def deploy(app, image, wait, timeout, controller_url) -> None:
+    """Deploy IMAGE to APP's idle color; with --wait, follow it (per phase on a TTY) to its end."""
+    client = _client(controller_url)
+    answer = _call(client, "POST", f"{_app_path(app)}/deploy", {"image": image})
+    deploy_id = _started(app, answer.body)
+    sys.exit(_wait(client, app, deploy_id, timeout) if wait else EXIT_OK)
+
+
+@bluegreen.command()
+@click.argument("app")
+@click.option("--to", type=click.Choice(["blue", "green"]), default=None, help="Default: the other color.")
+@click.option("--force", is_flag=True, help="Skip the health check of the target and the verification.")
+@wait_option
+@timeout_option
+@controller_option
+def switch(app, to, force, wait, timeout, controller_url) -> None:
+    """Move APP's traffic to the other color; refused (exit 1) when it is unhealthy, unless --force."""
+    client = _client(controller_url)
+    body: dict[str, Any] = {"force": force}
+    if to:
+        body["to"] = to
+    answer = _call(client, "POST", f"{_app_path(app)}/switch", body)
+    deploy_id = _started(app, answer.body)
+    sys.exit(_wait(client, app, deploy_id, timeout) if wait else EXIT_OK)
+
+
+@bluegreen.command()
+@click.argument("app")
+@wait_option
+@timeout_option
+@controller_option
+def rollback(app, wait, timeout, controller_url) -> None:
+    """Return APP to its previous color: abort a deploy in flight, or go back to the last release."""
+    client = _client(controller_url)
+    answer = _call(client, "POST", f"{_app_path(app)}/rollback")
+    deploy_id = _started(app, answer.body)
+    if not wait:
+        sys.exit(EXIT_OK)
+    code = _wait(client, app, deploy_id, timeout)
+    with contextlib.suppress(Exception):
+        view = client.get(_app_path(app)).body
+        # Aborting a deploy ends it RolledBack or Failed by design: that is this command succeeding.
+        if view.get("phase") in ("RolledBack", "Failed") and (view.get("deploy") or {}).get("id") == deploy_id:
+            code = EXIT_OK
+    sys.exit(code)

@@ -21,6 +21,7 @@ from bluegreen.model import (
     RULE_LABEL,
     STATE_KEYS,
     STRATEGY_LABEL,
+    App,
     AppDefaults,
     AppState,
     Color,
@@ -221,6 +222,54 @@ class DefaultsSettings(Strict):
         return value
 
 
+_PROBE_URL = re.compile(r"^https?://[^/\s]+(?:/[^\s]*)?$")
+
+
+class ProbeSettings(Strict):
+    """How the controller reaches a color for its HTTP probes.
+
+    `direct` probes every task of the color by Swarm DNS (`tasks.<service>`), as the controller
+    does when it runs on the apps' overlay network, as in production. `router` goes through the
+    proxy instead, for a controller that cannot reach the tasks: the color that takes all traffic
+    at `active_url`, the preview color at `preview_url`, with the first host of the app's rule
+    (or preview rule) as the Host header. A color no route serves cannot be probed that way, and
+    unreachable never counts as healthy.
+    """
+
+    via: Literal["direct", "router"] = "direct"
+    active_url: str | None = None  # e.g. http://traefik:80 or http://127.0.0.1:8080; {app} is the app's name
+    preview_url: str | None = None  # default: active_url (the preview rule's host tells them apart)
+    # Probed besides the health path once users' traffic reaches the color (Progressing,
+    # Verifying): a release whose health check passes but whose pages fail is caught there.
+    verify_paths: CommaList = []
+    verify_requests: int = Field(3, ge=1, le=100)  # per path and task in each round; any 5xx fails it
+
+    @field_validator("active_url", "preview_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _PROBE_URL.match(value):
+            raise ValueError("expected a base URL such as http://traefik:80")
+        return value.rstrip("/") if value else value
+
+    @field_validator("verify_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not re.match(r"^/[^\s\"'`;{}\\]*$", path):
+                raise ValueError(f"expected absolute paths such as /, got {path!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _router_urls(self) -> ProbeSettings:
+        if self.via == "router" and not self.active_url:
+            raise ValueError("via router needs active_url (and preview_url when the preview rule is served elsewhere)")
+        return self
+
+    def route_url(self, app: str, preview: bool) -> str | None:
+        template = (self.preview_url or self.active_url) if preview else self.active_url
+        return template.replace("{app}", app) if template else None
+
+
 class PrometheusSettings(Strict):
     url: str | None = None
     timeout: Duration = 5.0
@@ -241,6 +290,10 @@ class BlueGreenConfig(Strict):
     defaults: DefaultsSettings = DefaultsSettings()
     probe_interval: Duration = 2.0
     probe_timeout: Duration | None = None  # default: 2s, or probe_interval when that is shorter
+    probe: ProbeSettings = ProbeSettings()
+    # How often an app with nothing in flight is reconciled (routing, locks, retiring the idle
+    # color); a deploy in flight ticks every probe_interval, and requests and alerts act at once.
+    reconcile_interval: Duration = 10.0
     healthy_threshold: int = Field(3, ge=1, le=100)
     failure_threshold: int = Field(2, ge=0, le=100)
     wait_timeout: Duration = 300.0
@@ -273,6 +326,13 @@ class BlueGreenConfig(Strict):
     @field_validator("probe_interval")
     @classmethod
     def _probe_interval(cls, value: float) -> float:
+        if value < 0.2:
+            raise ValueError("must be at least 200ms")
+        return value
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _reconcile_interval(cls, value: float) -> float:
         if value < 0.2:
             raise ValueError("must be at least 200ms")
         return value
@@ -350,16 +410,25 @@ def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig) -> l
     for svc in sorted(services, key=lambda s: s.name):
         if any(key in STATE_KEYS for key in svc.labels):
             problems.extend(AppState.from_labels(svc.labels, svc.name)[1])
-    if config.router.kind != "nginx":
-        return problems
     for app in found.apps.values():
-        where = f"app {app.name}"
-        if app.strategy is Strategy.PROGRESSIVE:
-            problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
-                            "all traffic at once (got 'progressive')")
-        for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
-            if rule is not None and rule_hosts(parse_rule(rule)) is None:
-                problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
-                                f"joined by || (got {rule!r})")
+        problems.extend(app_problems(app, config))
     return problems
 
+
+def app_problems(app: App, config: BlueGreenConfig) -> list[str]:
+    """What keeps a well-labelled app from working with this config's router and probes."""
+    where = f"app {app.name}"
+    problems = []
+    if config.probe.via == "router" and app.preview_rule is None:
+        problems.append(f"{where}: probe.via router reaches the idle color only through the preview "
+                        f"route: set {PREVIEW_RULE_LABEL} or defaults.preview_rule")
+    if config.router.kind != "nginx":
+        return problems
+    if app.strategy is Strategy.PROGRESSIVE:
+        problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
+                        "all traffic at once (got 'progressive')")
+    for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
+        if rule is not None and rule_hosts(parse_rule(rule)) is None:
+            problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
+                            f"joined by || (got {rule!r})")
+    return problems

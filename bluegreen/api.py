@@ -1,0 +1,146 @@
+"""The blue-green controller's HTTP API, wired in one place: apps, operations, alerts and the Traefik document."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from bluegreen.controller import BrokenApp, Busy, UnknownApp
+from bluegreen.model import Color
+from bluegreen.phases import Refused
+from bluegreen.routers import RouterError
+from swarmshift import alerts, logs
+from swarmshift.http import HTTPProblem, TokenFile, authenticated, new_app, read_json
+from swarmshift.swarm import DockerUnavailable, SwarmError
+
+if TYPE_CHECKING:
+    from bluegreen.controller import Controller
+
+log = logs.get("bluegreen.api")
+CONTROLLER = web.AppKey("controller", "Controller")
+
+# Refused.code -> HTTP status: another operation is running (409), or the app cannot take this
+# one in its present state (422: an unhealthy target, nothing to roll back to, a no-op).
+_REFUSED_STATUS = {"busy": 409}
+
+
+def make_app(controller: Controller, token: TokenFile | None) -> web.Application:
+    app = new_app(controller.telemetry.registry, token)  # with /healthz and /metrics
+    app[CONTROLLER] = controller
+    app.middlewares.append(_domain_errors)
+    app.router.add_routes([
+        web.get("/v1/apps", list_apps),
+        web.get("/v1/apps/{app}", show_app),
+        web.post("/v1/apps/{app}/deploy", deploy),
+        web.post("/v1/apps/{app}/switch", switch),
+        web.post("/v1/apps/{app}/rollback", rollback),
+        web.post("/v1/alerts", receive_alerts),
+        web.get("/v1/traefik", traefik),
+    ])
+    return app
+
+
+@web.middleware
+async def _domain_errors(request: web.Request, handler) -> web.StreamResponse:
+    """The controller's refusals as HTTP answers; each names what is in the way."""
+    try:
+        return await handler(request)
+    except UnknownApp as err:
+        raise HTTPProblem(404, str(err)) from err
+    except Busy as err:
+        raise HTTPProblem(409, str(err), code="busy") from err
+    except Refused as err:
+        raise HTTPProblem(_REFUSED_STATUS.get(err.code, 422), err.message, code=err.code) from err
+    except BrokenApp as err:
+        raise HTTPProblem(422, str(err), code="invalid", problems=err.problems) from err
+    except DockerUnavailable as err:
+        raise HTTPProblem(503, f"Docker does not answer: {err}") from err
+    except SwarmError as err:
+        raise HTTPProblem(502, f"Docker refused: {err}") from err
+
+
+def _body(raw: Any, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object with only `allowed` keys of the given types; HTTPProblem 400 naming each problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise HTTPProblem(400, f"expected a JSON object (got {type(raw).__name__})")
+    problems = [f"body.{key}: unknown key (got {raw[key]!r})" for key in raw if key not in allowed]
+    problems += [f"body.{key}: missing" for key in required if key not in raw]
+    for key, kind in allowed.items():
+        if key in raw and raw[key] is not None and not isinstance(raw[key], kind):
+            problems.append(f"body.{key}: wrong type (got {raw[key]!r})")
+    if problems:
+        raise HTTPProblem(400, "bad request body", problems=problems)
+    return raw
+
+
+async def _optional_json(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return None
+    return await read_json(request)
+
+
+def _accepted(state) -> web.Response:
+    d = state.deploy
+    return web.json_response({
+        "phase": state.phase.value, "active": state.active.value, "generation": state.generation,
+        "deploy": None if d is None else {"id": d.id, "operation": d.kind.value, "image": d.image,
+                                          "target": d.target.value, "reason": d.reason},
+    }, status=202)
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    apps = await request.app[CONTROLLER].statuses()
+    return web.json_response({"apps": apps})
+
+
+async def show_app(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[CONTROLLER].status(request.match_info["app"]))
+
+
+@authenticated
+async def deploy(request: web.Request) -> web.Response:
+    body = _body(await read_json(request), {"image": str}, required=("image",))
+    image = body["image"].strip()
+    if not image or any(c.isspace() for c in image):
+        raise HTTPProblem(400, "bad request body", problems=[f"body.image: expected an image reference (got {image!r})"])
+    state = await request.app[CONTROLLER].deploy(request.match_info["app"], image)
+    return _accepted(state)
+
+
+@authenticated
+async def switch(request: web.Request) -> web.Response:
+    body = _body(await _optional_json(request), {"to": str, "force": bool})
+    to = body.get("to")
+    if to is not None and to not in {c.value for c in Color}:
+        raise HTTPProblem(400, "bad request body", problems=[f"body.to: expected blue or green (got {to!r})"])
+    state = await request.app[CONTROLLER].switch(request.match_info["app"], Color(to) if to else None,
+                                                 force=bool(body.get("force")))
+    return _accepted(state)
+
+
+@authenticated
+async def rollback(request: web.Request) -> web.Response:
+    _body(await _optional_json(request), {})
+    state = await request.app[CONTROLLER].rollback(request.match_info["app"])
+    return _accepted(state)
+
+
+@authenticated
+async def receive_alerts(request: web.Request) -> web.Response:
+    notification = alerts.parse(await read_json(request))
+    results = await request.app[CONTROLLER].on_alerts(notification)
+    status = max((r["status"] for r in results), default=200)
+    return web.json_response({"results": results}, status=status)
+
+
+async def traefik(request: web.Request) -> web.Response:
+    """The dynamic configuration for Traefik's HTTP provider (`providers.http.endpoint`)."""
+    try:
+        doc = request.app[CONTROLLER].traefik_document()
+    except RouterError as err:
+        # Traefik keeps its last configuration when the endpoint fails: better than a partial one.
+        raise HTTPProblem(503, str(err)) from err
+    return web.json_response(doc)

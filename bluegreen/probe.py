@@ -1,0 +1,153 @@
+"""HTTP probes of one color: every task directly by Swarm DNS, or through the router's routes.
+
+A probe round passes only when every request of it passes. Its outcome keeps two failures
+apart, because operators fix them differently: `failed` (the color answered wrongly, or a
+connection to it was refused or timed out) and `unreachable` (the controller has no path to the
+color at all: the task names do not resolve where it runs, or no route serves the color).
+Neither is ever healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from bluegreen.config import ProbeSettings
+from bluegreen.model import App, Color, Routing, parse_rule, rule_hosts
+from bluegreen.phases import Probe, ProbeOutcome
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_NO_PATH = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to here (Docker's DNS on an overlay network; the system's elsewhere)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One place a round sends requests to: a base URL and the Host header it needs."""
+
+    url: str
+    host: str | None
+    label: str  # for the detail line: the task address, or the route
+    proxied: bool = False  # through the router: a refused connection means the router, not the color
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _first_host(rule: str | None) -> str | None:
+    if not rule:
+        return None
+    hosts = rule_hosts(parse_rule(rule))
+    return hosts[0] if hosts else None
+
+
+class Prober:
+    def __init__(self, settings: ProbeSettings, *, timeout: float = 2.0, resolver: Resolver = resolve) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # A fresh connection per request: a kept-alive one would hide a task that stopped
+            # accepting, and through a proxy it would stay with the worker of an old config.
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(force_close=True, limit=64),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(self, app: App, color: Color, *, routed: Routing | None, verify: bool = False) -> Probe:
+        """One round: the health path on every task (or route) of `color`; with `verify`, the verify paths too."""
+        try:
+            targets = await (self._routes(app, color, routed) if self.settings.via == "router"
+                             else self._tasks(app, color))
+        except _Unreachable as err:
+            return Probe(ProbeOutcome.UNREACHABLE, str(err))
+        if not targets:
+            return Probe(ProbeOutcome.FAILED, f"no task of {app.service(color)} answers DNS")
+        checks = [(t, app.health_path, False) for t in targets]
+        if verify:
+            checks += [(t, path, True) for t in targets for path in self.settings.verify_paths
+                       for _ in range(self.settings.verify_requests)]
+        try:
+            async with asyncio.timeout(self.timeout):
+                results = await asyncio.gather(*(self._get(t, path, page) for t, path, page in checks))
+        except TimeoutError:
+            return Probe(ProbeOutcome.FAILED, f"the round did not finish within {self.timeout:g}s")
+        unreachable = [detail for outcome, detail in results if outcome is ProbeOutcome.UNREACHABLE]
+        if unreachable:
+            return Probe(ProbeOutcome.UNREACHABLE, unreachable[0])
+        failed = [detail for outcome, detail in results if outcome is ProbeOutcome.FAILED]
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            return Probe(ProbeOutcome.FAILED, failed[0] + more)
+        return Probe(ProbeOutcome.OK, f"{len(results)} requests to {len(targets)} target(s) passed")
+
+    async def _tasks(self, app: App, color: Color) -> list[_Target]:
+        service = app.service(color)
+        name = f"tasks.{service}"
+        try:
+            async with asyncio.timeout(self.timeout):
+                addresses = await self.resolver(name, app.port)
+        except (OSError, TimeoutError) as err:
+            why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+            raise _Unreachable(
+                f"cannot resolve {name} ({why}): the controller is not on the app's overlay network; "
+                "run it there, or set probe.via: router") from err
+        return [_Target(f"http://{_bracket(a)}:{app.port}", service, a) for a in addresses]
+
+    async def _routes(self, app: App, color: Color, routed: Routing | None) -> list[_Target]:
+        if routed is None:
+            raise _Unreachable("the router reports no routing for the app, so no route reaches any color")
+        if routed.weight(color) == 100:
+            url, host, label = self.settings.route_url(app.name, preview=False), _first_host(app.rule), "main route"
+        elif routed.preview is color and app.preview_rule:
+            url, host, label = (self.settings.route_url(app.name, preview=True), _first_host(app.preview_rule),
+                                "preview route")
+        else:
+            raise _Unreachable(f"no route serves {color} alone ({routed}); a preview rule lets the controller "
+                               "reach the idle color through the router")
+        assert url is not None  # the config requires active_url with via: router
+        return [_Target(url, host, label, proxied=True)]
+
+    async def _get(self, target: _Target, path: str, page: bool) -> tuple[ProbeOutcome, str]:
+        """One request; a health path must answer 2xx or 3xx, a verify path anything but 5xx."""
+        where = f"GET {path} on {target.label}" + (f" (Host {target.host})" if target.host else "")
+        headers = {"Host": target.host} if target.host else {}
+        try:
+            async with self._client().get(target.url + path, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                status = resp.status
+        except aiohttp.ClientConnectorError as err:
+            if err.os_error is not None and err.os_error.errno in _NO_PATH:
+                return ProbeOutcome.UNREACHABLE, f"{where}: no network path ({err.os_error.strerror})"
+            if target.proxied:
+                return ProbeOutcome.UNREACHABLE, f"{where}: the router at {target.url} does not answer ({err})"
+            return ProbeOutcome.FAILED, f"{where}: {err.os_error.strerror if err.os_error else err}"
+        except (aiohttp.ClientError, TimeoutError) as err:
+            return ProbeOutcome.FAILED, f"{where}: {str(err) or type(err).__name__}"
+        bad = status >= 500 if page else not 200 <= status < 400
+        return (ProbeOutcome.FAILED, f"{where}: HTTP {status}") if bad else (ProbeOutcome.OK, "")
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
