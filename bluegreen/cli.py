@@ -160,7 +160,8 @@ async def _labelled_services(cfg: BlueGreenConfig) -> list:
     swarm = Swarm(timeout=cfg.docker_timeout)
     try:
         # Every service: one with stray blue-green labels but no app label is a problem too.
-        return [s for s in await swarm.services() if any(k.startswith("swarmshift.bluegreen.") for k in s.labels)]
+        return [s for s in await swarm.services()
+                if any(k.startswith("swarmshift.bluegreen.") for k in s.labels) and cfg.selects(s.labels)]
     finally:
         await swarm.close()
 

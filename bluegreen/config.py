@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -286,6 +286,9 @@ class BlueGreenConfig(Strict):
     listen: str = "0.0.0.0:8080"
     token_file: str | None = None
     docker_timeout: Duration = 10.0
+    # Manage only the apps whose services also carry this label (KEY or KEY=VALUE): one
+    # controller per stack or environment. Unset: every app in the swarm.
+    selector: str | None = None
     router: RouterSettings = RouterSettings()
     defaults: DefaultsSettings = DefaultsSettings()
     probe_interval: Duration = 2.0
@@ -314,6 +317,20 @@ class BlueGreenConfig(Strict):
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.-]+(?:=[^\s]*)?$", value):
+            raise ValueError("expected a label KEY or KEY=VALUE")
+        return value
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        """Whether a service with `labels` is within this controller's `selector`."""
+        if self.selector is None:
+            return True
+        key, sep, value = self.selector.partition("=")
+        return key in labels and (not sep or labels[key] == value)
 
     @field_validator("defaults")
     @classmethod

@@ -221,7 +221,7 @@ class Controller:
 
     async def _discover(self, remove: bool = True) -> list[str]:
         """Runtimes for every app a service is labelled with; apps whose services are all gone are dropped."""
-        services = await self.swarm.services(label=APP_LABEL)
+        services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
         names = sorted({svc.labels[APP_LABEL] for svc in services if svc.labels.get(APP_LABEL)})
         for name in names:
             if name not in self.apps:
@@ -289,7 +289,8 @@ class Controller:
 
     async def _read(self, rt: Runtime) -> Reading | None:
         """Read the app; None (problems logged once) when its labels describe no usable app."""
-        services = await self.swarm.services(label=f"{APP_LABEL}={rt.name}")
+        services = [s for s in await self.swarm.services(label=f"{APP_LABEL}={rt.name}")
+                    if self.config.selects(s.labels)]
         found = discover(services, self.defaults)
         app = found.apps.get(rt.name)
         extra = app_problems(app, self.config) if app is not None else []

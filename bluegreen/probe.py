@@ -89,7 +89,8 @@ class Prober:
             checks += [(t, path, True) for t in targets for path in self.settings.verify_paths
                        for _ in range(self.settings.verify_requests)]
         try:
-            async with asyncio.timeout(self.timeout):
+            # Each request has its own timeout, which names it; this one only bounds the round.
+            async with asyncio.timeout(self.timeout + 0.5):
                 results = await asyncio.gather(*(self._get(t, path, page) for t, path, page in checks))
         except TimeoutError:
             return Probe(ProbeOutcome.FAILED, f"the round did not finish within {self.timeout:g}s")
@@ -143,7 +144,9 @@ class Prober:
             if target.proxied:
                 return ProbeOutcome.UNREACHABLE, f"{where}: the router at {target.url} does not answer ({err})"
             return ProbeOutcome.FAILED, f"{where}: {err.os_error.strerror if err.os_error else err}"
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except TimeoutError:
+            return ProbeOutcome.FAILED, f"{where}: no answer within {self.timeout:g}s"
+        except aiohttp.ClientError as err:
             return ProbeOutcome.FAILED, f"{where}: {str(err) or type(err).__name__}"
         bad = status >= 500 if page else not 200 <= status < 400
         return (ProbeOutcome.FAILED, f"{where}: HTTP {status}") if bad else (ProbeOutcome.OK, "")

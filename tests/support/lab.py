@@ -137,6 +137,7 @@ class LabSwarm:
         cpu_reservation: float | None = None,
         command: list[str] | None = None,
         healthcheck: dict[str, Any] | None = None,
+        mounts: Iterable[str] = (),
         wait: bool = True,
     ) -> Any:
         """A replicated service with dnsrr endpoints (no IPVS here) and host-mode published ports."""
@@ -162,6 +163,7 @@ class LabSwarm:
             mode=docker.types.ServiceMode("replicated", replicas=replicas),
             resources=resources,
             healthcheck=healthcheck,
+            mounts=list(mounts),  # "source:target[:ro]"; a bind mount must exist on this (the only) node
             stop_grace_period=2_000_000_000,
         )
         self._services.append(name)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +94,86 @@ def autoscaler_proc(tmp_path) -> Iterator:
         daemon = SwarmshiftDaemon(name, ["autoscaler", "run", "--config", str(path), *flags], workdir, port)
         if env:
             daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+class BlueGreenDaemon(SwarmshiftDaemon):
+    """`swarmshift bluegreen run` with its token; `api` calls it, `cli` runs the operator CLI against it."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, port: int, token: str) -> None:
+        super().__init__(name, args, workdir, port)
+        self.token = token
+        self.started_at: list[float] = []
+
+    def start(self) -> None:
+        self.started_at.append(time.time())
+        super().start()
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = "") -> tuple[int, Any]:
+        """A JSON request with the daemon's token (or `token`; None sends none); (status, decoded body)."""
+        headers = {"Content-Type": "application/json"}
+        token = self.token if token == "" else token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        status, raw = self.request(method, path, data, headers)
+        try:
+            return status, json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            return status, raw.decode(errors="replace")
+
+    def status(self, app: str) -> dict[str, Any]:
+        code, body = self.api("GET", f"/v1/apps/{app}")
+        assert code == 200, f"GET /v1/apps/{app}: {code} {body}"
+        return body
+
+    def wait_event(self, name: str, timeout: float, since: int = 0, **match: Any) -> dict[str, Any]:
+        """The first `name` event (after the first `since` lines) matching `match`; fails with the log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.lines()[since:]:
+                if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                    return event
+            time.sleep(0.02)
+        pytest.fail(f"no {name} {match} within {timeout:.0f}s; log tail:\n{self.log_tail(40)}", pytrace=False)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`swarmshift bluegreen <args>` against this daemon, with its token from the environment."""
+        env = {**os.environ, "SWARMSHIFT_CONTROLLER": self.url, "SWARMSHIFT_TOKEN": self.token}
+        return subprocess.run([SWARMSHIFT, "bluegreen", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """A JSON log line's timestamp as seconds since the epoch."""
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture
+def bluegreen_proc(tmp_path) -> Iterator:
+    """A factory: `bluegreen_proc(config: dict, name=...)` starts `swarmshift bluegreen run` with a token file.
+
+    `.kill()` is SIGKILL; `.start()` again restarts it on the same port, config and log.
+    """
+    started: list[BlueGreenDaemon] = []
+
+    def start(config: dict[str, Any], *, name: str = "bluegreen", token: str = "lab-token-0") -> BlueGreenDaemon:
+        port = lab.free_port()
+        workdir = tmp_path / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        token_file = workdir / "token"
+        token_file.write_text(token + "\n")
+        path = workdir / "config.yml"
+        path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "token_file": str(token_file), **config}))
+        daemon = BlueGreenDaemon(name, ["bluegreen", "run", "--config", str(path)], workdir, port, token)
+        daemon.config_path = path
+        daemon.token_file = token_file
         started.append(daemon)
         daemon.start()
         return daemon
