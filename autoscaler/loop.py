@@ -9,6 +9,7 @@ service update as the replica change; writes carry the version they were decided
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import time
 from collections.abc import Callable, Iterable
@@ -117,6 +118,7 @@ class Autoscaler:
         self._reported: dict[str, tuple[str, ...]] = {}  # problems already logged, per service
         self._alerts_acted: dict[tuple[str, str], float] = {}  # (service, fingerprint) -> time
         self._locks: dict[str, asyncio.Lock] = {}
+        self._recovered: set[str] = set()  # services whose label events were checked against the log
         self._in_scope: set[str] = set()
         self.source_up: bool | None = None
         self.docker_up: bool | None = None
@@ -254,8 +256,33 @@ class Autoscaler:
         saved = self._saved_history(svc)
         known = self._histories.get(svc.id)
         if known is None:
+            if saved and svc.id not in self._recovered:
+                self._recovered.add(svc.id)
+                self._recover_events(svc.name, saved)
             return History.after_restart(svc.replicas or 0, now, saved)
         return replace(known, events=saved.events, last_scale_at=saved.last_scale_at) if saved else known
+
+    def _recover_events(self, service: str, saved: History) -> None:
+        """Record scales the state label knows and the event log does not.
+
+        A daemon killed between its replica write and its event record leaves the scale on the
+        service but not in the log; the label is the truth, so the next daemon fills the gap.
+        """
+        logged = [
+            (e.get("from"), e.get("to"), _epoch(e.get("at", "")))
+            for e in self.events.recent(service=service)
+        ]
+        for scale in saved.events:
+            if any(f == scale.before and t == scale.after and abs(at - scale.at) < 2 for f, t, at in logged):
+                continue
+            event = {
+                "service": service, "from": scale.before, "to": scale.after,
+                "direction": "up" if scale.after > scale.before else "down", "reason": "recovered",
+                "detail": "read back from the service's state label: the daemon that scaled stopped before logging it",
+                "metrics": [], "at": _iso(scale.at), "policy_source": "", "dry_run": False, "recovered": True,
+            }
+            log.info("scale_event_recovered", **{k: v for k, v in event.items() if k != "at"}, at=event["at"])
+            self.events.record(event)
 
     def _saved_history(self, svc: Service) -> History | None:
         text = svc.labels.get(STATE_LABEL)
@@ -354,7 +381,7 @@ class Autoscaler:
     def _scaled(self, decision: Decision, policy_source: str, *, dry_run: bool, alert: str | None = None) -> None:
         event = {
             **decision.as_dict(),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+            "at": _iso(self.clock()),
             "policy_source": policy_source,
             "dry_run": dry_run,
         }
@@ -456,6 +483,17 @@ class Autoscaler:
             return AlertResult(200, name, svc.name, "scaled", decision.detail)
         log.info("alert_held", alert=name, service=svc.name, reason=str(decision.reason), detail=decision.detail)
         return AlertResult(200, name, svc.name, "held", f"{decision.reason}: {decision.detail}")
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _epoch(text: str) -> float:
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return 0.0
 
 
 class _Held(Exception):
