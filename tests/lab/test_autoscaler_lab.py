@@ -78,7 +78,7 @@ def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
         up = scaled(daemon, svc.name)[0]
         assert (up["from"], up["direction"], up["reason"], up["dry_run"]) == (1, "up", "scale_up", False)
         cpu = next(m for m in up["metrics"] if m["metric"] == "cpu")
-        assert cpu["value"] > 75 and cpu["target"] == 50
+        assert cpu["value"] > 50 * 1.1 and cpu["target"] == 50  # above target + tolerance: why it scaled
         # The same demand spread over two tasks is still 80 % of each limit: it keeps going.
         lab.wait_for("a second scale-up", lambda: swarm.replicas(svc.name) >= 3, 2 * interval + window + 20, interval=0.2)
         peak = max(e["to"] for e in scaled(daemon, svc.name))
@@ -108,7 +108,7 @@ def test_cpu_load_scales_up_through_docker_stats(swarm, demo_image, docker_clien
         print(f"reaction {time.monotonic() - onset:.1f}s")
     up = scaled(daemon, svc.name)[0]
     assert up["from"] == 1 and up["direction"] == "up"
-    assert next(m for m in up["metrics"] if m["metric"] == "cpu")["value"] > 75
+    assert next(m for m in up["metrics"] if m["metric"] == "cpu")["value"] > 50 * 1.1
 
 
 # -- failures and restarts, on a hand-turned signal -------------------------------------------
