@@ -24,7 +24,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bluegreen.config import BlueGreenConfig, PromCheck, app_problems
@@ -75,7 +75,14 @@ log = logs.get("bluegreen")
 
 _ATTEMPTS = 3  # reads and re-advances after version conflicts, before a tick gives up until the next
 _HURRY_LIMIT = 5  # immediate re-ticks in a row, so that no phase can spin the loop
+_CHAIN = 2  # advances within one tick after a step's own writes: switch confirmed -> Verifying -> round 1
 _UNHEALTHY = ("unhealthy", "starting")
+
+
+@dataclass(frozen=True)
+class _EarlyProbe:
+    key: tuple[Any, ...]  # the state generation, app, routing, color and kind it was started for
+    task: asyncio.Task
 
 
 class UnknownApp(Exception):
@@ -123,6 +130,8 @@ class Runtime:
     probe: dict[str, Any] | None = None  # the last probe round, for status
     unreachable: str | None = None  # the unreachable probe already logged
     alerts_acted: set[str] = field(default_factory=set)
+    observed_at: float = 0.0  # monotonic time of the last observation: the next tick is an interval after it
+    routed: Routing | None = None  # what the router last reported or confirmed
     task: asyncio.Task | None = None
 
     def schedule(self, at: float) -> None:
@@ -203,13 +212,13 @@ class Controller:
     async def _first_tick(self, rt: Runtime) -> bool:
         try:
             async with rt.lock:
-                step = await self._tick(rt)
+                steps = await self._tick(rt)
         except Exception as err:  # noqa: BLE001 - one app must not keep the others from starting
             log.error("app_reconcile_failed", app=rt.name, error=str(err) or type(err).__name__,
                       action="retrying before serving any routing document")
             return False
-        if step is not None:
-            state = step.state
+        if steps:
+            state = steps[-1].state
             log.info("app_reconciled", app=rt.name, active=state.active.value, phase=state.phase.value,
                      generation=state.generation, routing=str(state.routing()),
                      deploy=state.deploy.id if state.deploy else None)
@@ -261,12 +270,12 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rt.changed.wait(), delay)
                 continue  # woken early: the schedule may have moved
-            started = time.monotonic()
+            rt.observed_at = time.monotonic()
             rt.next_at = math.inf
-            step = None
+            steps: list[Step] = []
             try:
                 async with rt.lock:
-                    step = await self._tick(rt)
+                    steps = await self._tick(rt)
                 if self.docker_up is False:
                     log.info("docker_recovered")
                 self.docker_up = True
@@ -276,14 +285,14 @@ class Controller:
                 self.docker_up = False
             except Exception:  # noqa: BLE001 - the loop must survive anything one tick does
                 log.exception("tick_failed", app=rt.name)
-            if step is not None and _hurry(step) and hurries < _HURRY_LIMIT:
+            if steps and _hurry(steps[-1]) and hurries < _HURRY_LIMIT:
                 hurries += 1
                 rt.schedule(time.monotonic())
                 continue
             hurries = 0
             in_flight = rt.state is not None and rt.state.phase.in_flight
             interval = self.settings.probe_interval if in_flight else self.config.reconcile_interval
-            rt.schedule(started + interval)
+            rt.schedule(rt.observed_at + interval)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -295,13 +304,14 @@ class Controller:
         app = found.apps.get(rt.name)
         extra = app_problems(app, self.config) if app is not None else []
         problems = [*found.problems, *extra]
-        self._report(rt, problems)
         if app is None or extra:
+            self._report(rt, problems)
             return None
         rt.app = app
         by_name = {svc.name: svc for svc in services}
         chosen = {color: by_name[app.service(color)] for color in Color}
-        tasks = await asyncio.gather(*(self.swarm.tasks_with_health(chosen[c].id) for c in Color))
+        *tasks, routed = await asyncio.gather(*(self.swarm.tasks_with_health(chosen[c].id) for c in Color),
+                                              self._routed(app))
         colors = {}
         for color, found_tasks in zip(Color, tasks, strict=True):
             svc = chosen[color]
@@ -311,18 +321,36 @@ class Controller:
                 unhealthy=sum(1 for t in running if t.health in _UNHEALTHY), updating=svc.updating,
                 lock=svc.labels.get(LOCK_LABEL),
             )
-        try:
-            routed = await self.router.read(app)
-        except RouterError as err:
-            log.warning("router_read_failed", app=app.name, error=str(err))
-            routed = None
+        rt.routed = routed
         loaded = load_state(app, {c: chosen[c].labels for c in Color}, {c: colors[c].replicas for c in Color},
                             routed, self.clock())
-        if loaded.problems:
-            self._report(rt, [*problems, *loaded.problems])
+        self._report(rt, [*problems, *loaded.problems])
         if loaded.adopted:
             log.warning("state_adopted", app=app.name, active=loaded.state.active.value, why=loaded.adopted)
         return Reading(app, chosen, colors, routed, loaded, problems)
+
+    async def _routed(self, app: App) -> Routing | None:
+        try:
+            return await self.router.read(app)
+        except RouterError as err:
+            log.warning("router_read_failed", app=app.name, error=str(err))
+            return None
+
+    def _after_writes(self, reading: Reading, services: dict[Color, Service], routed: Routing | None) -> Reading | None:
+        """The reading as the step's own writes and confirmed routing left it, without asking Docker again.
+
+        Only when the writes changed no image or replica count: the task counts read at the
+        start of the tick still describe the services then (they are a few hundred ms old).
+        """
+        colors = {}
+        for color in Color:
+            before, svc = reading.colors[color], services[color]
+            if svc.image != before.image or (svc.replicas or 0) != before.replicas:
+                return None
+            colors[color] = replace(before, lock=svc.labels.get(LOCK_LABEL), updating=svc.updating)
+        loaded = load_state(reading.app, {c: services[c].labels for c in Color},
+                            {c: colors[c].replicas for c in Color}, routed, self.clock())
+        return replace(reading, services=dict(services), colors=colors, routed=routed, loaded=loaded)
 
     def _report(self, rt: Runtime, problems: list[str]) -> None:
         """Log an app's problems when they change, not every tick."""
@@ -336,10 +364,29 @@ class Controller:
             log.info("app_valid", app=rt.name)
         rt.problems = now
 
-    async def _probe(self, rt: Runtime, reading: Reading, color: Color | None, verify: bool) -> Probe | None:
+    def _early_probe(self, rt: Runtime) -> _EarlyProbe | None:
+        """Start the probe the state in memory will ask for, while the tick reads Swarm.
+
+        Verification rounds then fall exactly a probe_interval apart, however long the reads
+        take; the result is used only if the read finds the same state, app and routing.
+        """
+        state, app = rt.state, rt.app
+        color = needs(state).probe if state is not None else None
+        if state is None or app is None or color is None:
+            return None
+        verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
+        key = (state.generation, app, rt.routed, color, verify)
+        return _EarlyProbe(key, asyncio.create_task(self.prober.probe(app, color, routed=rt.routed, verify=verify)))
+
+    async def _probe(self, rt: Runtime, reading: Reading, color: Color | None, verify: bool,
+                     early: _EarlyProbe | None = None) -> Probe | None:
         if color is None:
             return None
-        result = await self.prober.probe(reading.app, color, routed=reading.routed, verify=verify)
+        key = (reading.loaded.state.generation, reading.app, reading.routed, color, verify)
+        if early is not None and early.key == key:
+            result = await early.task
+        else:
+            result = await self.prober.probe(reading.app, color, routed=reading.routed, verify=verify)
         rt.probe = {"color": color.value, "outcome": result.outcome.value, "detail": result.detail,
                     "at": format_time(self.clock())}
         if result.outcome is ProbeOutcome.UNREACHABLE:
@@ -378,32 +425,64 @@ class Controller:
 
     # -- one tick ----------------------------------------------------------------------------
 
-    async def _tick(self, rt: Runtime, alert: str | None = None) -> Step | None:
-        """Read, measure, advance and execute; hold the app's lock around it."""
+    async def _tick(self, rt: Runtime, alert: str | None = None) -> list[Step]:
+        """Read, measure, advance and execute (hold the app's lock around it); the steps it executed."""
+        done: list[Step] = []
         for attempt in range(1, _ATTEMPTS + 1):
-            reading = await self._read(rt)
-            if reading is None:
-                return None
+            early = self._early_probe(rt)
+            try:
+                reading = await self._read(rt)
+                if reading is None:
+                    return done
+                await self._advance(rt, reading, alert if not done else None, done, early)
+                return done
+            except VersionConflict as err:
+                log.info("version_conflict", app=rt.name, attempt=attempt, error=str(err))
+            finally:
+                if early is not None and not early.task.done():
+                    early.task.cancel()
+        log.warning("tick_abandoned", app=rt.name, reason=f"{_ATTEMPTS} version conflicts in a row")
+        return done
+
+    async def _advance(self, rt: Runtime, reading: Reading, alert: str | None, done: list[Step],
+                       early: _EarlyProbe | None = None) -> None:
+        """Advance and execute; then again at once, on what the writes returned, while a step asks for it.
+
+        A confirmed switch opens the verification window, and the window's first round is taken,
+        without reading Docker again in between: the time from traffic moving to the first
+        verdict on it is the part of the rollback deadline the controller itself adds.
+        """
+        for _ in range(1 + _CHAIN):
+            if early is None:  # an early probe began when the tick did, which the loop set as observed_at
+                rt.observed_at = time.monotonic()
             state = reading.loaded.state
             want = needs(state)
             verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
-            probe, checks = await asyncio.gather(self._probe(rt, reading, want.probe, verify),
+            probe, checks = await asyncio.gather(self._probe(rt, reading, want.probe, verify, early),
                                                  self._checks(reading.app, want.checks))
+            early = None
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
                               checks=checks, alert=alert)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
             step = advance(rt.name, state, rt.progress, obs, self.settings)
-            try:
-                await self._execute(rt, reading, step, cause=_cause(step, alert, restarted))
-            except VersionConflict as err:
-                log.info("version_conflict", app=rt.name, attempt=attempt, error=str(err))
-                continue
-            return step
-        log.warning("tick_abandoned", app=rt.name, reason=f"{_ATTEMPTS} version conflicts in a row")
-        return None
+            services, confirmed = await self._execute(rt, reading, step, cause=_cause(step, alert, restarted))
+            done.append(step)
+            alert = None  # it has acted, or been weighed, once
+            if not _hurry(step) or confirmed is False:
+                return
+            following = self._after_writes(reading, services, confirmed or reading.routed)
+            rt.routed = following.routed if following is not None else rt.routed
+            if following is None:
+                return
+            reading = following
 
-    async def _execute(self, rt: Runtime, reading: Reading, step: Step, *, cause: str) -> None:
-        """Carry out a step in the plan's order; VersionConflict only when nothing of it ran."""
+    async def _execute(self, rt: Runtime, reading: Reading, step: Step, *,
+                       cause: str) -> tuple[dict[Color, Service], Routing | None | bool]:
+        """Carry out a step in the plan's order; VersionConflict only when nothing of it ran.
+
+        Returns the services as the writes left them, and the routing the router confirmed (None
+        when the step had no route, False when one was not confirmed).
+        """
         app = reading.app
         p = plan(step, reading.loaded.stored)
         services = dict(reading.services)
@@ -415,8 +494,10 @@ class Controller:
             rt.reason = step.reason
         self.telemetry.show(app.name, step.state.active, step.state.phase)
         self._record(app, step, cause)
+        confirmed: Routing | None | bool = None
         for route in p.routes:
-            await self._route(app, route, step)
+            ok = await self._route(app, route, step)
+            confirmed = route.routing if ok and confirmed is not False else False
         for write in p.then:
             try:
                 services[write.color] = await self.swarm.update(services[write.color], **write.changes())
@@ -425,6 +506,7 @@ class Controller:
                 log.warning("service_write_failed", app=app.name, service=services[write.color].name, error=str(err))
         for notice in p.notifications:
             self._notify(notice)
+        return services, confirmed
 
     async def _route(self, app: App, route: Route, step: Step) -> bool:
         started = time.monotonic()
@@ -526,8 +608,10 @@ class Controller:
             except VersionConflict as err:
                 log.info("version_conflict", app=rt.name, attempt=attempt, error=str(err))
                 continue
-            # The machine goes on in the app's loop, at the in-flight pace from now on.
-            rt.schedule(time.monotonic() + (0 if _hurry(step) else self.settings.probe_interval))
+            # The machine goes on in the app's loop, at the in-flight pace from now on: the next
+            # tick comes one probe_interval after the request (at once after routing moved).
+            rt.next_at = time.monotonic() + (0 if _hurry(step) else self.settings.probe_interval)
+            rt.changed.set()
             return step
         raise SwarmError(f"{rt.name}: the services kept changing under the request ({_ATTEMPTS} version conflicts)")
 
@@ -593,10 +677,10 @@ class Controller:
             return {**result, "outcome": "repeat", "detail": "this alert has already acted"}
         log.info("alert_received", app=app, alert=name, policy=self.settings.rollback_on_alert)
         async with rt.lock:
-            step = await self._tick(rt, alert=name)
-        if step is None:
+            steps = await self._tick(rt, alert=name)
+        if not steps:
             return {**result, "status": 409, "outcome": "held", "detail": "; ".join(rt.problems) or "no tick ran"}
-        state = step.state
+        step, state = steps[0], steps[0].state  # the step that weighed the alert
         rolled = step.transitioned and (state.phase is Phase.ROLLING_BACK or (
             state.deploy is not None and state.deploy.kind is Operation.ROLLBACK and not step.previous.phase.in_flight))
         if rolled:
