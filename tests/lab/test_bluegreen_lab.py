@@ -10,145 +10,42 @@ only to 127.0.0.1 and is bounded in count and time.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from bluegreen.model import (
-    APP_LABEL,
-    COLOR_LABEL,
-    PORT_LABEL,
-    PREVIEW_RULE_LABEL,
-    RULE_LABEL,
-    STATE_PREFIX,
-)
-from tests.conftest import ROOT, shared_file
+from bluegreen.model import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL
+from tests.conftest import shared_file
 from tests.support import lab
-from tests.support.load import HostLoad, LoadResult
+from tests.support.bluegreen import (
+    FAILURE_THRESHOLD,
+    PROBE_INTERVAL,
+    SELECT,
+    Stack,
+    nginx_image,
+    release_images,
+)
+from tests.support.load import LoadResult
 from tests.support.swarmshift_proc import BlueGreenDaemon, event_time
-
-NGINX_IMAGE = "swarmshift-nginx:lab"
-SELECT = "swarmshift.test.app"  # the controller under test manages only its own test's app
-PROBE_INTERVAL = 1.0
-FAILURE_THRESHOLD = 2
-
-
-# --- images ------------------------------------------------------------------------------------
-
-
-def _derived(client, tag: str, env: dict[str, str]) -> str:
-    """A demo image with other defaults baked in: a deploy changes only the image."""
-    lines = [f"FROM {lab.DEMO_IMAGE}", f"LABEL {lab.LABEL}=image"] + [f"ENV {k}={v}" for k, v in env.items()]
-    client.images.build(fileobj=io.BytesIO("\n".join(lines).encode()), tag=tag, rm=True)
-    return tag
 
 
 @pytest.fixture(scope="module")
 def images(docker_client, demo_image) -> dict[str, str]:
-    """v1 (the demo image), v2, a release whose health never passes, and one that passes health but serves 5xx."""
-    return {
-        "v1": demo_image,
-        "v2": _derived(docker_client, "swarmshift-bluegreen-test:v2", {"APP_VERSION": "v2"}),
-        "sick": _derived(docker_client, "swarmshift-bluegreen-test:sick", {"APP_VERSION": "v-sick", "FAIL_HEALTH": "1"}),
-        "5xx": _derived(docker_client, "swarmshift-bluegreen-test:5xx", {"APP_VERSION": "v-5xx", "ERROR_RATE": "1"}),
-    }
+    return release_images(docker_client)
 
 
 @pytest.fixture(scope="module")
-def nginx_image(docker_client) -> str:
-    """The router image `make lab` builds from lab/nginx on the lab base image."""
-    import docker.errors
-
-    try:
-        docker_client.images.get(NGINX_IMAGE)
-    except docker.errors.ImageNotFound:
-        docker_client.images.build(path=str(ROOT / "lab" / "nginx"), tag=NGINX_IMAGE, rm=True,
-                                   buildargs={"BASE_IMAGE": lab.BASE_IMAGE})
-    return NGINX_IMAGE
-
-
-# --- one app behind nginx ----------------------------------------------------------------------
-
-
-class Stack:
-    """An app's two colors and an nginx router on one overlay network; blue runs v1 × 2, green is idle."""
-
-    def __init__(self, swarm: lab.LabSwarm, tmp_path: Path, images: dict[str, str], nginx_image: str) -> None:
-        self.swarm = swarm
-        self.app = f"app{uuid.uuid4().hex[:6]}"
-        self.net = swarm.network("bg")
-        self.conf_dir = tmp_path / "nginx-conf"
-        self.conf_dir.mkdir()
-        self.port, self.status_port = lab.free_port(), lab.free_port()
-        self.nginx = swarm.service("nginx", image=nginx_image, networks=[self.net],
-                                   publish={self.port: 80, self.status_port: 8099},
-                                   mounts=[f"{self.conf_dir}:/etc/nginx/swarmshift:ro"]).name
-        labels = {APP_LABEL: self.app, PORT_LABEL: "8000", RULE_LABEL: "Host(`127.0.0.1`)",
-                  PREVIEW_RULE_LABEL: "Host(`preview.localhost`)", SELECT: self.app}
-        self.services = {
-            "blue": swarm.service("blue", image=images["v1"], replicas=2, networks=[self.net], env={"COLOR": "blue"},
-                                  labels={**labels, COLOR_LABEL: "blue"}).name,
-            "green": swarm.service("green", image=images["v1"], replicas=0, networks=[self.net],
-                                   env={"COLOR": "green"}, labels={**labels, COLOR_LABEL: "green"}).name,
-        }
-        self.images = images
-
-    def config(self, **overrides) -> dict:
-        base = {
-            "selector": f"{SELECT}={self.app}",
-            "router": {"kind": "nginx", "nginx": {
-                "service": self.nginx, "conf_dir": str(self.conf_dir), "listen": "80", "status_listen": "8099",
-                "status_url": f"http://127.0.0.1:{self.status_port}"}},
-            "probe": {"via": "router", "active_url": f"http://127.0.0.1:{self.port}", "verify_paths": ["/"]},
-            "probe_interval": PROBE_INTERVAL,
-            "reconcile_interval": 2,
-            "healthy_threshold": 2,
-            "failure_threshold": FAILURE_THRESHOLD,
-            "wait_timeout": "60s",
-            "precheck_timeout": "30s",
-            "verification_window": "4s",
-            "scale_down_delay": "10m",
-        }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return base
-
-    def spec(self, color: str) -> dict:
-        return self.swarm.client.api.inspect_service(self.services[color])["Spec"]
-
-    def state(self, color: str = "blue") -> dict[str, str]:
-        labels = self.spec(color).get("Labels") or {}
-        return {k.removeprefix(STATE_PREFIX): v for k, v in labels.items() if k.startswith(STATE_PREFIX)}
-
-    def load(self, rate: float = 120, seconds: float = 90) -> HostLoad:
-        return HostLoad(self.port, "/", rate=rate, max_seconds=seconds, max_requests=int(rate * seconds), workers=8)
-
-    def serves(self, version: str, count: int = 5) -> bool:
-        """Whether `count` requests in a row through nginx all answer 200 from `version`."""
-        probe = HostLoad(self.port, "/", rate=200, max_seconds=5, max_requests=count, workers=1).start()
-        result = _wait_done(probe)
-        return result.statuses.get(200, 0) == count and {v for _, _, v in result.bodies} == {version}
-
-
-def _wait_done(load: HostLoad) -> LoadResult:
-    deadline = time.monotonic() + load.max_seconds + 5
-    while time.monotonic() < deadline and any(t.is_alive() for t in load._threads):
-        time.sleep(0.02)
-    return load.stop()
+def nginx(docker_client) -> str:
+    return nginx_image(docker_client)
 
 
 @pytest.fixture
-def stack(swarm, tmp_path, images, nginx_image) -> Stack:
-    return Stack(swarm, tmp_path, images, nginx_image)
+def stack(swarm, tmp_path, images, nginx) -> Stack:
+    return Stack(swarm, tmp_path, images, nginx)
 
 
 def start_controller(bluegreen_proc, stack: Stack, **overrides) -> BlueGreenDaemon:
@@ -174,8 +71,10 @@ def versions_after(result: LoadResult, wall: float, offset: float) -> set[str]:
 # --- (a) zero-loss deploy ----------------------------------------------------------------------
 
 
-def test_a_deploy_under_load_loses_no_request_and_ends_on_v2(swarm, stack, bluegreen_proc):
-    daemon = start_controller(bluegreen_proc, stack)
+def test_a_deploy_under_load_loses_no_request_and_ends_on_v2(swarm, stack, bluegreen_proc, webhook):
+    # The first receiver never answers (a closed port): notifications must not hold the deploy up.
+    daemon = start_controller(bluegreen_proc, stack, notify={
+        "webhooks": [f"http://127.0.0.1:{lab.free_port()}/dead", f"{webhook.url}/hook"], "retries": 1})
     offset = time.time() - time.monotonic()  # HostLoad stamps with the monotonic clock
     load = stack.load(rate=120, seconds=90).start()
     try:
@@ -200,6 +99,12 @@ def test_a_deploy_under_load_loses_no_request_and_ends_on_v2(swarm, stack, blueg
     assert phases == ["Preparing", "Waiting", "PreChecks", "Switching", "Verifying", "Stable"]
     assert daemon.metric("swarmshift_bluegreen_active_color", app=stack.app, color="green") == 1
     assert daemon.metric("swarmshift_bluegreen_deploys_total", app=stack.app, result="succeeded") == 1
+    # Each phase change reached the webhook once, as generic JSON with a Slack `text`.
+    notices = [webhook.next(10).body for _ in phases]
+    assert [(n["type"], n["phase"]) for n in notices] == [
+        ("phase", "Preparing"), ("phase", "Waiting"), ("phase", "PreChecks"), ("phase", "Switching"),
+        ("switch", "Verifying"), ("phase", "Stable")]
+    assert all(n["app"] == stack.app and n["text"].startswith(f"{stack.app}: ") for n in notices)
 
 
 # --- (b) health that never passes, and (g) requests that must change nothing --------------------
