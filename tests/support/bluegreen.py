@@ -57,12 +57,12 @@ class Stack:
     """An app's two colors and an nginx router on one overlay network; blue runs v1 × 2, green is idle."""
 
     def __init__(self, swarm: lab.LabSwarm, tmp_path: Path, images: dict[str, str], nginx_image: str,
-                 green_replicas: int = 0) -> None:
+                 green: str = "v1", green_replicas: int = 0) -> None:
         self.swarm = swarm
         self.app = f"app{uuid.uuid4().hex[:6]}"
         self.net = swarm.network("bg")
         self.conf_dir = tmp_path / "nginx-conf"
-        self.conf_dir.mkdir()
+        self.conf_dir.mkdir(parents=True)
         self.port, self.status_port = lab.free_port(), lab.free_port()
         self.nginx = swarm.service("nginx", image=nginx_image, networks=[self.net],
                                    publish={self.port: 80, self.status_port: 8099},
@@ -72,7 +72,7 @@ class Stack:
         self.services = {
             "blue": swarm.service("blue", image=images["v1"], replicas=2, networks=[self.net], env={"COLOR": "blue"},
                                   labels={**labels, COLOR_LABEL: "blue"}).name,
-            "green": swarm.service("green", image=images["v1"], replicas=green_replicas, networks=[self.net],
+            "green": swarm.service("green", image=images[green], replicas=green_replicas, networks=[self.net],
                                    env={"COLOR": "green"}, labels={**labels, COLOR_LABEL: "green"}).name,
         }
         self.images = images

@@ -155,6 +155,22 @@ def event_time(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def start_bluegreen(workdir: Path, config: dict[str, Any], *, name: str = "bluegreen",
+                    token: str = "lab-token-0") -> BlueGreenDaemon:
+    """Start `swarmshift bluegreen run` on a free port of 127.0.0.1, with a token file, in `workdir`."""
+    port = lab.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "token"
+    token_file.write_text(token + "\n")
+    path = workdir / "config.yml"
+    path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "token_file": str(token_file), **config}))
+    daemon = BlueGreenDaemon(name, ["bluegreen", "run", "--config", str(path)], workdir, port, token)
+    daemon.config_path = path
+    daemon.token_file = token_file
+    daemon.start()
+    return daemon
+
+
 @pytest.fixture
 def bluegreen_proc(tmp_path) -> Iterator:
     """A factory: `bluegreen_proc(config: dict, name=...)` starts `swarmshift bluegreen run` with a token file.
@@ -164,18 +180,8 @@ def bluegreen_proc(tmp_path) -> Iterator:
     started: list[BlueGreenDaemon] = []
 
     def start(config: dict[str, Any], *, name: str = "bluegreen", token: str = "lab-token-0") -> BlueGreenDaemon:
-        port = lab.free_port()
-        workdir = tmp_path / name
-        workdir.mkdir(parents=True, exist_ok=True)
-        token_file = workdir / "token"
-        token_file.write_text(token + "\n")
-        path = workdir / "config.yml"
-        path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "token_file": str(token_file), **config}))
-        daemon = BlueGreenDaemon(name, ["bluegreen", "run", "--config", str(path)], workdir, port, token)
-        daemon.config_path = path
-        daemon.token_file = token_file
+        daemon = start_bluegreen(tmp_path / name, config, name=name, token=token)
         started.append(daemon)
-        daemon.start()
         return daemon
 
     yield start
