@@ -168,6 +168,7 @@ class Controller:
         self.apps: dict[str, Runtime] = {}
         self.docker_up: bool | None = None
         self._stop = asyncio.Event()
+        self._started = False  # the apps' loops run only once start() has reconciled every app
         self._discovery: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class Controller:
         mark_ready = getattr(self.router, "mark_ready", None)
         if mark_ready is not None:
             mark_ready()  # the HTTP provider's document is complete only now
+        self._started = True
         for rt in self.apps.values():
             self._launch(rt)
         self._discovery = asyncio.create_task(self._discover_loop(), name="bluegreen-discovery")
@@ -225,7 +227,7 @@ class Controller:
         return True
 
     def _launch(self, rt: Runtime) -> None:
-        if rt.task is None:
+        if rt.task is None and self._started and not self._stop.is_set():
             rt.task = asyncio.create_task(self._app_loop(rt), name=f"bluegreen-{rt.name}")
 
     async def _discover(self, remove: bool = True) -> list[str]:
@@ -569,13 +571,19 @@ class Controller:
         if not new.phase.in_flight and d.kind is Operation.DEPLOY and new.result is not None:
             self.telemetry.deploys.labels(name, new.result.value).inc()
 
+    async def reconcile(self, name: str) -> list[Step]:
+        """One tick of the app now, under its lock: what its loop does every interval."""
+        rt = await self.runtime(name)
+        async with rt.lock:
+            return await self._tick(rt)
+
     # -- operator requests -------------------------------------------------------------------
 
     async def runtime(self, name: str) -> Runtime:
         """The app's runtime, discovering once more for an app not seen yet; UnknownApp otherwise."""
         if name not in self.apps:
             await self._discover(remove=False)
-            if name in self.apps and not self._stop.is_set():
+            if name in self.apps:
                 self._launch(self.apps[name])
         if name not in self.apps:
             raise UnknownApp(f"no service is labelled {APP_LABEL}={name}")

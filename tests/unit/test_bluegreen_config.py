@@ -215,3 +215,58 @@ def test_strategy_labels_reach_the_app():
 
     found = discover(app_services(), config.app_defaults())
     assert found.apps["web"].strategy is Strategy.PROGRESSIVE
+
+
+# --- probes, the selector ----------------------------------------------------------------------
+
+
+def test_probe_settings_default_to_the_tasks_directly():
+    config = BlueGreenConfig()
+    assert (config.probe.via, config.probe.verify_paths, config.reconcile_interval, config.selector) == \
+        ("direct", [], 10.0, None)
+
+
+def test_probes_through_the_router_name_their_urls(tmp_path):
+    config = load_yaml(tmp_path, """
+probe: {via: router, active_url: "http://traefik:80/", verify_paths: "/, /api/ping"}
+""")
+    assert config.probe.route_url("web", preview=False) == "http://traefik:80"
+    assert config.probe.route_url("web", preview=True) == "http://traefik:80"  # the preview host tells them apart
+    assert config.probe.verify_paths == ["/", "/api/ping"]
+    other = load_yaml(tmp_path, 'probe: {via: router, active_url: "http://127.0.0.1:8080/{app}", '
+                                'preview_url: "http://127.0.0.1:8081"}\n')
+    assert other.probe.route_url("web", preview=False) == "http://127.0.0.1:8080/web"
+    assert other.probe.route_url("web", preview=True) == "http://127.0.0.1:8081"
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("probe: {via: router}\n",
+     ["probe: via router needs active_url (and preview_url when the preview rule is served elsewhere) "
+      "(got {'via': 'router'})"]),
+    ("probe: {via: tunnel}\n", ["probe.via: Input should be 'direct' or 'router' (got 'tunnel')"]),
+    ("probe: {active_url: traefik}\n", ["probe.active_url: expected a base URL such as http://traefik:80 "
+                                        "(got 'traefik')"]),
+    ("probe: {verify_paths: [health]}\n", ["probe.verify_paths: expected absolute paths such as /, got 'health' "
+                                           "(got ['health'])"]),
+    ("selector: 'a b'\n", ["selector: expected a label KEY or KEY=VALUE (got 'a b')"]),
+    ("reconcile_interval: 0\n", ["reconcile_interval: must be at least 200ms (got 0)"]),
+], ids=["router-without-url", "via", "url", "verify-path", "selector", "reconcile"])
+def test_probe_and_selector_problems(tmp_path, text, want):
+    assert problems(tmp_path, text) == want
+
+
+def test_the_selector_matches_a_key_or_a_key_and_value():
+    assert BlueGreenConfig(selector="stack").selects({"stack": "shop"})
+    assert BlueGreenConfig(selector="stack=shop").selects({"stack": "shop"})
+    assert not BlueGreenConfig(selector="stack=shop").selects({"stack": "blog"})
+    assert not BlueGreenConfig(selector="stack").selects({})
+    assert BlueGreenConfig().selects({})
+
+
+def test_probing_through_the_router_needs_a_preview_rule():
+    config = BlueGreenConfig.model_validate({"probe": {"via": "router", "active_url": "http://traefik"},
+                                             "defaults": {"rule": "Host(`{app}.example.com`)"}})
+    assert check_app_labels(app_services(), config) == [
+        "app web: probe.via router reaches the idle color only through the preview route: set "
+        "swarmshift.bluegreen.preview.rule or defaults.preview_rule"]
+    assert check_app_labels(app_services(preview__rule="Host(`p.example.com`)"), config) == []

@@ -1,0 +1,234 @@
+"""The controller's HTTP API (over the in-memory Swarm) and the operator CLI's exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
+
+from bluegreen.api import make_app
+from bluegreen.cli import bluegreen, render_status
+from bluegreen.client import token_from_env
+from swarmshift.http import TokenFile
+from tests.unit.test_bluegreen_controller import world
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def api(tmp_path, calls, **config):
+    """Run `calls(client, swarm)` against the API of a controller over the in-memory world."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+
+    async def go():
+        controller, swarm, router, prober, clock = world(**config)
+        swarm.by_name["web-green"].replicas = 2
+        swarm.by_name["web-green"].image = "web:sick"
+        await controller.reconcile("web")
+        async with TestClient(TestServer(make_app(controller, TokenFile(token)))) as client:
+            return await calls(client, swarm)
+
+    return asyncio.run(go())
+
+
+def test_mutations_need_the_token_and_nothing_happens_without_it(tmp_path):
+    async def calls(client, swarm):
+        before = list(swarm.writes)
+        answers = [
+            await client.post("/v1/apps/web/deploy", json={"image": "web:2"}),
+            await client.post("/v1/apps/web/deploy", json={"image": "web:2"}, headers={"Authorization": "Bearer no"}),
+            await client.post("/v1/apps/web/switch", json={"force": True}, headers={"Authorization": "s3cret"}),
+            await client.post("/v1/apps/web/rollback"),
+            await client.post("/v1/alerts", json={}),
+        ]
+        return [a.status for a in answers], swarm.writes == before
+
+    statuses, untouched = api(tmp_path, calls)
+    assert statuses == [401] * 5 and untouched
+
+
+def test_bad_bodies_unknown_apps_and_conflicts(tmp_path):
+    async def calls(client, swarm):
+        out = {}
+        for name, path, body in [
+            ("not-json", "/v1/apps/web/deploy", b"{"),
+            ("no-image", "/v1/apps/web/deploy", {}),
+            ("extra", "/v1/apps/web/deploy", {"image": "web:2", "tag": "x"}),
+            ("spaces", "/v1/apps/web/deploy", {"image": "web 2"}),
+            ("to-red", "/v1/apps/web/switch", {"to": "red"}),
+            ("force-text", "/v1/apps/web/switch", {"force": "yes"}),
+            ("unknown-app", "/v1/apps/shop/deploy", {"image": "shop:1"}),
+            ("unhealthy", "/v1/apps/web/switch", {}),
+            ("nothing-to-roll-back", "/v1/apps/web/rollback", None),
+            ("deploy", "/v1/apps/web/deploy", {"image": "web:2"}),
+            ("second", "/v1/apps/web/deploy", {"image": "web:3"}),
+            ("alerts-v3", "/v1/alerts", {"version": "3", "status": "firing", "alerts": []}),
+        ]:
+            kwargs = {"data": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+            resp = await client.post(path, headers=AUTH, **kwargs)
+            out[name] = (resp.status, await resp.json())
+        return out
+
+    out = api(tmp_path, calls)
+    assert out["not-json"][0] == 400 and out["not-json"][1]["error"].startswith("malformed JSON")
+    assert out["no-image"] == (400, {"error": "bad request body", "problems": ["body.image: missing"]})
+    assert out["extra"][1]["problems"] == ["body.tag: unknown key (got 'x')"]
+    assert out["spaces"][1]["problems"] == ["body.image: expected an image reference (got 'web 2')"]
+    assert out["to-red"][1]["problems"] == ["body.to: expected blue or green (got 'red')"]
+    assert out["force-text"][1]["problems"] == ["body.force: wrong type (got 'yes')"]
+    assert out["unknown-app"] == (404, {"error": "no service is labelled swarmshift.bluegreen.app=shop"})
+    assert out["unhealthy"][0] == 422 and out["unhealthy"][1]["code"] == "unhealthy"
+    assert "refusing to switch to green" in out["unhealthy"][1]["error"]
+    assert out["nothing-to-roll-back"][0] == 422 and out["nothing-to-roll-back"][1]["code"] == "nothing"
+    assert out["deploy"][0] == 202 and out["deploy"][1]["phase"] == "Preparing"
+    assert out["second"][0] == 409 and out["deploy"][1]["deploy"]["id"] in out["second"][1]["error"]
+    assert out["alerts-v3"][0] == 400
+
+
+def test_reads_need_no_token(tmp_path):
+    async def calls(client, swarm):
+        apps = await (await client.get("/v1/apps")).json()
+        one = await client.get("/v1/apps/web")
+        missing = await client.get("/v1/apps/shop")
+        traefik = await (await client.get("/v1/traefik")).json()
+        metrics = await (await client.get("/metrics")).text()
+        return apps, one.status, missing.status, traefik, metrics
+
+    apps, one, missing, traefik, metrics = api(tmp_path, calls)
+    assert [a["app"] for a in apps["apps"]] == ["web"] and (one, missing) == (200, 404)
+    assert [s["weight"] for s in traefik["http"]["services"]["web"]["weighted"]["services"]] == [100, 0]
+    assert 'swarmshift_bluegreen_active_color{app="web",color="blue"} 1.0' in metrics
+    assert "swarmshift_bluegreen_switch_duration_seconds_count 1.0" in metrics
+
+
+# --- the operator CLI --------------------------------------------------------------------------
+
+
+class Canned:
+    """A stand-in controller on 127.0.0.1 answering each path with a canned status and body."""
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[int, object]]) -> None:
+        self.requests: list[tuple[str, str, dict, object]] = []
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                canned.requests.append((self.command, self.path, dict(self.headers), json.loads(raw) if raw else None))
+                status, body = answers.get((self.command, self.path), (404, {"error": "no such path"}))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer  # noqa: N815 - http.server's names
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def view(phase="Stable", health="healthy", result="succeeded", deploy_id="web-1", degraded=()):
+    color = {"image": "web:1", "running": 2, "replicas": 2, "weight": 100}
+    return {"app": "web", "active": "blue", "phase": phase, "health": health, "result": result, "reason": "",
+            "degraded": list(degraded), "colors": {"blue": color, "green": {**color, "image": "web:2", "weight": 0}},
+            "deploy": {"id": deploy_id, "operation": "deploy", "reason": "checks failed"}}
+
+
+def cli(server_url: str, *args: str, env: dict | None = None):
+    return CliRunner().invoke(bluegreen, list(args), env={"SWARMSHIFT_CONTROLLER": server_url,
+                                                          "SWARMSHIFT_TOKEN": "s3cret", **(env or {})})
+
+
+@pytest.fixture
+def canned():
+    servers: list[Canned] = []
+
+    def make(answers):
+        servers.append(Canned(answers))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_exit_codes_say_what_happened(canned):
+    accepted = {"phase": "Preparing", "deploy": {"id": "web-1", "operation": "deploy", "image": "web:2",
+                                                 "target": "green"}}
+    server = canned({
+        ("POST", "/v1/apps/web/deploy"): (202, accepted),
+        ("POST", "/v1/apps/web/switch"): (422, {"error": "web: refusing to switch to green: …", "code": "unhealthy"}),
+        ("POST", "/v1/apps/busy/deploy"): (409, {"error": "busy: deploy busy:2 is running", "code": "busy"}),
+        ("POST", "/v1/apps/locked/rollback"): (401, {"error": "missing or wrong bearer token"}),
+        ("GET", "/v1/apps/web"): (200, view()),
+        ("GET", "/v1/apps"): (200, {"apps": [view(), view(health="degraded", degraded=["the last deploy failed"])]}),
+    })
+    deployed = cli(server.url, "deploy", "web", "--image", "web:2")
+    assert deployed.exit_code == 0 and "deploy web-1 started: Preparing, web:2 on green" in deployed.output
+    assert server.requests[0][2]["Authorization"] == "Bearer s3cret" and server.requests[0][3] == {"image": "web:2"}
+    assert cli(server.url, "deploy", "web", "--image", "web:2", "--wait").exit_code == 0  # ends Stable, succeeded
+    assert cli(server.url, "switch", "web").exit_code == 1
+    assert cli(server.url, "deploy", "busy", "--image", "busy:3").exit_code == 1
+    assert cli(server.url, "rollback", "locked").exit_code == 2
+    assert cli(server.url, "deploy", "nosuch", "--image", "x").exit_code == 2  # 404: an unknown app
+    assert cli(server.url, "deploy", "web").exit_code == 2  # --image is required
+    assert cli(server.url, "status", "web").exit_code == 0
+    status = cli(server.url, "status")
+    assert status.exit_code == 1 and "web: the last deploy failed" in status.output
+    as_json = cli(server.url, "status", "web", "--json")
+    assert json.loads(as_json.output)["phase"] == "Stable"
+
+
+def test_a_rolled_back_deploy_exits_1_with_wait(canned):
+    server = canned({
+        ("POST", "/v1/apps/web/deploy"): (202, {"phase": "Preparing", "deploy": {"id": "web-1"}}),
+        ("GET", "/v1/apps/web"): (200, view(phase="RolledBack", result="rolled-back", health="degraded")),
+    })
+    done = cli(server.url, "deploy", "web", "--image", "web:2", "--wait")
+    assert done.exit_code == 1 and "ended RolledBack (rolled-back); traffic on blue: checks failed" in done.output
+
+
+def test_an_unreachable_controller_exits_3():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for args in (["status"], ["deploy", "web", "--image", "web:2"], ["switch", "web"], ["rollback", "web"]):
+        result = cli(url, *args)
+        assert result.exit_code == 3, (args, result.output)
+        assert f"cannot reach the controller at {url}" in result.output
+
+
+def test_the_token_comes_from_the_environment_or_a_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    assert token_from_env({"SWARMSHIFT_TOKEN": "t", "SWARMSHIFT_TOKEN_FILE": str(path)}) == "t"
+    assert token_from_env({"SWARMSHIFT_TOKEN_FILE": str(path)}) == "from-file"
+    assert token_from_env({}) is None
+    with pytest.raises(ValueError, match="SWARMSHIFT_TOKEN_FILE: cannot read"):
+        token_from_env({"SWARMSHIFT_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_the_status_table():
+    text = render_status([view(), {"app": "shop", "health": "degraded", "degraded": ["app shop: no green service"]}])
+    lines = text.splitlines()
+    assert lines[0].split() == ["APP", "ACTIVE", "PHASE", "HEALTH", "BLUE", "GREEN", "LAST"]
+    assert lines[1].split() == ["web", "blue", "Stable", "healthy", "web:1", "2/2", "100%", "web:2", "2/2",
+                                "deploy", "succeeded"]
+    assert lines[2].split()[:4] == ["shop", "-", "-", "degraded"]
+    assert lines[-1] == "shop: app shop: no green service"
