@@ -316,3 +316,32 @@ def test_the_traefik_document_served_is_the_one_written_and_unreachable_tasks_ar
     assert "unreachable never counts as healthy" in view["deploy"]["reason"]
     assert [s["weight"] for s in yaml.safe_load(written.read_text())["http"]["services"][app]["weighted"]["services"]] \
         == [0, 100]
+
+
+# --- the access layer's container calls the nginx router uses -----------------------------------
+
+
+def test_swarm_exec_and_signal_reach_a_service_container(swarm, images):
+    import asyncio
+
+    from swarmshift.swarm import NotFound, Swarm
+
+    svc = swarm.service("exec", image=images["v1"])
+    container = swarm.client.containers.list(filters={"label": f"com.docker.swarm.service.name={svc.name}"})[0]
+
+    async def calls():
+        access = Swarm(timeout=10)
+        try:
+            ran = await access.exec(container.id, ["python3", "-c", "import sys; print('checked'); sys.exit(3)"])
+            with pytest.raises(NotFound):
+                await access.signal("0" * 64, "HUP")
+            await access.signal(container.id, "TERM")  # the demo app exits on SIGTERM; Swarm restarts it
+            return ran
+        finally:
+            await access.close()
+
+    code, output = asyncio.run(calls())
+    assert (code, output.strip()) == (3, "checked")
+    lab.wait_for("the signalled task to be replaced", lambda: any(
+        t["Status"]["State"] in ("complete", "shutdown", "failed")
+        for t in swarm.client.api.tasks(filters={"service": svc.name})), 30)
