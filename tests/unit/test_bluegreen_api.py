@@ -232,3 +232,28 @@ def test_the_status_table():
                                 "deploy", "succeeded"]
     assert lines[2].split()[:4] == ["shop", "-", "-", "degraded"]
     assert lines[-1] == "shop: app shop: no green service"
+
+
+def test_the_http_provider_document_is_refused_until_every_app_is_reconciled(tmp_path):
+    from bluegreen.controller import Controller
+    from bluegreen.routers.traefik_http import TraefikHTTPRouter
+    from tests.unit.test_bluegreen_controller import CONFIG, Clock, FakeProber, FakeSwarm
+
+    async def go():
+        swarm = FakeSwarm()
+        swarm.add("blue", "web:1", 2)
+        swarm.add("green", "web:1", 0)
+        router = TraefikHTTPRouter()
+        controller = Controller(swarm, router, CONFIG, prober=FakeProber(swarm), clock=Clock())  # type: ignore[arg-type]
+        async with TestClient(TestServer(make_app(controller, None))) as client:
+            before = await client.get("/v1/traefik")
+            await controller.start()
+            after = await client.get("/v1/traefik")
+            body = await after.json()
+            await controller.stop()
+            return before.status, after.status, body
+
+    before, after, body = asyncio.run(go())
+    assert (before, after) == (503, 200)
+    assert body["http"]["routers"]["web"]["rule"] == "Host(`web.example.com`)"
+    assert body["http"]["services"]["web-green"]["loadBalancer"]["servers"] == [{"url": "http://web-green:8000"}]
