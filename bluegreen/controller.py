@@ -132,6 +132,7 @@ class Runtime:
     alerts_acted: set[str] = field(default_factory=set)
     observed_at: float = 0.0  # monotonic time of the last observation: the next tick is an interval after it
     routed: Routing | None = None  # what the router last reported or confirmed
+    reading: Reading | None = None  # the last reading, as this process's own writes left it
     task: asyncio.Task | None = None
 
     def schedule(self, at: float) -> None:
@@ -432,8 +433,16 @@ class Controller:
         done: list[Step] = []
         for attempt in range(1, _ATTEMPTS + 1):
             early = self._early_probe(rt)
+            reads = asyncio.ensure_future(self._read(rt))
             try:
-                reading = await self._read(rt)
+                if attempt == 1 and await self._settled_by_probe(rt, early, alert):
+                    try:
+                        assert rt.reading is not None
+                        await self._advance(rt, rt.reading, alert, done, early, checks=False)
+                        return done
+                    except VersionConflict as err:  # another writer: decide again on a full read
+                        log.info("version_conflict", app=rt.name, attempt=attempt, error=str(err))
+                reading = await reads
                 if reading is None:
                     return done
                 await self._advance(rt, reading, alert if not done else None, done, early)
@@ -441,13 +450,32 @@ class Controller:
             except VersionConflict as err:
                 log.info("version_conflict", app=rt.name, attempt=attempt, error=str(err))
             finally:
-                if early is not None and not early.task.done():
-                    early.task.cancel()
+                for task in (early.task if early else None, reads):
+                    if task is not None and not task.done():
+                        task.cancel()
         log.warning("tick_abandoned", app=rt.name, reason=f"{_ATTEMPTS} version conflicts in a row")
         return done
 
+    async def _settled_by_probe(self, rt: Runtime, early: _EarlyProbe | None, alert: str | None) -> bool:
+        """Whether this tick's probe alone settles a rollback, so that it can act before the reads are back.
+
+        In a verification window, a failed round that exceeds failure_threshold rolls back
+        whatever else the tick finds; the services are then written at the versions this process
+        last read and wrote, and a version conflict sends the tick back to a full read. This takes
+        the time of the reads off the rollback deadline.
+        """
+        state, last = rt.state, rt.reading
+        if early is None or alert is not None or state is None or last is None or state.deploy is None:
+            return False
+        if state.phase not in (Phase.VERIFYING, Phase.PROGRESSING):
+            return False
+        if last.loaded.state.generation != state.generation or early.key[0] != state.generation:
+            return False
+        probe = await early.task
+        return not probe.ok and state.deploy.failures + 1 > self.settings.failure_threshold
+
     async def _advance(self, rt: Runtime, reading: Reading, alert: str | None, done: list[Step],
-                       early: _EarlyProbe | None = None) -> None:
+                       early: _EarlyProbe | None = None, checks: bool = True) -> None:
         """Advance and execute; then again at once, on what the writes returned, while a step asks for it.
 
         A confirmed switch opens the verification window, and the window's first round is taken,
@@ -460,21 +488,22 @@ class Controller:
             state = reading.loaded.state
             want = needs(state)
             verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
-            probe, checks = await asyncio.gather(self._probe(rt, reading, want.probe, verify, early),
-                                                 self._checks(reading.app, want.checks))
-            early = None
+            probe, results = await asyncio.gather(self._probe(rt, reading, want.probe, verify, early),
+                                                  self._checks(reading.app, want.checks if checks else None))
+            early, checks = None, True
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
-                              checks=checks, alert=alert)
+                              checks=results, alert=alert)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
             step = advance(rt.name, state, rt.progress, obs, self.settings)
             services, confirmed = await self._execute(rt, reading, step, cause=_cause(step, alert, restarted))
             done.append(step)
             alert = None  # it has acted, or been weighed, once
-            if not _hurry(step) or confirmed is False:
-                return
-            following = self._after_writes(reading, services, confirmed or reading.routed)
-            rt.routed = following.routed if following is not None else rt.routed
-            if following is None:
+            following = None if confirmed is False else self._after_writes(reading, services,
+                                                                         confirmed or reading.routed)
+            rt.reading = following
+            if following is not None:
+                rt.routed = following.routed
+            if following is None or not _hurry(step):
                 return
             reading = following
 
@@ -514,19 +543,22 @@ class Controller:
         started = time.monotonic()
         try:
             await self.router.apply(app, route.routing)
+            applied = time.monotonic()
             confirmed = await self.router.confirm(app, route.routing)
         except RouterError as err:
             log.error("route_failed", app=app.name, routing=str(route.routing), phase=step.state.phase.value,
                       error=str(err), action="the previous routing stays in effect; retrying next tick")
             return False
-        seconds = time.monotonic() - started
+        done = time.monotonic()
+        # apply: handing the router the routing (nginx: write, nginx -t, reload); confirm: until it reports it.
+        timing = {"seconds": round(done - started, 3), "apply_seconds": round(applied - started, 3),
+                  "confirm_seconds": round(done - applied, 3)}
         if confirmed:
-            self.telemetry.switch_duration.observe(seconds)
-            log.info("route_applied", app=app.name, routing=str(route.routing), router=self.router.kind,
-                     seconds=round(seconds, 3))
+            self.telemetry.switch_duration.observe(done - started)
+            log.info("route_applied", app=app.name, routing=str(route.routing), router=self.router.kind, **timing)
         else:
             log.warning("route_unconfirmed", app=app.name, routing=str(route.routing), router=self.router.kind,
-                        seconds=round(seconds, 3), action="the machine waits for the router to report it")
+                        **timing, action="the machine waits for the router to report it")
         return confirmed
 
     def _notify(self, notice: Notify) -> None:

@@ -168,7 +168,7 @@ def test_a_release_whose_health_never_passes_is_never_switched_to_and_bad_reques
 def test_a_release_that_fails_after_the_switch_is_rolled_back_within_the_deadline(swarm, stack, bluegreen_proc):
     daemon = start_controller(bluegreen_proc, stack, verification_window="20s")
     app = stack.app
-    load = stack.load(rate=100, seconds=90).start()  # a response every 10 ms: the times below are that exact
+    load = stack.load(rate=60, seconds=90).start()  # a response every ~17 ms: the times below are that exact
     try:
         time.sleep(0.5)
         done = daemon.cli("deploy", app, "--image", stack.images["5xx"], "--wait", "--timeout", "60")

@@ -40,6 +40,7 @@ class FakeSwarm:
     by_name: dict = field(default_factory=dict)
     writes: list = field(default_factory=list)
     conflict_next: int = 0  # refuse this many writes with VersionConflict (another writer got there first)
+    gate: asyncio.Event | None = None  # while set and not yet open, reads wait
 
     def add(self, color: str, image: str, replicas: int) -> None:
         name = f"web-{color}"
@@ -52,6 +53,8 @@ class FakeSwarm:
                        update_status=None, spec={})
 
     async def services(self, label: str | None = None) -> list[Service]:
+        if self.gate is not None:
+            await self.gate.wait()  # a slow Docker
         key, _, value = (label or "").partition("=")
         return [self._service(s) for s in self.by_name.values()
                 if not key or (key in s.labels and (not value or s.labels[key] == value))]
@@ -403,3 +406,23 @@ def test_the_daemon_starts_its_loops_and_stops_them_promptly():
     loops, router = asyncio.run(scenario())
     assert len(loops) == 1 and loops[0].done()
     assert router.routing["web"] == Routing.all_to(Color.BLUE)
+
+
+def test_a_round_that_settles_a_rollback_acts_before_the_reads_are_back():
+    async def scenario():
+        controller, swarm, router, prober, clock = world(verification_window=30)
+        prober.failing.add("web:bad")
+        await controller.reconcile("web")
+        await controller.deploy("web", "web:bad")
+        while controller.apps["web"].state.deploy.failures < CONFIG.failure_threshold:
+            clock.now += 1
+            await controller.reconcile("web")
+        swarm.gate = asyncio.Event()  # Docker stops answering reads
+        clock.now += 1
+        steps = await asyncio.wait_for(controller.reconcile("web"), 2)
+        return [s.state.phase for s in steps], router, swarm
+
+    phases, router, swarm = asyncio.run(scenario())
+    assert phases == [Phase.ROLLING_BACK, Phase.ROLLED_BACK]
+    assert router.routing["web"] == Routing.all_to(Color.BLUE)
+    assert swarm.state("blue")["phase"] == "RolledBack"
