@@ -14,7 +14,11 @@ RUN python3 -m venv /venv \
  && /venv/bin/python3 -m compileall -q /venv/lib
 
 FROM ${BASE_IMAGE}
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin swarmshift
+# The routers' directories belong to the daemon's user: an empty named volume mounted there takes
+# their owner on first use, so the controller can write the files Traefik or nginx read.
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin swarmshift \
+ && mkdir -p /etc/traefik/dynamic /etc/nginx/swarmshift \
+ && chown 10001 /etc/traefik/dynamic /etc/nginx/swarmshift
 COPY --from=build /venv /venv
 ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001

@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 lab: venv
 	sh lab/up.sh
 	sh lab/swarmshift-image.sh $(BIN)/pip
+	sh lab/stack-images.sh
 
 test: lab venv
 	$(BIN)/ruff check .

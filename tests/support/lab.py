@@ -54,7 +54,7 @@ def _owner_alive(value: str) -> bool:
 
 
 def remove_leftovers(client: docker.DockerClient) -> list[str]:
-    """Remove labelled services, containers and networks whose pytest run is gone."""
+    """Remove labelled services, containers, networks, configs, secrets and volumes whose pytest run is gone."""
     removed = []
     for svc in client.services.list(filters={"label": LABEL}):
         if not _owner_alive(svc.attrs["Spec"].get("Labels", {}).get(LABEL, "")):
@@ -68,6 +68,20 @@ def remove_leftovers(client: docker.DockerClient) -> list[str]:
         if not _owner_alive((net.attrs.get("Labels") or {}).get(LABEL, "")):
             remove_network(client, net.name)
             removed.append(f"network {net.name}")
+    # A deployed stack also leaves configs, secrets and volumes (tests/support/stack.py labels them).
+    for kind, objects in (("config", client.configs), ("secret", client.secrets)):
+        for obj in objects.list(filters={"label": LABEL}):
+            if not _owner_alive((obj.attrs["Spec"].get("Labels") or {}).get(LABEL, "")):
+                with contextlib.suppress(docker.errors.NotFound):
+                    obj.remove()
+                removed.append(f"{kind} {obj.name}")
+    for vol in client.volumes.list(filters={"label": LABEL}):
+        if not _owner_alive((vol.attrs.get("Labels") or {}).get(LABEL, "")):
+            try:
+                vol.remove(force=True)
+                removed.append(f"volume {vol.name}")
+            except docker.errors.APIError:
+                pass  # still held by a container on its way out: the next run removes it
     return removed
 
 

@@ -145,8 +145,10 @@ class OverlayLoad:
     """Paced load from a container on `network` to every task of `service`; bounded by count and time."""
 
     def __init__(self, client, network: str, service: str, path: str, *, rate: float, max_seconds: float,
-                 max_requests: int, workers: int = 8) -> None:
+                 max_requests: int, workers: int = 8, labels: dict[str, str] | None = None) -> None:
         self.client = client
+        # The test label by default; `make demo` passes its own, which the suite's cleanup leaves alone.
+        self.labels = labels if labels is not None else {LABEL: OWNER}
         self.args = [service, path, str(rate), str(max_seconds), str(max_requests), str(workers)]
         self.network = network
         self.container = None
@@ -154,7 +156,7 @@ class OverlayLoad:
     def start(self) -> OverlayLoad:
         self.container = self.client.containers.run(
             DEMO_IMAGE, ["python3", "-c", _OVERLAY_SCRIPT, *self.args], network=self.network,
-            labels={LABEL: OWNER}, detach=True, user="65534",
+            labels=self.labels, detach=True, user="65534",
         )
         return self
 
