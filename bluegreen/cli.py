@@ -254,9 +254,13 @@ def render_status(apps: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def _interactive() -> bool:
+    return sys.stdout.isatty()
+
+
 def _wait(client: ControllerClient, app: str, deploy_id: str | None, timeout: float | None) -> int:
     """Follow the operation to its end: per-phase lines on a TTY; 0 only if it ended Stable."""
-    tty = sys.stdout.isatty()
+    tty = _interactive()
     started = time.monotonic()
     seen: tuple[str, str] | None = None
     unreachable_since: float | None = None

@@ -121,7 +121,10 @@ class Canned:
             def _answer(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 canned.requests.append((self.command, self.path, dict(self.headers), json.loads(raw) if raw else None))
-                status, body = answers.get((self.command, self.path), (404, {"error": "no such path"}))
+                answer = answers.get((self.command, self.path), (404, {"error": "no such path"}))
+                if isinstance(answer, list):  # a sequence: each request takes the next, the last one stays
+                    answer = answer.pop(0) if len(answer) > 1 else answer[0]
+                status, body = answer
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -257,3 +260,20 @@ def test_the_http_provider_document_is_refused_until_every_app_is_reconciled(tmp
     assert (before, after) == (503, 200)
     assert body["http"]["routers"]["web"]["rule"] == "Host(`web.example.com`)"
     assert body["http"]["services"]["web-green"]["loadBalancer"]["servers"] == [{"url": "http://web-green:8000"}]
+
+
+def test_deploy_wait_on_a_tty_prints_each_phase(canned, monkeypatch):
+    monkeypatch.setattr("bluegreen.cli._interactive", lambda: True)
+    monkeypatch.setattr("bluegreen.cli.time.sleep", lambda seconds: None)
+    phases = [("Preparing", "preparing web-green"), ("Waiting", "waiting for web-green: 0/2 tasks running"),
+              ("Waiting", "waiting for web-green: 1/2 tasks running"), ("PreChecks", "probe 1/3 passed"),
+              ("Verifying", "the router confirms blue=0 green=100"), ("Stable", "green verified")]
+    views = [(200, {**view(phase=phase, result=None if phase != "Stable" else "succeeded"), "reason": reason})
+             for phase, reason in phases]
+    server = canned({("POST", "/v1/apps/web/deploy"): (202, {"phase": "Preparing", "deploy": {"id": "web-1"}}),
+                     ("GET", "/v1/apps/web"): views})
+    done = cli(server.url, "deploy", "web", "--image", "web:2", "--wait")
+    lines = done.output.splitlines()
+    assert done.exit_code == 0
+    assert [line.split()[1] for line in lines[1:-1]] == ["Preparing", "Waiting", "PreChecks", "Verifying", "Stable"]
+    assert lines[-1] == "web: deploy web-1 ended Stable; traffic on blue"
