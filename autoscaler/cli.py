@@ -134,7 +134,7 @@ def _token(cfg: AutoscalerConfig) -> TokenFile | None:
 
 async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFile | None) -> None:
     swarm = Swarm(timeout=cfg.docker_timeout)
-    notifier = Notifier(cfg.notify.webhooks, timeout=cfg.notify.timeout, retries=cfg.notify.retries)
+    notifier = Notifier.from_settings(cfg.notify)
     scaler = Autoscaler(
         swarm, make_source(cfg, swarm), policy_file,
         telemetry=Telemetry(), events=EventLog(cfg.events_kept, cfg.events_file), notifier=notifier,

@@ -12,7 +12,8 @@ from pydantic import Field, field_validator
 
 from autoscaler.sources.prometheus import CPU_QUERY, MEMORY_QUERY, SERVICE_LABEL, TASK_LABEL
 from swarmshift.config import Duration, Strict
-from swarmshift.http import parse_listen
+from swarmshift.http import ListenAddress
+from swarmshift.notify import NotifySettings
 
 
 class PrometheusSettings(Strict):
@@ -25,16 +26,10 @@ class PrometheusSettings(Strict):
     memory_query: str = MEMORY_QUERY
 
 
-class NotifySettings(Strict):
-    webhooks: list[str] = []
-    timeout: Duration = 5.0
-    retries: int = Field(3, ge=1, le=10)
-
-
 class AutoscalerConfig(Strict):
     source: Literal["auto", "prometheus", "docker"] = "auto"
     interval: Duration = 15.0
-    listen: str = "0.0.0.0:8080"
+    listen: ListenAddress = "0.0.0.0:8080"
     dry_run: bool = False
     events_file: str | None = None
     events_kept: int = Field(500, ge=1, le=100_000)
@@ -51,15 +46,6 @@ class AutoscalerConfig(Strict):
     def _interval(cls, value: float) -> float:
         if value < 1:
             raise ValueError("must be at least 1s")
-        return value
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        try:
-            parse_listen(value)
-        except ValueError:
-            raise ValueError("expected HOST:PORT such as 0.0.0.0:8080") from None
         return value
 
     @property

@@ -99,7 +99,7 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
 
     swarm = Swarm(timeout=cfg.docker_timeout)
     router = routers.build(cfg.router, swarm=swarm)
-    notifier = Notifier(cfg.notify.webhooks, timeout=cfg.notify.timeout, retries=cfg.notify.retries)
+    notifier = Notifier.from_settings(cfg.notify)
     controller = Controller(swarm, router, cfg, notifier=notifier)
     host, port = parse_listen(cfg.listen)
     runner = await start(make_app(controller, token), host, port)

@@ -33,14 +33,9 @@ from bluegreen.model import (
     validate_steps,
 )
 from bluegreen.phases import CheckResult, Settings
-from swarmshift.config import Duration, Strict
-from swarmshift.http import parse_listen
-
-
-def _comma_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+from swarmshift.config import CommaList, Duration, IntList, Strict
+from swarmshift.http import ListenAddress
+from swarmshift.notify import NotifySettings
 
 
 def _command(value: Any) -> Any:
@@ -48,7 +43,6 @@ def _command(value: Any) -> Any:
     return shlex.split(value) if isinstance(value, str) else value
 
 
-CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
 Command = Annotated[list[str], BeforeValidator(_command)]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]*)\s*\}\}")
@@ -275,15 +269,9 @@ class PrometheusSettings(Strict):
     timeout: Duration = 5.0
 
 
-class NotifySettings(Strict):
-    webhooks: CommaList = []
-    timeout: Duration = 5.0
-    retries: int = Field(3, ge=1, le=10)
-
-
 class BlueGreenConfig(Strict):
     # Fields are validated in this order, so a check on one field may look at those above it.
-    listen: str = "0.0.0.0:8080"
+    listen: ListenAddress = "0.0.0.0:8080"
     token_file: str | None = None
     docker_timeout: Duration = 10.0
     # Manage only the apps whose services also carry this label (KEY or KEY=VALUE): one
@@ -309,14 +297,8 @@ class BlueGreenConfig(Strict):
     keep: bool = False
     rollback_on_alert: Literal["verification", "always", "never"] = "verification"
     on_restart: Literal["resume", "rollback"] = "resume"
-    progressive_steps: Annotated[list[int], BeforeValidator(_comma_list)] = [10, 50, 100]
+    progressive_steps: IntList = [10, 50, 100]
     notify: NotifySettings = NotifySettings()
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        parse_listen(value)
-        return value
 
     @field_validator("selector")
     @classmethod

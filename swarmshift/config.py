@@ -68,6 +68,17 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _comma_list(value: Any) -> Any:
+    # A list from an environment variable is one string: `a, b` means ["a", "b"].
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
+IntList = Annotated[list[int], BeforeValidator(_comma_list)]
+
+
 def format_duration(seconds: float) -> str:
     if seconds and seconds % 3600 == 0:
         return f"{int(seconds // 3600)}h"

@@ -9,10 +9,11 @@ import os
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import AfterValidator
 
 from swarmshift import logs
 
@@ -131,6 +132,18 @@ def new_app(registry: CollectorRegistry, token: TokenFile | None) -> web.Applica
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def _listen_address(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError:
+        raise ValueError("expected HOST:PORT such as 0.0.0.0:8080") from None
+    return value
+
+
+# A config field holding a daemon's listen address, checked when the config is loaded.
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 
 
 def parse_listen(value: str) -> tuple[str, int]:

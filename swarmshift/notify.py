@@ -13,10 +13,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+from pydantic import Field
 
 from swarmshift import logs
+from swarmshift.config import CommaList, Duration, Strict
 
 log = logs.get("swarmshift.notify")
+
+
+class NotifySettings(Strict):
+    """The `notify:` section both daemons share."""
+
+    webhooks: CommaList = []
+    timeout: Duration = 5.0
+    retries: int = Field(3, ge=1, le=10)
 
 
 class Notifier:
@@ -38,6 +48,10 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
         self.failed = 0
+
+    @classmethod
+    def from_settings(cls, settings: NotifySettings) -> Notifier:
+        return cls(settings.webhooks, timeout=settings.timeout, retries=settings.retries)
 
     def send(self, event: dict[str, Any], text: str) -> None:
         """Queue `event` for every receiver; returns at once. A full queue drops the oldest."""
