@@ -1,110 +1,24 @@
-"""The controller's HTTP API (over the in-memory Swarm) and the operator CLI's exit codes."""
+"""The operator CLI: exit codes, tables and progress, over recorded controller answers.
+
+The CLI is a client of the controller's HTTP API; these tests pin how it maps answers to exit
+codes and output. The API itself and the CLI against the real controller are tested on the lab
+(tests/lab/test_bluegreen_lab.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
-from bluegreen.api import make_app
 from bluegreen.cli import bluegreen, render_status
 from bluegreen.client import token_from_env
-from swarmshift.http import TokenFile
-from tests.unit.test_bluegreen_controller import world
 
 AUTH = {"Authorization": "Bearer s3cret"}
-
-
-def api(tmp_path, calls, **config):
-    """Run `calls(client, swarm)` against the API of a controller over the in-memory world."""
-    token = tmp_path / "token"
-    token.write_text("s3cret\n")
-
-    async def go():
-        controller, swarm, router, prober, clock = world(**config)
-        swarm.by_name["web-green"].replicas = 2
-        swarm.by_name["web-green"].image = "web:sick"
-        await controller.reconcile("web")
-        async with TestClient(TestServer(make_app(controller, TokenFile(token)))) as client:
-            return await calls(client, swarm)
-
-    return asyncio.run(go())
-
-
-def test_mutations_need_the_token_and_nothing_happens_without_it(tmp_path):
-    async def calls(client, swarm):
-        before = list(swarm.writes)
-        answers = [
-            await client.post("/v1/apps/web/deploy", json={"image": "web:2"}),
-            await client.post("/v1/apps/web/deploy", json={"image": "web:2"}, headers={"Authorization": "Bearer no"}),
-            await client.post("/v1/apps/web/switch", json={"force": True}, headers={"Authorization": "s3cret"}),
-            await client.post("/v1/apps/web/rollback"),
-            await client.post("/v1/alerts", json={}),
-        ]
-        return [a.status for a in answers], swarm.writes == before
-
-    statuses, untouched = api(tmp_path, calls)
-    assert statuses == [401] * 5 and untouched
-
-
-def test_bad_bodies_unknown_apps_and_conflicts(tmp_path):
-    async def calls(client, swarm):
-        out = {}
-        for name, path, body in [
-            ("not-json", "/v1/apps/web/deploy", b"{"),
-            ("no-image", "/v1/apps/web/deploy", {}),
-            ("extra", "/v1/apps/web/deploy", {"image": "web:2", "tag": "x"}),
-            ("spaces", "/v1/apps/web/deploy", {"image": "web 2"}),
-            ("to-red", "/v1/apps/web/switch", {"to": "red"}),
-            ("force-text", "/v1/apps/web/switch", {"force": "yes"}),
-            ("unknown-app", "/v1/apps/shop/deploy", {"image": "shop:1"}),
-            ("unhealthy", "/v1/apps/web/switch", {}),
-            ("nothing-to-roll-back", "/v1/apps/web/rollback", None),
-            ("deploy", "/v1/apps/web/deploy", {"image": "web:2"}),
-            ("second", "/v1/apps/web/deploy", {"image": "web:3"}),
-            ("alerts-v3", "/v1/alerts", {"version": "3", "status": "firing", "alerts": []}),
-        ]:
-            kwargs = {"data": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
-            resp = await client.post(path, headers=AUTH, **kwargs)
-            out[name] = (resp.status, await resp.json())
-        return out
-
-    out = api(tmp_path, calls)
-    assert out["not-json"][0] == 400 and out["not-json"][1]["error"].startswith("malformed JSON")
-    assert out["no-image"] == (400, {"error": "bad request body", "problems": ["body.image: missing"]})
-    assert out["extra"][1]["problems"] == ["body.tag: unknown key (got 'x')"]
-    assert out["spaces"][1]["problems"] == ["body.image: expected an image reference (got 'web 2')"]
-    assert out["to-red"][1]["problems"] == ["body.to: expected blue or green (got 'red')"]
-    assert out["force-text"][1]["problems"] == ["body.force: wrong type (got 'yes')"]
-    assert out["unknown-app"] == (404, {"error": "no service is labelled swarmshift.bluegreen.app=shop"})
-    assert out["unhealthy"][0] == 422 and out["unhealthy"][1]["code"] == "unhealthy"
-    assert "refusing to switch to green" in out["unhealthy"][1]["error"]
-    assert out["nothing-to-roll-back"][0] == 422 and out["nothing-to-roll-back"][1]["code"] == "nothing"
-    assert out["deploy"][0] == 202 and out["deploy"][1]["phase"] == "Preparing"
-    assert out["second"][0] == 409 and out["deploy"][1]["deploy"]["id"] in out["second"][1]["error"]
-    assert out["alerts-v3"][0] == 400
-
-
-def test_reads_need_no_token(tmp_path):
-    async def calls(client, swarm):
-        apps = await (await client.get("/v1/apps")).json()
-        one = await client.get("/v1/apps/web")
-        missing = await client.get("/v1/apps/shop")
-        traefik = await (await client.get("/v1/traefik")).json()
-        metrics = await (await client.get("/metrics")).text()
-        return apps, one.status, missing.status, traefik, metrics
-
-    apps, one, missing, traefik, metrics = api(tmp_path, calls)
-    assert [a["app"] for a in apps["apps"]] == ["web"] and (one, missing) == (200, 404)
-    assert [s["weight"] for s in traefik["http"]["services"]["web"]["weighted"]["services"]] == [100, 0]
-    assert 'swarmshift_bluegreen_active_color{app="web",color="blue"} 1.0' in metrics
-    assert "swarmshift_bluegreen_switch_duration_seconds_count 1.0" in metrics
 
 
 # --- the operator CLI --------------------------------------------------------------------------
@@ -235,31 +149,6 @@ def test_the_status_table():
                                 "deploy", "succeeded"]
     assert lines[2].split()[:4] == ["shop", "-", "-", "degraded"]
     assert lines[-1] == "shop: app shop: no green service"
-
-
-def test_the_http_provider_document_is_refused_until_every_app_is_reconciled(tmp_path):
-    from bluegreen.controller import Controller
-    from bluegreen.routers.traefik_http import TraefikHTTPRouter
-    from tests.unit.test_bluegreen_controller import CONFIG, Clock, FakeProber, FakeSwarm
-
-    async def go():
-        swarm = FakeSwarm()
-        swarm.add("blue", "web:1", 2)
-        swarm.add("green", "web:1", 0)
-        router = TraefikHTTPRouter()
-        controller = Controller(swarm, router, CONFIG, prober=FakeProber(swarm), clock=Clock())  # type: ignore[arg-type]
-        async with TestClient(TestServer(make_app(controller, None))) as client:
-            before = await client.get("/v1/traefik")
-            await controller.start()
-            after = await client.get("/v1/traefik")
-            body = await after.json()
-            await controller.stop()
-            return before.status, after.status, body
-
-    before, after, body = asyncio.run(go())
-    assert (before, after) == (503, 200)
-    assert body["http"]["routers"]["web"]["rule"] == "Host(`web.example.com`)"
-    assert body["http"]["services"]["web-green"]["loadBalancer"]["servers"] == [{"url": "http://web-green:8000"}]
 
 
 def test_deploy_wait_on_a_tty_prints_each_phase(canned, monkeypatch):
