@@ -201,6 +201,11 @@ class LabStack:
     def replicas(self, short: str) -> int:
         return self.client.api.inspect_service(self.service(short))["Spec"]["Mode"]["Replicated"]["Replicas"]
 
+    def running(self, service: str) -> int:
+        """Running tasks of the Swarm service `service` (a full name)."""
+        return sum(t["Status"]["State"] == "running"
+                   for t in self.client.api.tasks(filters={"service": service, "desired-state": "running"}))
+
     def logs(self, short: str) -> list[dict[str, Any]]:
         """The JSON log lines of the stack's service `short` (its tasks' containers on this node)."""
         out = []
