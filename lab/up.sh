@@ -20,9 +20,12 @@ if [ -n "$need" ]; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >/dev/null
 fi
-# Debian starts these as services where systemd runs; the lab starts its own on 127.0.0.1.
+# Debian starts these as services when it installs them; the lab starts its own on 127.0.0.1.
+# Stop only the packages' own instances, through their init scripts (which go by pid file, or
+# hand over to systemd): a kill by name would also end every test's and every container's
+# nginx and prometheus on this kernel, the lab stack's included, while a run is under way.
 for svc in nginx prometheus prometheus-alertmanager; do
-  pkill -x "$svc" 2>/dev/null || true
+  if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done
 
 if ! docker info >/dev/null 2>&1; then
