@@ -58,8 +58,16 @@ if [ -n "$dev" ]; then
   done
 fi
 
-# Leftovers of killed sessions: Swarm restarts their services with the engine.
-leftovers=$(docker service ls -q --filter "label=$LABEL")
+# Leftovers of killed sessions: Swarm restarts their services with the engine. The label's value
+# is the pid of the pytest run that made them; a run still alive keeps its services.
+leftovers=""
+for id in $(docker service ls -q --filter "label=$LABEL"); do
+  owner=$(docker service inspect --format "{{index .Spec.Labels \"$LABEL\"}}" "$id" 2>/dev/null || true)
+  case "$owner" in
+    ''|*[!0-9]*) leftovers="$leftovers $id" ;;
+    *) grep -qs pytest "/proc/$owner/cmdline" || leftovers="$leftovers $id" ;;
+  esac
+done
 [ -z "$leftovers" ] || { echo "lab: removing leftover test services"; docker service rm $leftovers >/dev/null; }
 
 sh "$here/base-image.sh"
