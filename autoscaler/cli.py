@@ -138,7 +138,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
     scaler = Autoscaler(
         swarm, make_source(cfg, swarm), policy_file,
         telemetry=Telemetry(), events=EventLog(cfg.events_kept, cfg.events_file), notifier=notifier,
-        dry_run=cfg.dry_run,
+        dry_run=cfg.dry_run, selector=cfg.selector,
     )
     from autoscaler.api import make_app
 
@@ -168,9 +168,9 @@ def check(config_path) -> None:
     """Validate the policy file and the labels of every opted-in service; exit 2 on any problem."""
     logs_to_stderr()
     with config_errors():
-        _, policy_file = load_config(config_path)
+        cfg, policy_file = load_config(config_path)
     try:
-        services = asyncio.run(Swarm().services())
+        services = asyncio.run(Swarm().services(label=cfg.selector))
     except DockerUnavailable as err:
         click.echo(f"cannot list services: {err}", err=True)
         sys.exit(EXIT_FAILED)
@@ -217,7 +217,7 @@ def plan(config_path, prometheus_url, source, as_json) -> None:
 
 async def _plan(cfg: AutoscalerConfig, policy_file: PolicyFile) -> list[Evaluation]:
     swarm = Swarm(timeout=cfg.docker_timeout)
-    scaler = Autoscaler(swarm, make_source(cfg, swarm), policy_file)
+    scaler = Autoscaler(swarm, make_source(cfg, swarm), policy_file, selector=cfg.selector)
     if scaler.source.name == "docker":
         # CPU from Docker stats is the counter's increase between two reads.
         await scaler.evaluate(act=False)

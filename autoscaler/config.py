@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from autoscaler.sources.prometheus import CPU_QUERY, MEMORY_QUERY, SERVICE_LABEL, TASK_LABEL
-from swarmshift.config import Duration, Strict
+from swarmshift.config import Duration, LabelSelector, Strict
 from swarmshift.http import ListenAddress
 from swarmshift.notify import NotifySettings
 
@@ -34,6 +34,9 @@ class AutoscalerConfig(Strict):
     events_file: str | None = None
     events_kept: int = Field(500, ge=1, le=100_000)
     token_file: str | None = None
+    # Scale only services that also carry this label (KEY or KEY=VALUE): one autoscaler per
+    # stack, team or environment. Unset: every opted-in service in the swarm.
+    selector: LabelSelector | None = None
     docker_timeout: Duration = 10.0
     prometheus: PrometheusSettings = PrometheusSettings()
     notify: NotifySettings = NotifySettings()

@@ -38,6 +38,7 @@ from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification
+from swarmshift.config import selects
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, NotFound, Service, Swarm, SwarmError, Task, VersionConflict
 
@@ -104,6 +105,7 @@ class Autoscaler:
         events: EventLog | None = None,
         notifier: Notifier | None = None,
         dry_run: bool = False,
+        selector: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.swarm = swarm
@@ -113,6 +115,7 @@ class Autoscaler:
         self.events = events or EventLog()
         self.notifier = notifier or Notifier([])
         self.dry_run = dry_run
+        self.selector = selector
         self.clock = clock
         self._histories: dict[str, History] = {}  # by service id; recommendations live only here
         self._reported: dict[str, tuple[str, ...]] = {}  # problems already logged, per service
@@ -128,7 +131,7 @@ class Autoscaler:
     async def evaluate(self, act: bool = True) -> list[Evaluation]:
         """One evaluation of every in-scope service; with act=False nothing is written or logged as scaled."""
         now = self.clock()
-        services = await self.swarm.services()
+        services = await self.swarm.services(label=self.selector)
         tasks = await self.swarm.tasks(desired="running")
         by_service: dict[str, list[Task]] = {}
         for task in tasks:
@@ -449,7 +452,7 @@ class Autoscaler:
             svc = await self.swarm.service(service_name)
         except NotFound:
             return AlertResult(404, name, service_name, "rejected", f"no service named {service_name!r}")
-        resolved = resolve(svc.name, svc.labels, self.policy_file)
+        resolved = resolve(svc.name, svc.labels, self.policy_file) if selects(self.selector, svc.labels) else None
         if resolved is None or not resolved.ok:
             why = "is not opted in to autoscaling" if resolved is None else "has an invalid policy: " + "; ".join(resolved.problems)
             return AlertResult(422, name, svc.name, "rejected", f"service {svc.name} {why}")

@@ -33,7 +33,7 @@ from bluegreen.model import (
     validate_steps,
 )
 from bluegreen.phases import CheckResult, Settings
-from swarmshift.config import CommaList, Duration, IntList, Strict
+from swarmshift.config import CommaList, Duration, IntList, LabelSelector, Strict, selects
 from swarmshift.http import ListenAddress
 from swarmshift.notify import NotifySettings
 
@@ -276,7 +276,7 @@ class BlueGreenConfig(Strict):
     docker_timeout: Duration = 10.0
     # Manage only the apps whose services also carry this label (KEY or KEY=VALUE): one
     # controller per stack or environment. Unset: every app in the swarm.
-    selector: str | None = None
+    selector: LabelSelector | None = None
     router: RouterSettings = RouterSettings()
     defaults: DefaultsSettings = DefaultsSettings()
     probe_interval: Duration = 2.0
@@ -300,19 +300,9 @@ class BlueGreenConfig(Strict):
     progressive_steps: IntList = [10, 50, 100]
     notify: NotifySettings = NotifySettings()
 
-    @field_validator("selector")
-    @classmethod
-    def _selector(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9_.-]+(?:=[^\s]*)?$", value):
-            raise ValueError("expected a label KEY or KEY=VALUE")
-        return value
-
     def selects(self, labels: Mapping[str, str]) -> bool:
         """Whether a service with `labels` is within this controller's `selector`."""
-        if self.selector is None:
-            return True
-        key, sep, value = self.selector.partition("=")
-        return key in labels and (not sep or labels[key] == value)
+        return selects(self.selector, labels)
 
     @field_validator("defaults")
     @classmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 ENV_PREFIX = "SWARMSHIFT_"
 M = TypeVar("M", bound=BaseModel)
@@ -76,6 +76,24 @@ def _comma_list(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
+
+
+def _label_selector(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.-]+(?:=[^\s]*)?$", value):
+        raise ValueError("expected a label KEY or KEY=VALUE")
+    return value
+
+
+# A daemon's scope: only services carrying this label (KEY, or KEY=VALUE), as Docker filters them.
+LabelSelector = Annotated[str, AfterValidator(_label_selector)]
+
+
+def selects(selector: str | None, labels: Mapping[str, str]) -> bool:
+    """Whether a service with `labels` is within `selector` (None: everything is)."""
+    if selector is None:
+        return True
+    key, sep, value = selector.partition("=")
+    return key in labels and (not sep or labels[key] == value)
 IntList = Annotated[list[int], BeforeValidator(_comma_list)]
 
 

@@ -90,7 +90,9 @@ def autoscaler_proc(tmp_path) -> Iterator:
         workdir = tmp_path / name
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "config.yml"
-        path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", **config}))
+        # Only this run's services: another suite (or the stack test's own autoscaler) may share the swarm.
+        config = {"listen": f"127.0.0.1:{port}", "selector": f"{lab.LABEL}={lab.OWNER}", **config}
+        path.write_text(yaml.safe_dump(config))
         daemon = SwarmshiftDaemon(name, ["autoscaler", "run", "--config", str(path), *flags], workdir, port)
         if env:
             daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]

@@ -110,3 +110,28 @@ def test_empty_file_is_the_defaults(tmp_path):
     path = tmp_path / "c.yml"
     path.write_text("# nothing\n")
     assert load(Sample, path, env={}) == Sample()
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "selected"),
+    [
+        (None, {}, True),
+        ("team", {"team": "a"}, True),
+        ("team=a", {"team": "a"}, True),
+        ("team=a", {"team": "b"}, False),
+        ("team", {"other": "a"}, False),
+        ("team=", {"team": ""}, True),
+    ],
+)
+def test_label_selectors(selector, labels, selected):
+    from swarmshift.config import selects
+
+    assert selects(selector, labels) is selected
+
+
+def test_a_bad_selector_is_a_config_error():
+    from autoscaler.config import AutoscalerConfig
+
+    with pytest.raises(ConfigError) as err:
+        load(AutoscalerConfig, None, env={"SWARMSHIFT_SELECTOR": "has space"})
+    assert err.value.problems == ["SWARMSHIFT_SELECTOR: selector: expected a label KEY or KEY=VALUE (got 'has space')"]
