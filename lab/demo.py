@@ -158,7 +158,7 @@ def main() -> int:
 
     print("\nswarmshift demo report", flush=True)
     print("=" * 72)
-    print("  times from the start of `make demo`")
+    print("  times from the start of the demo (after `make lab`)")
     print(f"  {clock(t_ready)}  stack deployed: both daemons, nginx, Prometheus, Alertmanager and the")
     print("           cAdvisor stand-in as Swarm services; demo-blue serves v1")
     print(f"  {clock(t_load)}  CPU load on demo-blue starts")
