@@ -269,6 +269,9 @@ def test_the_lab_variant_is_the_stack_with_the_lab_stand_ins(prod, labvariant):
         assert svc["image"] == "swarmshift:lab" and svc["user"].startswith("10001:${DOCKER_GID")
         assert svc["deploy"]["update_config"]["order"] == "stop-first" and svc["deploy"]["replicas"] == 1
         assert svc["command"][:2] == real["command"][:2] and svc["secrets"][0]["source"] == "swarmshift_token"
+        # Each lab stack's daemons act on that stack's services only (Swarm fills the template in).
+        assert svc["environment"]["SWARMSHIFT_SELECTOR"] == (
+            'com.docker.stack.namespace={{index .Service.Labels "com.docker.stack.namespace"}}')
     # The same rules and Alertmanager routing as the real stack.
     configs = labvariant["configs"]
     assert configs["prometheus_alerts"]["file"] == "../prometheus/alerts.yml"
