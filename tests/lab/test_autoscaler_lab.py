@@ -25,10 +25,18 @@ def knob_labels(**extra: str) -> dict[str, str]:
     }
 
 
-def wait_replicas(swarm, name: str, want: int, timeout: float) -> float:
-    """Wait until the service spec asks for `want` replicas; returns when (monotonic)."""
+def wait_replicas(swarm, name: str, want: int, timeout: float, daemon=None) -> float:
+    """Wait until the service spec asks for `want` replicas; returns when (monotonic).
+
+    With `daemon`, also wait for its `service_scaled` line: the daemon logs a scale just after
+    the write lands, so a test that sees the new count may otherwise read the log a moment early.
+    """
     lab.wait_for(f"{name} to have {want} replicas", lambda: swarm.replicas(name) == want, timeout, interval=0.2)
-    return time.monotonic()
+    reached = time.monotonic()
+    if daemon is not None:
+        lab.wait_for(f"the service_scaled line for {name} -> {want}",
+                     lambda: any(e["to"] == want for e in scaled(daemon, name)), 5, interval=0.1)
+    return reached
 
 
 def stays(swarm, name: str, want: int, seconds: float) -> None:
@@ -85,7 +93,7 @@ def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
     stopped = time.time()
     print(f"reaction {reaction:.1f}s, peak {peak} replicas")
 
-    wait_replicas(swarm, svc.name, 1, 20 + window + 10 * (peak - 1) + 4 * interval + 15)
+    wait_replicas(swarm, svc.name, 1, 20 + window + 10 * (peak - 1) + 4 * interval + 15, daemon)
     downs = [e for e in scaled(daemon, svc.name) if e["direction"] == "down"]
     assert downs and all(e["from"] - e["to"] == 1 for e in downs), downs  # pods=1 per 10 s
     times = [wall(e) for e in downs]
@@ -130,7 +138,7 @@ def test_prometheus_outage_holds_everything_and_scaling_resumes(swarm, demo_imag
     assert len(daemon.events("metrics_source_down")) == 1  # once per outage, not every loop
 
     prometheus.start()
-    wait_replicas(swarm, svc.name, 1, 40)
+    wait_replicas(swarm, svc.name, 1, 40, daemon)
     assert daemon.metric("swarmshift_autoscaler_metrics_source_up") == 1
     assert len(daemon.events("metrics_source_recovered")) == 1
     assert [e["to"] for e in scaled(daemon, svc.name)] == [3, 1]
@@ -153,7 +161,7 @@ def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheu
 
     second = autoscaler_proc(config, name="second")
     stays(swarm, svc.name, 2, cooldown - (time.monotonic() - scaled_at) - 1.5)
-    again = wait_replicas(swarm, svc.name, 3, 15)
+    again = wait_replicas(swarm, svc.name, 3, 15, second)
     assert again - scaled_at >= cooldown - 1.5
     assert [(e["from"], e["to"]) for e in scaled(second, svc.name)] == [(2, 3)]
     assert second.events("service_held", service=svc.name, reason="cooldown")
@@ -220,7 +228,7 @@ groups:
     bad.close()
     good = alertmanager(alertmanager_config(daemon.url, token))
     prometheus.set_alertmanager(good.url)
-    wait_replicas(swarm, svc.name, 2, 30)
+    wait_replicas(swarm, svc.name, 2, 30, daemon)
     # Alertmanager re-sends every 2 s; within the 60 s cooldown the same alert acts once.
     stays(swarm, svc.name, 2, 6)
     events = scaled(daemon, svc.name)
