@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ from autoscaler.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.cli import EXIT_FAILED, EXIT_USAGE, config_errors, logs_to_stderr
 from swarmshift.config import ConfigError, load, read_yaml
-from swarmshift.http import TokenFile, parse_listen, start
+from swarmshift.http import TokenFile, load_token, parse_listen, start, stop_event
 from swarmshift.notify import Notifier
 from swarmshift.prometheus import Prometheus
 from swarmshift.swarm import DockerUnavailable, Swarm
@@ -119,17 +118,8 @@ def run(config_path, prometheus_url, source, interval, listen, events_file, dry_
             config_path, prometheus_url=prometheus_url, source=source, interval=interval, listen=listen,
             events_file=events_file, dry_run=True if dry_run else None,
         )
-        token = _token(cfg)
+        token = load_token(cfg.token_file)
     asyncio.run(_serve(cfg, policy_file, token))
-
-
-def _token(cfg: AutoscalerConfig) -> TokenFile | None:
-    if not cfg.token_file:
-        return None
-    try:
-        return TokenFile(cfg.token_file)
-    except (OSError, ValueError) as err:
-        raise ConfigError([f"config: token_file: cannot read the token: {err} (got {cfg.token_file!r})"]) from err
 
 
 async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFile | None) -> None:
@@ -145,10 +135,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
     host, port = parse_listen(cfg.listen)
     runner = await start(make_app(scaler, token), host, port)
     await notifier.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     if token is None:
         log.warning("alerts_disabled", reason="no token_file configured: POST /v1/alerts answers 401")
     log.info("autoscaler_started", source=scaler.source.name, interval=cfg.interval, listen=cfg.listen,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from bluegreen.config import BlueGreenConfig, check_app_labels
 from swarmshift import logs
 from swarmshift.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors
 from swarmshift.config import ConfigError, load
-from swarmshift.http import TokenFile, parse_listen, start
+from swarmshift.http import TokenFile, load_token, parse_listen, start, stop_event
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, Swarm
 
@@ -66,11 +65,10 @@ def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]
     """What the file cannot say is wrong until the daemon looks: the token and the router's directory."""
     problems: list[str] = []
     token = None
-    if cfg.token_file:
-        try:
-            token = TokenFile(cfg.token_file)
-        except (OSError, ValueError) as err:
-            problems.append(f"config: token_file: cannot read the token: {err} (got {cfg.token_file!r})")
+    try:
+        token = load_token(cfg.token_file)
+    except ConfigError as err:
+        problems += err.problems
     kind = cfg.router.kind
     if kind in ("traefik-file", "nginx"):
         key, directory = (("router.traefik.dynamic_dir", cfg.router.traefik.dynamic_dir) if kind == "traefik-file"
@@ -104,10 +102,7 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
     host, port = parse_listen(cfg.listen)
     runner = await start(make_app(controller, token), host, port)
     await notifier.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     if token is None:
         log.warning("operations_disabled", reason="no token_file configured: deploy, switch, rollback and alerts "
                                                   "answer 401")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
@@ -16,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import AfterValidator
 
 from swarmshift import logs
+from swarmshift.config import ConfigError
 
 log = logs.get("swarmshift.http")
 
@@ -65,6 +68,25 @@ class TokenFile:
         if scheme.lower() != "bearer" or not presented:
             return False
         return hmac.compare_digest(presented.strip().encode(), self._token.encode())
+
+
+def load_token(path: str | None) -> TokenFile | None:
+    """The daemon's bearer token from `token_file`, or ConfigError naming the key and the path."""
+    if not path:
+        return None
+    try:
+        return TokenFile(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"config: token_file: cannot read the token: {err} (got {path!r})"]) from err
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM (how Swarm stops a task) or SIGINT; call it inside the running loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def authenticated(handler: Handler) -> Handler:
