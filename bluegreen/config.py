@@ -312,16 +312,9 @@ class BlueGreenConfig(Strict):
             raise ValueError("strategy progressive needs a Traefik router: nginx switches all traffic at once")
         return value
 
-    @field_validator("probe_interval")
+    @field_validator("probe_interval", "reconcile_interval")
     @classmethod
-    def _probe_interval(cls, value: float) -> float:
-        if value < 0.2:
-            raise ValueError("must be at least 200ms")
-        return value
-
-    @field_validator("reconcile_interval")
-    @classmethod
-    def _reconcile_interval(cls, value: float) -> float:
+    def _tick(cls, value: float) -> float:
         if value < 0.2:
             raise ValueError("must be at least 200ms")
         return value
