@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 lab: venv
 	sh lab/up.sh
+	sh lab/go-images.sh
 	sh lab/swarmshift-image.sh $(BIN)/pip
 	sh lab/stack-images.sh
 

@@ -14,9 +14,17 @@ An app's document:
         <app>-blue:     loadBalancer -> http://<blue service>:<port>, healthCheck on the health path
         <app>-green:    loadBalancer -> http://<green service>:<port>, healthCheck on the health path
 
-Traefik ignores a weight of 0, so 100/0 sends nothing to the idle color. `healthCheck: {}` on
-the weighted service makes it skip a color whose servers all fail their checks; Traefik refuses
-that unless every child has its own health check, hence the loadBalancer checks.
+`healthCheck: {}` on the weighted service makes it skip a color whose servers all fail their
+checks, and answer 503 "no available server" at once when no listed color is healthy; Traefik
+refuses that unless every child has its own health check, hence the loadBalancer checks.
+
+A color whose weight is 0 is left out of the weighted service, not listed with weight 0.
+Traefik's WRR balancer (pkg/server/service/loadbalancer/wrr, v3.6) skips a 0-weight child when
+it builds its heap, but still registers the child's health updater; once that child's checks go
+down and up again it counts as an available server that is not in the heap, and with the
+weighted colors down, the balancer's pick loops forever: requests hang. Left out, the idle color
+can never take traffic nor keep a request waiting; the lab test "health checks in every order"
+proves it.
 
 Traefik's file provider reloads the whole directory on any change and drops *all* of it when one
 file is bad, so a document is checked before it is written, and written by rename: Traefik (or
@@ -79,7 +87,8 @@ def document(app: App, routing: Routing, *, entrypoints: Iterable[str] = ("web",
     services: dict[str, Any] = {
         app.name: {
             "weighted": {
-                "services": [{"name": color_service(app.name, c), "weight": routing.weight(c)} for c in Color],
+                "services": [{"name": color_service(app.name, c), "weight": routing.weight(c)}
+                             for c in Color if routing.weight(c) > 0],
                 "healthCheck": {},
             }
         }
@@ -151,8 +160,8 @@ def check_document(doc: Mapping[str, Any]) -> None:
         elif kind == "weighted":
             children = body.get("services") or []
             weights = [c.get("weight") for c in children]
-            if not children or any(not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 100 for w in weights):
-                fail(f"service {name}: weights must be whole numbers from 0 to 100")
+            if not children or any(not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 100 for w in weights):
+                fail(f"service {name}: weights must be whole numbers from 1 to 100 (a color of weight 0 is left out)")
             if sum(weights) != 100:
                 fail(f"service {name}: weights add up to {sum(weights)}, not 100")
             for child in children:
@@ -169,7 +178,8 @@ def routing_of(doc: Mapping[str, Any], app: str, fallback_preview: Color | None 
     """The routing a document gives `app`, or None when it does not route it."""
     try:
         children = {c["name"]: c["weight"] for c in doc["http"]["services"][app]["weighted"]["services"]}
-        blue, green = children[color_service(app, Color.BLUE)], children[color_service(app, Color.GREEN)]
+        # A color left out has weight 0 (see the module's docstring).
+        blue, green = children.get(color_service(app, Color.BLUE), 0), children.get(color_service(app, Color.GREEN), 0)
         preview = _preview_color(app, doc["http"]["routers"].get(preview_router(app), {}).get("service"))
         return Routing(blue=blue, green=green, preview=preview or fallback_preview or _idle(blue, green))
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -286,15 +296,18 @@ def loaded_routing(app: str, service: Mapping[str, Any] | None, preview: Mapping
                    fallback_preview: Color | None = None) -> Routing | None:
     """The routing in Traefik's API answers for the app's weighted service and preview router.
 
-    None unless the service is a weighted one that Traefik runs (status enabled or warning) with
-    both colors listed; a child without a weight has Traefik's default weight, 1.
+    None unless the service is a weighted one that Traefik runs (status enabled or warning) whose
+    colors' weights add up to 100; a color left out has weight 0, and a child without a weight
+    has Traefik's default weight, 1.
     """
     if not service or service.get("status") not in ("enabled", "warning"):
         return None
     try:
         children = service["weighted"]["services"]
         weights = {str(c["name"]).split("@", 1)[0]: c.get("weight", 1) for c in children}
-        blue, green = weights[color_service(app, Color.BLUE)], weights[color_service(app, Color.GREEN)]
+        blue, green = weights.get(color_service(app, Color.BLUE), 0), weights.get(color_service(app, Color.GREEN), 0)
+        if blue + green != 100:
+            return None
         if preview is not None and preview.get("status") not in ("enabled", "warning"):
             return None
         color = _preview_color(app, preview.get("service") if preview else None)

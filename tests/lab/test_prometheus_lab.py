@@ -1,4 +1,4 @@
-"""Lab tests proving the Prometheus, Alertmanager and cAdvisor stand-in fixtures on the real lab."""
+"""Lab tests proving the Prometheus, Alertmanager and real cAdvisor fixtures on the real lab."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MIB = 1024 * 1024
 def cpu_rate_query(service: str) -> str:
     """Cores used per service, summed over its tasks and over the `cpu` label (total or per-CPU)."""
     return (f'sum by ({SERVICE}) '
-            f'(rate(container_cpu_usage_seconds_total{{{SERVICE}="{service}"}}[10s]))')
+            f'(rate(container_cpu_usage_seconds_total{{{SERVICE}="{service}"}}[{lab.RATE_WINDOW}]))')
 
 
 def only_value(result: list[dict]) -> float:
@@ -78,7 +78,7 @@ def test_cpu_rate_per_service_rises_under_burn_and_respects_the_limit(swarm, dem
     query = cpu_rate_query(name)
 
     # Two scrapes of the new task are needed before rate() returns anything.
-    idle = only_value(prometheus.wait_query(query, bool, timeout=20))
+    idle = only_value(prometheus.wait_query(query, bool, timeout=30))
     assert idle < 0.1, f"an idle demo task uses {idle:.3f} cores"
 
     assert prometheus.value(f"container_spec_cpu_quota{{{selector}}}") == 50_000
@@ -87,9 +87,9 @@ def test_cpu_rate_per_service_rises_under_burn_and_respects_the_limit(swarm, dem
 
     with burning(port):
         started = time.monotonic()
-        prometheus.wait_query(query, lambda r: r and only_value(r) > 0.2, timeout=20)
-        # Let the 10 s window fill with loaded samples only before reading the plateau.
-        time.sleep(max(0.0, started + 12 - time.monotonic()))
+        prometheus.wait_query(query, lambda r: r and only_value(r) > 0.2, timeout=30)
+        # Let the rate window fill with loaded samples only before reading the plateau.
+        time.sleep(max(0.0, started + lab.RATE_WINDOW_SECONDS + 2 - time.monotonic()))
         loaded = only_value(prometheus.query(query))
 
     assert loaded > 0.2 and loaded > idle + 0.15, f"loaded {loaded:.3f} vs idle {idle:.3f} cores"
@@ -102,10 +102,10 @@ def test_working_set_rises_after_alloc(swarm, demo_image, prometheus):
     selector = f'{SERVICE}="{name}"'
     query = f"sum by ({SERVICE}) (container_memory_working_set_bytes{{{selector}}})"
 
-    before = only_value(prometheus.wait_query(query, bool, timeout=20))
+    before = only_value(prometheus.wait_query(query, bool, timeout=30))
     assert http_ok(f"http://127.0.0.1:{port}/alloc?mb=64")
     after = only_value(prometheus.wait_query(query, lambda r: r and only_value(r) > before + 48 * MIB,
-                                             timeout=15))
+                                             timeout=25))
 
     usage = prometheus.value(f"container_memory_usage_bytes{{{selector}}}")
     assert usage is not None and usage >= after - 4 * MIB, f"usage {usage} < working set {after}"

@@ -1,7 +1,9 @@
-"""Pytest fixtures that run the real Prometheus and Alertmanager binaries, and the cAdvisor stand-in.
+"""Pytest fixtures that run the real Prometheus, Alertmanager and cAdvisor.
 
-- `cadvisor` (session): tests/support/cadvisor.py as a subprocess; `.address` is its host:port.
-- `prometheus` (per test): Debian's /usr/bin/prometheus scraping the stand-in every second, with
+- `cadvisor` (session): the real cAdvisor (swarmshift-cadvisor:lab, built from its Go modules by
+  `make lab`) as a global Swarm service with the flags docker-stack.yml ships; `.address` is the
+  host-mode port on 127.0.0.1.
+- `prometheus` (per test): Debian's /usr/bin/prometheus scraping cAdvisor every second, with
   its config rewritten and hot-reloaded as a test adds targets, rules or an Alertmanager.
 - `alertmanager` (per test): a factory, `alertmanager(config_dict)`, for real Alertmanagers.
 
@@ -17,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -131,32 +132,31 @@ def _http(method: str, url: str, body: Any = None) -> tuple[int, bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# cAdvisor stand-in
+# cAdvisor
 
 
-class CadvisorStandIn:
-    def __init__(self, address: str, daemon: Daemon) -> None:
+class Cadvisor:
+    """The real cAdvisor as a global Swarm service; Prometheus on the host scrapes `address`."""
+
+    def __init__(self, address: str, service: str) -> None:
         self.address = address
         self.url = f"http://{address}"
-        self.daemon = daemon
+        self.service = service
+
+
+def start_cadvisor(client, args: list[str], stem: str = "cadvisor") -> Cadvisor:
+    """Run swarmshift-cadvisor:lab with `args` as a labelled global service on a host-mode port."""
+    return Cadvisor(*lab.cadvisor_service(client, args, stem=stem))
 
 
 @pytest.fixture(scope="session")
-def cadvisor(docker_client, tmp_path_factory) -> Iterator[CadvisorStandIn]:
-    """The cAdvisor stand-in (tests/support/cadvisor.py) on 127.0.0.1, for the whole session."""
-    address = f"127.0.0.1:{lab.free_port()}"
-    daemon = Daemon(
-        "cadvisor stand-in",
-        [sys.executable, "-m", "tests.support.cadvisor", "--listen", address],
-        tmp_path_factory.mktemp("cadvisor") / "cadvisor.log",
-        cwd=ROOT,
-    )
+def cadvisor(docker_client) -> Iterator[Cadvisor]:
+    """The real cAdvisor with the flags docker-stack.yml ships, for the whole session."""
+    c = start_cadvisor(docker_client, lab.stack_cadvisor_args())
     try:
-        daemon.start()
-        daemon.wait_http(f"http://{address}/metrics")
-        yield CadvisorStandIn(address, daemon)
+        yield c
     finally:
-        daemon.stop()
+        lab.remove_service(docker_client, c.service)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class Prometheus:
 
 @pytest.fixture
 def prometheus(cadvisor, tmp_path) -> Iterator[Prometheus]:
-    """A fresh real Prometheus on 127.0.0.1 whose job `cadvisor` scrapes the stand-in every second."""
+    """A fresh real Prometheus on 127.0.0.1 whose job `cadvisor` scrapes the real cAdvisor every second."""
     _require(PROMETHEUS_BIN, "Prometheus")
     prom = Prometheus(tmp_path / "prometheus", lab.free_port())
     try:

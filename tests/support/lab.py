@@ -11,17 +11,27 @@ import contextlib
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import docker.types
+import yaml
 
 LABEL = "swarmshift.test"
 OWNER = str(os.getpid())
 DEMO_IMAGE = "swarmshift-demo:lab"
+CADVISOR_IMAGE = "swarmshift-cadvisor:lab"
+TRAEFIK_IMAGE = "swarmshift-traefik:lab"
+STACK_FILE = Path(__file__).resolve().parents[2] / "docker-stack.yml"
+# The stack's cAdvisor samples each container every 5-6 s (docker-stack.yml): a rate window of
+# 15 s always holds two samples, which rate() needs.
+RATE_WINDOW_SECONDS = 15
+RATE_WINDOW = f"{RATE_WINDOW_SECONDS}s"
 BASE_IMAGE = os.environ.get("LAB_BASE_IMAGE", "swarmshift-lab/python:bookworm")
 POOL = "10.201.0.0/16"
 
@@ -116,6 +126,57 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def stack_service(name: str) -> dict[str, Any]:
+    """One service's definition in docker-stack.yml, as users deploy it."""
+    return yaml.safe_load(STACK_FILE.read_text())["services"][name]
+
+
+def stack_cadvisor_args() -> list[str]:
+    """The flags docker-stack.yml runs cAdvisor with."""
+    return list(stack_service("cadvisor")["command"])
+
+
+def cadvisor_service(client: docker.DockerClient, args: list[str], stem: str = "cadvisor",
+                     timeout: float = 60) -> tuple[str, str]:
+    """The real cAdvisor as a global service with the stack's mounts; (127.0.0.1:port, service name).
+
+    Returns once its /metrics answers with container series, so a test starts on real data.
+    """
+    port = free_port()
+    name = f"ss-{stem}-{uuid.uuid4().hex[:6]}"
+    mounts = [docker.types.Mount(m["target"], m["source"], type="bind", read_only=True)
+              for m in stack_service("cadvisor")["volumes"]]
+    client.services.create(
+        CADVISOR_IMAGE, name=name, args=args, mounts=mounts,
+        labels={LABEL: OWNER}, container_labels={LABEL: OWNER},
+        mode=docker.types.ServiceMode("global"),
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
+            {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": port, "PublishMode": "host"}]),
+        stop_grace_period=2_000_000_000,
+    )
+    address = f"127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+                return b"container_cpu_usage_seconds_total{" in resp.read()
+        except OSError:
+            return False
+
+    try:
+        wait_for(f"cAdvisor {name} to export container series on {address}", ready, timeout, interval=0.5)
+    except AssertionError:
+        tasks = client.api.tasks(filters={"service": name})
+        remove_service(client, name)
+        raise AssertionError(f"cAdvisor did not start: {[t['Status'] for t in tasks]}") from None
+    return address, name
+
+
+def remove_service(client: docker.DockerClient, name: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_service(name)
 
 
 class LabSwarm:
