@@ -109,7 +109,14 @@ RuleNode = Matcher | Not | AllOf | AnyOf
 
 
 def parse_rule(text: str) -> RuleNode:
-    """The rule's syntax tree, or RuleError naming the first problem."""
+    """The rule's syntax tree, or RuleError naming the first problem.
+
+    `{{` and `}}` are refused anywhere: Traefik's file provider reads every file as a Go
+    template, so a rule holding them would be rendered (or break the whole file) there.
+    """
+    for delimiter in ("{{", "}}"):
+        if delimiter in text:
+            raise RuleError(f"{delimiter!r} is a Go template delimiter, which Traefik's file provider would expand")
     tokens: list[tuple[str, str]] = []
     pos = 0
     stripped = text.rstrip()

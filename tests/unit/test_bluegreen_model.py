@@ -80,6 +80,9 @@ def test_rules_parse(rule, tree):
     ("Host(`a`) Host(`b`)", "unexpected 'Host' after a complete rule"),
     ("Host(`a`) & Host(`b`)", "unexpected '& Host(`b`' at character 11"),
     ("Host(`a`) &&", "expected a matcher, found the end of the rule"),
+    # Traefik's file provider renders each file as a Go template.
+    ("Host(`{{ env \"HOME\" }}`)", "'{{' is a Go template delimiter"),
+    ("PathPrefix(`/a}}`)", "'}}' is a Go template delimiter"),
 ])
 def test_bad_rules_say_why(rule, message):
     with pytest.raises(RuleError) as err:
@@ -127,6 +130,10 @@ def test_an_app_is_two_labelled_services_with_defaults_filled_in():
      ["web-blue: swarmshift.bluegreen.rule: not a Traefik v3 rule: unknown matcher Hots (Traefik v3 knows "
       "ClientIP, Header, HeaderRegexp, Host, HostRegexp, Method, Path, PathPrefix, PathRegexp, Query, QueryRegexp) "
       "(got 'Hots(`w`)')"]),
+    ([color_service("web-blue", "web", "blue", port="8000", rule="Host(`w`)", preview__rule="Host(`{{.x}}`)"),
+      color_service("web-green", "web", "green")],
+     ["web-blue: swarmshift.bluegreen.preview.rule: not a Traefik v3 rule: '{{' is a Go template delimiter, "
+      "which Traefik's file provider would expand (got 'Host(`{{.x}}`)')"]),
     ([color_service("web-blue", "web", "blue", port="8000", rule="Host(`w`)"),
       color_service("web-green", "web", "green", port="8001")],
      ["app web: swarmshift.bluegreen.port differs between the colors: web-blue='8000', web-green='8001'"]),
@@ -163,7 +170,7 @@ def test_an_app_is_two_labelled_services_with_defaults_filled_in():
     ([color_service("web-blue", "web", "blue"), color_service("web-green", "web", "green")],
      ["app web: no port: set swarmshift.bluegreen.port or defaults.port",
       "app web: no routing rule: set swarmshift.bluegreen.rule or defaults.rule"]),
-], ids=["bad-port", "bad-rule", "colors-disagree", "missing-color", "two-blues", "bad-color", "no-app-label",
+], ids=["bad-port", "bad-rule", "template-in-rule", "colors-disagree", "missing-color", "two-blues", "bad-color", "no-app-label",
         "bad-app-name", "reserved-suffix", "unknown-label", "bad-health-path", "preview-is-main", "bad-strategy",
         "no-port-no-rule"])
 def test_bad_labels_give_one_line_each_naming_service_label_and_value(services, problems):

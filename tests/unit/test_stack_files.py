@@ -279,3 +279,20 @@ def test_the_lab_variant_is_the_stack_with_the_lab_stand_ins(prod, labvariant):
     for color in ("demo-blue", "demo-green"):
         labels = services[color]["deploy"]["labels"]
         assert labels["swarmshift.bluegreen.app"] == "demo" and labels["swarmshift.autoscale"] == "true"
+
+
+def _go_requirement(module_dir: str, module: str) -> str:
+    """The version lab/<module_dir>/go.mod pins for `module` (what `make lab` builds)."""
+    text = (ROOT / "lab" / module_dir / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
+    assert match, f"lab/{module_dir}/go.mod does not require {module}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(("service", "image", "module_dir", "module"), [
+    ("traefik", "traefik", "traefik", "github.com/traefik/traefik/v3"),
+    ("cadvisor", "gcr.io/cadvisor/cadvisor", "cadvisor", "github.com/google/cadvisor"),
+])
+def test_the_stack_pulls_the_versions_the_lab_builds(prod, service, image, module_dir, module):
+    pulled = prod["services"][service]["image"]
+    assert pulled == f"{image}:{_go_requirement(module_dir, module)}"

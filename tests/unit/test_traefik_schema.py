@@ -109,6 +109,7 @@ def _mutations():
     services = lambda d: d["http"]["services"]  # noqa: E731
     return {
         "rule that does not parse": mutate(lambda d: d["http"]["routers"]["web"].update(rule="Host(`x`")),
+        "a Go template in the rule": mutate(lambda d: d["http"]["routers"]["web"].update(rule="Host(`{{.X}}`)")),
         "unknown matcher": mutate(lambda d: d["http"]["routers"]["web"].update(rule="Hots(`x`)")),
         "dangling router service": mutate(lambda d: d["http"]["routers"]["web"].update(service="nope")),
         "no entrypoints": mutate(lambda d: d["http"]["routers"]["web"].update(entryPoints=[])),
