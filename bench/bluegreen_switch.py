@@ -171,7 +171,7 @@ Load: {RATE} req/s to nginx on 127.0.0.1, a new connection per request.
 |---|---|---:|
 | swarmshift, as measured | {PROBE_INTERVAL:g} s × {FAILURE_THRESHOLD} | {median(rolled):.1f} s |
 | swarmshift defaults (estimated: 4 s plus the overhead measured above) | 2 s × 2 | about {4 + median(rolled) - deadline:.1f} s |
-| Flagger defaults (`analysis.interval` 1m, `threshold` 5) | 1 m × 5 | about 5 min |
+| Flagger defaults (`analysis.interval` 1m, `threshold` 1: fluxcd/flagger `pkg/apis/flagger/v1beta1/canary.go`) | 1 m × 1 | about 1 min |
 
 The overhead on top of interval × threshold is the switch's confirmation (nginx keeps its old
 workers accepting for 100 ms after a reload; the switch counts once only the new routing has

@@ -132,6 +132,7 @@ class Runtime:
     alerts_acted: set[str] = field(default_factory=set)
     observed_at: float = 0.0  # monotonic time of the last observation: the next tick is an interval after it
     routed: Routing | None = None  # what the router last reported or confirmed
+    route_error: str | None = None  # why the router refused the last routing, until one is confirmed
     reading: Reading | None = None  # the last reading, as this process's own writes left it
     task: asyncio.Task | None = None
 
@@ -527,7 +528,7 @@ class Controller:
         self._record(app, step, cause)
         confirmed: Routing | None | bool = None
         for route in p.routes:
-            ok = await self._route(app, route, step)
+            ok = await self._route(rt, app, route, step)
             confirmed = route.routing if ok and confirmed is not False else False
         for write in p.then:
             try:
@@ -539,16 +540,19 @@ class Controller:
             self._notify(notice)
         return services, confirmed
 
-    async def _route(self, app: App, route: Route, step: Step) -> bool:
+    async def _route(self, rt: Runtime, app: App, route: Route, step: Step) -> bool:
         started = time.monotonic()
         try:
             await self.router.apply(app, route.routing)
             applied = time.monotonic()
             confirmed = await self.router.confirm(app, route.routing)
         except RouterError as err:
+            rt.route_error = str(err)
             log.error("route_failed", app=app.name, routing=str(route.routing), phase=step.state.phase.value,
                       error=str(err), action="the previous routing stays in effect; retrying next tick")
             return False
+        if confirmed:
+            rt.route_error = None
         done = time.monotonic()
         # apply: handing the router the routing (nginx: write, nginx -t, reload); confirm: until it reports it.
         timing = {"seconds": round(done - started, 3), "apply_seconds": round(applied - started, 3),
@@ -760,6 +764,8 @@ class Controller:
                 "weight": reading.routed.weight(color) if reading.routed else None,
             }
         degraded = [*rt.problems]
+        if rt.route_error:
+            degraded.append(f"the router refused the last routing: {rt.route_error}")
         active = reading.colors[state.active]
         if not active.ready():
             degraded.append(f"{active.service} (active): {active.describe()}")
@@ -790,6 +796,7 @@ class Controller:
                 "steps": list(d.steps), "step": d.step, "failures": d.failures, "reason": d.reason, "force": d.force,
             },
             "request": rt.request,
+            "route_error": rt.route_error,
             "probe": rt.probe,
             "problems": [*reading.problems, *reading.loaded.problems],
             "app_config": {"port": app.port, "rule": app.rule, "preview_rule": app.preview_rule,

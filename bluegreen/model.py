@@ -216,9 +216,10 @@ def rule_hosts(node: RuleNode) -> tuple[str, ...] | None:
 # --- Apps --------------------------------------------------------------------------------------
 
 _APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-# The Traefik document names its objects <app>, <app>-blue, <app>-green and <app>-preview, and
-# the file provider drops duplicate names across files: an app may not be named like another's parts.
-_RESERVED_SUFFIXES = ("-blue", "-green", "-preview")
+# The Traefik document names its objects <app>, <app>-blue, <app>-green and <app>-preview (and an
+# app's trial document <app>-trial…), and the file provider drops duplicate names across files:
+# an app may not be named like another's parts.
+_RESERVED_SUFFIXES = ("-blue", "-green", "-preview", "-trial")
 _HEALTH_PATH = re.compile(r"^/[^\s\"'`;{}\\]*$")
 
 

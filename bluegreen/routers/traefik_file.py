@@ -26,19 +26,32 @@ weighted colors down, the balancer's pick loops forever: requests hang. Left out
 can never take traffic nor keep a request waiting; the lab test "health checks in every order"
 proves it.
 
-Traefik's file provider reloads the whole directory on any change and drops *all* of it when one
-file is bad, so a document is checked before it is written, and written by rename: Traefik (or
-any reader) sees the old file or the new one, never a part. Temp files end in `.tmp`, an
-extension the provider skips.
+Traefik's file provider reloads the whole directory on any change. A file it cannot read (bad
+YAML, a template that fails) makes it keep the provider's previous configuration whole, and a
+router or service it refuses (a rule it rejects, an unknown entrypoint, a name defined twice)
+is left out of what it runs while the rest of the file is served. So a document is checked
+before it is written, and written by rename: Traefik (or any reader) sees the old file or the
+new one, never a part. Temp files end in `.tmp`, an extension the provider skips.
+
+Confirmation is Traefik's own word (with `api_url`): a routing counts only once Traefik's API
+shows the app's router and services enabled with the new weights. Before a document whose shape
+(anything but the weights) Traefik has not yet accepted goes live, it is tried: the same document
+under the names `<app>-trial…`, each rule narrowed by a header no request carries, so users never
+reach it. If Traefik refuses any part of the trial, the live file is left as it was and the
+apply fails with Traefik's errors. If Traefik still refuses the live document (another file
+defines the same names, say), the previous document is put back and the confirmation fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
+import secrets
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,6 +118,37 @@ def document(app: App, routing: Routing, *, entrypoints: Iterable[str] = ("web",
             }
         }
     return {"http": {"routers": routers, "services": services}}
+
+
+TRIAL_SUFFIX = "-trial"  # model.py reserves it: no app is named like another's trial
+TRIAL_HEADER = "X-Swarmshift-Trial"
+
+
+def trial_app(app: App) -> App:
+    """The app under its trial names, its rules narrowed to requests with a header only the controller knows."""
+    token = secrets.token_hex(8)
+
+    def narrowed(rule: str | None) -> str | None:
+        return None if rule is None else f"({rule}) && Header(`{TRIAL_HEADER}`, `{token}`)"
+
+    return dataclasses.replace(app, name=f"{app.name}{TRIAL_SUFFIX}", rule=narrowed(app.rule),
+                               preview_rule=narrowed(app.preview_rule))
+
+
+def shape(doc: Mapping[str, Any]) -> str:
+    """The document without its weights and preview target: what Traefik can refuse."""
+    copy = yaml.safe_load(yaml.safe_dump(doc))
+    for service in copy["http"]["services"].values():
+        if "weighted" in service:
+            service["weighted"]["services"] = sorted(c["name"] for c in service["weighted"]["services"])
+    for router in copy["http"]["routers"].values():
+        router.pop("service", None)
+    return yaml.safe_dump(copy, sort_keys=True)
+
+
+def objects(doc: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The names of a document's routers and services."""
+    return list(doc["http"]["routers"]), list(doc["http"]["services"])
 
 
 def merge(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -286,10 +330,74 @@ class TraefikAPI:
             router = await self._get(f"/api/http/routers/{preview_router(app.name)}@{self.provider}")
         return loaded_routing(app.name, service, router, fallback_preview)
 
+    async def refusals(self, routers: Iterable[str], services: Iterable[str]) -> list[str] | None:
+        """What Traefik says is wrong with these routers and services; None while it has not loaded all of them.
+
+        A router counts as refused unless its status is `enabled` (`warning` is an entrypoint
+        that does not exist among others); a service when it is `disabled`.
+        """
+        problems: list[str] = []
+        for kind, names, bad in (("routers", routers, {"disabled", "warning"}), ("services", services, {"disabled"})):
+            for name in names:
+                info = await self._get(f"/api/http/{kind}/{name}@{self.provider}")
+                if info is None:
+                    return None
+                if info.get("status") in bad or (kind == "routers" and info.get("error")):
+                    errors = "; ".join(info.get("error") or []) or f"status {info.get('status')}"
+                    problems.append(f"{kind[:-1]} {name}: {errors}")
+        return problems
+
+    async def judge(self, doc: Mapping[str, Any], within: float) -> None:
+        """Wait until Traefik has loaded every object of `doc`; RouterError with its words if it refuses one."""
+        routers, services = objects(doc)
+        deadline = time.monotonic() + within
+        while True:
+            problems = await self.refusals(routers, services)
+            if problems:
+                raise RouterError("Traefik refused it: " + "; ".join(problems))
+            if problems is not None:
+                return
+            if time.monotonic() >= deadline:
+                raise RouterError(f"Traefik did not load {', '.join(routers)} within {within:g}s")
+            await asyncio.sleep(0.1)
+
     async def close(self) -> None:
         if self._session is not None and self._own_session:
             await self._session.close()
         self._session = None
+
+
+class Trials:
+    """Which document shapes Traefik has accepted per app, and the trial run for a new one."""
+
+    def __init__(self, api: TraefikAPI | None, within: float) -> None:
+        self.api = api
+        self.within = within
+        self.accepted: dict[str, str] = {}
+
+    def needed(self, app: App, doc: Mapping[str, Any]) -> bool:
+        return self.api is not None and self.accepted.get(app.name) != shape(doc)
+
+    async def run(self, app: App, routing: Routing, make, publish, withdraw) -> None:
+        """Publish the app's trial document, let Traefik judge it, withdraw it; RouterError if refused."""
+        assert self.api is not None
+        trial = make(trial_app(app), routing)
+        check_document(trial)
+        await publish(trial)
+        try:
+            await self.api.judge(trial, self.within)
+        except RouterError as err:
+            raise RouterError(f"{app.name}: the new Traefik configuration was tried first and {err}; "
+                              "the routing in effect is unchanged") from None
+        finally:
+            await withdraw()
+
+    def accept(self, app: App, doc: Mapping[str, Any]) -> None:
+        self.accepted[app.name] = shape(doc)
+
+    async def live_refusals(self, doc: Mapping[str, Any]) -> list[str] | None:
+        assert self.api is not None
+        return await self.api.refusals(*objects(doc))
 
 
 def loaded_routing(app: str, service: Mapping[str, Any] | None, preview: Mapping[str, Any] | None,
@@ -317,6 +425,27 @@ def loaded_routing(app: str, service: Mapping[str, Any] | None, preview: Mapping
         return None
 
 
+async def confirm_loaded(router, app: App, routing: Routing, doc: Mapping[str, Any] | None, put_back) -> bool:
+    """Poll until Traefik runs `routing` for the app. If Traefik refuses the live document, put the
+    previous one back and raise RouterError with its words; never report a routing it does not run."""
+    trials: Trials = router.trials
+    if trials.api is None or doc is None:
+        return await poll_until(lambda: router.read(app), routing, router.confirm_timeout)
+    deadline = time.monotonic() + router.confirm_timeout
+    while True:
+        problems = await trials.live_refusals(doc)
+        if problems:
+            await put_back(app)
+            raise RouterError(f"{app.name}: Traefik refused the new configuration: {'; '.join(problems)}; "
+                              "the previous one is put back")
+        if problems is not None and await router.read(app) == routing:
+            trials.accept(app, doc)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
 class TraefikFileRouter:
     kind = "traefik-file"
 
@@ -328,6 +457,9 @@ class TraefikFileRouter:
         self.health_timeout = health_timeout
         self.api = api
         self.confirm_timeout = confirm_timeout
+        self.trials = Trials(api, confirm_timeout)
+        self._previous: dict[str, bytes | None] = {}  # the file before the last write, to put back
+        self._live: dict[str, dict[str, Any]] = {}  # the document last written per app
 
     def path(self, app: str) -> Path:
         return self.dir / f"{app}.yml"
@@ -336,22 +468,37 @@ class TraefikFileRouter:
         return document(app, routing, entrypoints=self.entrypoints, health_interval=self.health_interval,
                         health_timeout=self.health_timeout)
 
+    async def _write(self, path: Path, data: bytes | None) -> None:
+        try:
+            if data is None:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(os.unlink, path)
+            else:
+                await asyncio.to_thread(write_atomic, path, data)
+        except OSError as err:
+            raise RouterError(f"{path}: {err.strerror or err}") from err
+
     async def apply(self, app: App, routing: Routing) -> None:
         doc = self.document(app, routing)
         check_document(doc)
         data = render(doc, routing)
         path = self.path(app.name)
         try:
-            if path.read_bytes() == data:
-                return  # already in place: a rewrite would only make Traefik reload for nothing
+            current: bytes | None = path.read_bytes()
         except FileNotFoundError:
-            pass
+            current = None
         except OSError as err:
             raise RouterError(f"{path}: {err.strerror or err}") from err
-        try:
-            await asyncio.to_thread(write_atomic, path, data)
-        except OSError as err:
-            raise RouterError(f"{path}: {err.strerror or err}") from err
+        self._live[app.name] = doc
+        if current == data:
+            return  # already in place: a rewrite would only make Traefik reload for nothing
+        if self.trials.needed(app, doc):
+            trial_path = self.path(f"{app.name}{TRIAL_SUFFIX}")
+            await self.trials.run(app, routing, self.document,
+                                  lambda trial: self._write(trial_path, render(trial, routing)),
+                                  lambda: self._write(trial_path, None))
+        self._previous[app.name] = current
+        await self._write(path, data)
 
     async def written(self, app: App) -> Routing | None:
         """The routing in the app's file, or None when there is no readable file."""
@@ -371,12 +518,18 @@ class TraefikFileRouter:
             return None  # Traefik unreachable: unknown, which the machine never takes as confirmed
 
     async def confirm(self, app: App, routing: Routing) -> bool:
-        return await poll_until(lambda: self.read(app), routing, self.confirm_timeout)
+        return await confirm_loaded(self, app, routing, self._live.get(app.name), self._put_back)
+
+    async def _put_back(self, app: App) -> None:
+        previous = self._previous.pop(app.name, None)
+        await self._write(self.path(app.name), previous)
 
     def merged(self) -> dict[str, Any]:
         """Every app file this router wrote, as one document: what `GET /v1/traefik` serves in file mode."""
         docs = []
         for path in sorted(self.dir.glob("*.yml")):
+            if path.stem.endswith(TRIAL_SUFFIX):
+                continue
             text = path.read_text()
             if text.startswith(HEADER):  # other files in the directory belong to the operator
                 docs.append(yaml.safe_load(text))

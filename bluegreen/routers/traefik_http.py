@@ -15,8 +15,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from bluegreen.model import App, Routing
-from bluegreen.routers import RouterError, poll_until
-from bluegreen.routers.traefik_file import TraefikAPI, check_document, document, merge
+from bluegreen.routers import RouterError
+from bluegreen.routers.traefik_file import (
+    TRIAL_SUFFIX,
+    TraefikAPI,
+    Trials,
+    check_document,
+    confirm_loaded,
+    document,
+    merge,
+)
 
 
 class TraefikHTTPRouter:
@@ -31,6 +39,8 @@ class TraefikHTTPRouter:
         self.confirm_timeout = confirm_timeout
         self._routes: dict[str, tuple[App, Routing]] = {}
         self._documents: dict[str, dict[str, Any]] = {}
+        self._previous: dict[str, tuple[tuple[App, Routing], dict[str, Any]] | None] = {}
+        self.trials = Trials(api, confirm_timeout)
         self.ready = False
         self.revision = 0  # grows with every change, for an ETag or a log line
 
@@ -46,8 +56,22 @@ class TraefikHTTPRouter:
         others = [d for name, d in self._documents.items() if name != app.name]
         merged = merge([*others, doc])  # a name clash with another app fails here, before serving it
         check_document(merged)
+        if self.trials.needed(app, doc) and self.ready:
+            trial_name = f"{app.name}{TRIAL_SUFFIX}"
+            await self.trials.run(app, routing, self.document_for,
+                                  lambda trial: self._serve(trial_name, trial),
+                                  lambda: self._serve(trial_name, None))
+        old = self._routes.get(app.name)
+        self._previous[app.name] = (old, self._documents[app.name]) if old else None
         self._routes[app.name] = (app, routing)
         self._documents[app.name] = doc
+        self.revision += 1
+
+    async def _serve(self, name: str, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            self._documents.pop(name, None)
+        else:
+            self._documents[name] = doc
         self.revision += 1
 
     def mark_ready(self) -> None:
@@ -71,7 +95,16 @@ class TraefikHTTPRouter:
             return None
 
     async def confirm(self, app: App, routing: Routing) -> bool:
-        return await poll_until(lambda: self.read(app), routing, self.confirm_timeout, interval=0.5)
+        return await confirm_loaded(self, app, routing, self._documents.get(app.name), self._put_back)
+
+    async def _put_back(self, app: App) -> None:
+        previous = self._previous.pop(app.name, None)
+        if previous is None:
+            self._routes.pop(app.name, None)
+            self._documents.pop(app.name, None)
+        else:
+            self._routes[app.name], self._documents[app.name] = previous
+        self.revision += 1
 
     async def remove(self, app: str) -> None:
         if self._routes.pop(app, None) is not None:

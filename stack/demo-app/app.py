@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, urlparse
 VERSION = os.environ.get("APP_VERSION", "v1")
 COLOR = os.environ.get("COLOR", "")
 FAIL_HEALTH = os.environ.get("FAIL_HEALTH", "0") == "1"
+# /health fails while this file exists: lets a test turn a task's health off and on at once.
+FAIL_HEALTH_FILE = os.environ.get("FAIL_HEALTH_FILE", "")
 ERROR_RATE = float(os.environ.get("ERROR_RATE", "0") or 0)
 SLOW_MS = int(os.environ.get("SLOW_MS", "0") or 0)
 PORT = int(os.environ.get("PORT", "8000"))
@@ -65,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         identity = {"version": VERSION, "color": COLOR, "host": HOSTNAME}
         if url.path == "/health":
-            if FAIL_HEALTH:
+            if FAIL_HEALTH or (FAIL_HEALTH_FILE and os.path.exists(FAIL_HEALTH_FILE)):
                 self._send(503, {"status": "failing", **identity})
             else:
                 self._send(200, {"status": "ok", **identity})

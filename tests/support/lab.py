@@ -174,6 +174,10 @@ def cadvisor_service(client: docker.DockerClient, args: list[str], stem: str = "
     return address, name
 
 
+def scale_service(client: docker.DockerClient, name: str, replicas: int) -> None:
+    client.services.get(name).scale(replicas)
+
+
 def remove_service(client: docker.DockerClient, name: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         client.api.remove_service(name)

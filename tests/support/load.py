@@ -22,6 +22,8 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     bodies: list[tuple[float, int, str]] = field(default_factory=list)  # (time, status, X-App-Version)
+    colors: Counter = field(default_factory=Counter)  # X-App-Color of the 2xx answers
+    slowest: float = 0.0  # seconds, the longest request that got an answer
 
     @property
     def failed(self) -> int:
@@ -32,8 +34,9 @@ class HostLoad:
     """Open-loop load at `rate` requests/s from a few threads to 127.0.0.1:`port`."""
 
     def __init__(self, port: int, path: str, *, rate: float, max_seconds: float, max_requests: int,
-                 workers: int = 4, timeout: float = 5.0) -> None:
+                 workers: int = 4, timeout: float = 5.0, host: str | None = None) -> None:
         self.port, self.path, self.rate = port, path, rate
+        self.headers = {"Host": host} if host else {}
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.workers, self.timeout = workers, timeout
         self.result = LoadResult()
@@ -62,11 +65,15 @@ class HostLoad:
             if delay > 0 and self._stop.wait(delay):
                 break
             try:
-                conn.request("GET", self.path)
+                started = time.monotonic()
+                conn.request("GET", self.path, headers=self.headers)
                 resp = conn.getresponse()
                 resp.read()
                 with self._lock:
+                    self.result.slowest = max(self.result.slowest, time.monotonic() - started)
                     self.result.statuses[resp.status] += 1
+                    if 200 <= resp.status < 300:
+                        self.result.colors[resp.getheader("X-App-Color", "")] += 1
                     self.result.bodies.append((time.monotonic(), resp.status, resp.getheader("X-App-Version", "")))
             except (OSError, http.client.HTTPException) as err:
                 with self._lock:
@@ -81,6 +88,13 @@ class HostLoad:
         for t in self._threads:
             t.start()
         return self
+
+    def wait(self) -> LoadResult:
+        """Wait until the budget is spent (or the time is up), then stop."""
+        deadline = time.monotonic() + self.max_seconds + self.timeout + 1
+        while time.monotonic() < deadline and any(t.is_alive() for t in self._threads):
+            time.sleep(0.02)
+        return self.stop()
 
     def stop(self) -> LoadResult:
         self._stop.set()

@@ -1,0 +1,224 @@
+"""The blue-green controller through the real Traefik v3 (built from its Go module), both providers.
+
+Every assertion is about what a user sees on 127.0.0.1 through Traefik's `web` entrypoint, or
+what Traefik's own API says it has in effect. With the file provider the controller runs on the
+host and writes the directory Traefik watches; with the HTTP provider Traefik polls the
+controller, which runs as a Swarm service on the overlay. The load client sends only to
+127.0.0.1 and is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.support import lab
+from tests.support.bluegreen import release_images
+from tests.support.swarmshift_proc import BlueGreenDaemon
+from tests.support.traefik import PREVIEW_HOST, ControllerService, TraefikStack
+
+SWITCHES = 20
+
+
+@pytest.fixture(scope="module")
+def images(docker_client, demo_image) -> dict[str, str]:
+    return release_images(docker_client)
+
+
+def start(stack: TraefikStack, bluegreen_proc, **overrides) -> BlueGreenDaemon:
+    """The controller for `stack`'s provider, once it has reconciled and Traefik serves blue (v1)."""
+    config = stack.config(**overrides)
+    if stack.provider == "file":
+        daemon = bluegreen_proc(config)
+    else:
+        daemon = ControllerService(stack, config)
+        daemon.start()
+    daemon.wait_event("controller_reconciled", 60)
+    lab.wait_for("Traefik to serve blue (v1)", lambda: stack.serves("v1"), 60)
+    return daemon
+
+
+def wait_phase(daemon: BlueGreenDaemon, app: str, phases: set[str], timeout: float) -> dict:
+    def reached() -> dict | None:
+        view = daemon.status(app)
+        return view if view.get("phase") in phases else None
+
+    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
+
+
+@pytest.fixture(params=["file", "http"])
+def provider(request) -> str:
+    return request.param
+
+
+# --- deploy, 20 switches and a rollback under load, with either provider ---------------------------
+
+
+def test_deploy_switches_and_rollback_under_load_lose_no_request(swarm, tmp_path, images, bluegreen_proc, provider):
+    stack = TraefikStack(swarm, tmp_path, images, provider=provider)
+    daemon = start(stack, bluegreen_proc)
+    app = stack.app
+    rate = 120
+    load = stack.load(rate=rate, seconds=240).start()
+    try:
+        done = daemon.cli("deploy", app, "--image", images["v2"], "--wait", "--timeout", "90")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert daemon.status(app)["active"] == "green"
+        lab.wait_for("Traefik to serve green (v2) only", lambda: stack.serves("v2", count=20), 30)
+        # The preview route reaches the idle color (blue, still up) and nothing else.
+        preview = stack.load(rate=100, seconds=3, host=PREVIEW_HOST).start().wait()
+        assert preview.statuses == {200: preview.sent} and set(preview.colors) == {"blue"}, preview
+        # 20 manual switches between two healthy colors, each confirmed by Traefik's API.
+        took = []
+        for i in range(SWITCHES):
+            want = "blue" if i % 2 == 0 else "green"
+            started = time.monotonic()
+            switched = daemon.cli("switch", app, "--wait", "--timeout", "60")
+            assert switched.returncode == 0, switched.stdout + switched.stderr
+            assert daemon.status(app)["active"] == want
+            took.append(time.monotonic() - started)
+        rolled = daemon.cli("rollback", app, "--wait", "--timeout", "60")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        time.sleep(1)
+    finally:
+        result = load.stop()
+    seconds = result.bodies[-1][0] - result.bodies[0][0]
+    assert result.sent / seconds >= 100, f"{result.sent} requests in {seconds:.1f}s"
+    assert result.failed == 0, (result.statuses, result.errors)
+    assert result.statuses == {200: len(result.bodies)}
+    assert {v for _, _, v in result.bodies} == {"v1", "v2"}
+    took.sort()
+    print(f"\n{provider}: {SWITCHES} switches, median {took[len(took) // 2]:.2f}s, {result.sent} requests, "
+          f"0 failed")
+    assert len(daemon.events("switched", app=app)) >= SWITCHES + 1
+
+
+# --- progressive weights -------------------------------------------------------------------------
+
+
+def green_weight(view: dict) -> int | None:
+    """The green weight Traefik's API reports in effect, from `status`."""
+    found = re.search(r"green=(\d+)", view["routing"]["in_effect"] or "")
+    return int(found.group(1)) if found else None
+
+
+def test_each_progressive_step_splits_traffic_as_its_weights_say(swarm, tmp_path, images, bluegreen_proc):
+    # The document is the same for both providers; the file provider delivers it here.
+    stack = TraefikStack(swarm, tmp_path, images, strategy="progressive")
+    daemon = start(stack, bluegreen_proc, progressive_steps=[10, 50, 100], verification_window="15s")
+    app = stack.app
+    code, body = daemon.api("POST", f"/v1/apps/{app}/deploy", {"image": images["v2"]})
+    assert code == 202, body
+    shares = {}
+    for step in (10, 50):
+        view = lab.wait_for(f"Traefik to have green at {step}%",
+                            lambda step=step: (v := daemon.status(app)) and green_weight(v) == step and v, 90,
+                            interval=0.1)
+        assert view["phase"] == "Progressing", view
+        result = stack.load(rate=400, seconds=6).start().wait()
+        assert green_weight(daemon.status(app)) == step, "the step ended while it was being measured"
+        answered = sum(result.colors.values())
+        assert answered >= 1000 and result.failed == 0, result
+        shares[step] = 100 * result.colors["green"] / answered
+        assert set(result.colors) == {"blue", "green"}
+        assert abs(shares[step] - step) <= 5, f"green took {shares[step]:.1f}% of {answered} at weight {step}"
+    view = wait_phase(daemon, app, {"Stable", "RolledBack", "Failed"}, 90)
+    assert (view["phase"], view["active"], green_weight(view)) == ("Stable", "green", 100), view
+    assert stack.serves("v2", count=20)
+    print(f"\nprogressive: green share {shares} (weights 10, 50)")
+
+
+# --- Traefik's health checks, in every order ---------------------------------------------------
+
+
+# Every ordered pair of the four (blue healthy, green healthy) states, once each. It contains
+# green failing and recovering while blue then fails, which hangs requests in Traefik's WRR when
+# the idle color is listed with weight 0 (see bluegreen/routers/traefik_file.py).
+HEALTH_WALK = ["TT", "FT", "FF", "FT", "TF", "FT", "TT", "FF", "TF", "FF", "TT", "TF", "TT"]
+BOUND = 1.0  # seconds: the slowest answer allowed, 503 included
+
+
+def test_whichever_colors_fail_and_recover_every_request_gets_a_prompt_answer_never_from_the_idle_color(
+        swarm, tmp_path, images, bluegreen_proc):
+    stack = TraefikStack(swarm, tmp_path, images, green_replicas=1)  # the idle color runs, with weight 0
+    start(stack, bluegreen_proc)
+    settle = 3 * stack.config()["router"]["traefik"]["health_interval"]
+    background = stack.load(rate=50, seconds=len(HEALTH_WALK) * (settle + 3) + 10, timeout=5).start()
+    seen = []
+    try:
+        for state in HEALTH_WALK:
+            blue_ok, green_ok = state[0] == "T", state[1] == "T"
+            stack.set_health("blue", blue_ok)
+            stack.set_health("green", green_ok)
+            time.sleep(settle)  # Traefik's checks have seen the change
+            result = stack.load(rate=100, seconds=2, timeout=5).start().wait()
+            seen.append((state, dict(result.statuses), round(result.slowest, 3)))
+            assert result.errors == {}, (state, result.errors)
+            assert result.slowest < BOUND, (state, result.slowest)
+            if blue_ok:
+                assert result.statuses == {200: result.sent} and set(result.colors) == {"blue"}, (state, result)
+            else:  # the only weighted color is down: Traefik's own 503, at once, even with green healthy
+                assert result.statuses == {503: result.sent}, (state, result)
+    finally:
+        for color in ("blue", "green"):
+            stack.set_health(color, True)
+        overall = background.stop()
+    print(f"\nhealth walk: {seen}")
+    # All along, transitions included: no hang, no error, nothing from green, only 200 or 503.
+    assert overall.errors == {} and overall.slowest < BOUND, (overall.errors, overall.slowest)
+    assert set(overall.statuses) <= {200, 503} and set(overall.colors) == {"blue"}, overall
+
+
+# --- confirmation is Traefik's own word ----------------------------------------------------------
+
+
+def relabel(stack: TraefikStack, **labels: str) -> None:
+    """What an operator's `docker service update --label-add` does, on both colors."""
+    for color in ("blue", "green"):
+        svc = stack.swarm.client.services.get(stack.services[color])
+        spec = svc.attrs["Spec"]
+        svc.update(labels={**spec.get("Labels", {}), **labels})
+
+
+@pytest.mark.parametrize("refusal", ["rule", "entrypoint"])
+def test_a_configuration_traefik_refuses_fails_the_switch_and_the_old_routing_stays(
+        swarm, tmp_path, images, bluegreen_proc, refusal):
+    stack = TraefikStack(swarm, tmp_path, images, green_replicas=2)
+    overrides = {"switch_timeout": "8s"}
+    daemon = start(stack, bluegreen_proc, **overrides)
+    app = stack.app
+    if refusal == "rule":
+        # Our grammar accepts it; Traefik's regexp compiler does not.
+        relabel(stack, **{"swarmshift.bluegreen.rule": "HostRegexp(`^(127.0.0.1$`)"})
+        lab.wait_for("the controller to read the new rule",
+                     lambda: daemon.status(app)["app_config"]["rule"].startswith("HostRegexp"), 20)
+        said = "error parsing regexp"
+    else:
+        # A controller restarted with an entrypoint Traefik does not have.
+        daemon.stop()
+        daemon = bluegreen_proc(stack.config(router={"traefik": {
+            **stack.config()["router"]["traefik"], "entrypoints": ["websecure"]}}, **overrides), name="bluegreen-2")
+        daemon.wait_event("controller_reconciled", 60)
+        said = 'entryPoint \\"websecure\\" doesn\'t exist'
+    load = stack.load(rate=50, seconds=60).start()
+    try:
+        switched = daemon.cli("switch", app, "--wait", "--timeout", "40")
+        time.sleep(1)
+    finally:
+        result = load.stop()
+    assert switched.returncode != 0, switched.stdout + switched.stderr
+    view = daemon.status(app)
+    assert view["active"] == "blue" and view["routing"]["in_effect"].startswith("blue=100 green=0"), view
+    # Users never left blue, and never saw an error.
+    assert result.failed == 0 and set(result.colors) == {"blue"}, result
+    assert stack.serves("v1", count=20)
+    # The log and status say why, in Traefik's words; nothing claimed a confirmation.
+    [failed, *_] = daemon.events("route_failed", app=app)
+    assert "Traefik refused it" in failed["error"] and said.replace("\\", "") in failed["error"], failed
+    assert "the routing in effect is unchanged" in failed["error"]
+    assert any("the router refused the last routing" in d for d in view["degraded"]), view
+    assert not [e for e in daemon.events("route_applied", app=app) if "green=100" in e["routing"]]
+    # Traefik holds no trial object afterwards.
+    assert not [r for r in stack.get_api("/api/http/routers") or [] if "-trial" in r["name"]]

@@ -1,0 +1,268 @@
+"""A blue-green app behind the real Traefik on the lab swarm, with either provider, for lab tests and benchmarks.
+
+Traefik (swarmshift-traefik:lab, built from its Go module by `make lab`) runs as a Swarm service
+on the app's overlay network with the static configuration the stack ships (traefik/traefik.yml),
+changed only in its provider:
+
+- `file`: the watched directory is a bind mount of a temp dir; the controller runs on the host
+  and writes it, reads Traefik's API back on 127.0.0.1 and probes through Traefik.
+- `http`: Traefik polls the controller, which therefore runs as a Swarm service on the overlay
+  (`ControllerService`), as in production; its API is published host-mode for the test.
+
+Both of Traefik's entrypoints are published host-mode on 127.0.0.1 for the test: `web` (users'
+traffic) and `traefik` (API, ping, metrics). The stack itself publishes only `web`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bluegreen.model import (
+    APP_LABEL,
+    COLOR_LABEL,
+    PORT_LABEL,
+    PREVIEW_RULE_LABEL,
+    RULE_LABEL,
+    STATE_PREFIX,
+    STRATEGY_LABEL,
+)
+from tests.support import lab
+from tests.support.load import HostLoad, LoadResult
+from tests.support.swarmshift_proc import BlueGreenDaemon
+
+ROOT = Path(__file__).resolve().parents[2]
+SELECT = "swarmshift.test.app"  # the controller under test manages only its own app
+PREVIEW_HOST = "preview.localhost"
+HEALTH_INTERVAL = 1.0
+HTTP_POLL_INTERVAL = "1s"
+SWARMSHIFT_IMAGE = "swarmshift:lab"
+
+
+def static_config(provider: str, endpoint: str | None = None) -> dict[str, Any]:
+    """traefik/traefik.yml with its provider set to `file` (as shipped) or `http` (polling `endpoint`)."""
+    static = yaml.safe_load((ROOT / "traefik" / "traefik.yml").read_text())
+    if provider == "http":
+        static["providers"].pop("file")
+        static["providers"]["http"] = {"endpoint": endpoint, "pollInterval": HTTP_POLL_INTERVAL}
+    static["log"] = {"level": "INFO", "format": "json"}
+    return static
+
+
+class TraefikStack:
+    """An app's two colors and the real Traefik on one overlay network; blue runs v1 × 2, green is idle."""
+
+    def __init__(self, swarm: lab.LabSwarm, tmp_path: Path, images: dict[str, str], *, provider: str = "file",
+                 green: str = "v1", green_replicas: int = 0, strategy: str | None = None) -> None:
+        self.swarm = swarm
+        self.provider = provider
+        self.images = images
+        self.app = f"app{uuid.uuid4().hex[:6]}"
+        self.net = swarm.network("tr")
+        self.workdir = tmp_path
+        self.dynamic_dir = tmp_path / "dynamic"
+        self.dynamic_dir.mkdir(parents=True)
+        self.dynamic_dir.chmod(0o777)  # the controller service writes as uid 10001
+        self.web_port, self.api_port = lab.free_port(), lab.free_port()
+        self.controller_name = swarm.name("bluegreen")
+        labels = {APP_LABEL: self.app, PORT_LABEL: "8000", RULE_LABEL: "Host(`127.0.0.1`)",
+                  PREVIEW_RULE_LABEL: f"Host(`{PREVIEW_HOST}`)", SELECT: self.app}
+        if strategy:
+            labels[STRATEGY_LABEL] = strategy
+        # Each color's /health fails while the host file health/<color>/fail exists (set_health).
+        self.health_dirs = {c: tmp_path / "health" / c for c in ("blue", "green")}
+        for d in self.health_dirs.values():
+            d.mkdir(parents=True)
+            d.chmod(0o777)
+
+        def color(name: str, image: str, replicas: int) -> str:
+            return swarm.service(name, image=image, replicas=replicas, networks=[self.net],
+                                 env={"COLOR": name, "FAIL_HEALTH_FILE": "/run/health/fail"},
+                                 mounts=[f"{self.health_dirs[name]}:/run/health:ro"],
+                                 labels={**labels, COLOR_LABEL: name}).name
+
+        self.services = {"blue": color("blue", images["v1"], 2), "green": color("green", images[green], green_replicas)}
+        endpoint = f"http://{self.controller_name}:8080/v1/traefik"
+        static_path = tmp_path / "traefik.yml"
+        static_path.write_text(yaml.safe_dump(static_config(provider, endpoint), sort_keys=False))
+        self.traefik = swarm.service(
+            "traefik", image=lab.TRAEFIK_IMAGE, networks=[self.net],
+            publish={self.web_port: 80, self.api_port: 8080},
+            mounts=[f"{static_path}:/etc/traefik/traefik.yml:ro", f"{self.dynamic_dir}:/etc/traefik/dynamic:ro"],
+        ).name
+        lab.wait_for("Traefik to answer /ping", lambda: self.get_api("/ping") is not None, 30)
+
+    # -- the controller's configuration ---------------------------------------------------------
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """The controller's config: Traefik as router (file or HTTP provider) with API read-back."""
+        on_host = self.provider == "file"
+        base: dict[str, Any] = {
+            "selector": f"{SELECT}={self.app}",
+            "router": {"kind": f"traefik-{self.provider}", "traefik": {
+                "dynamic_dir": str(self.dynamic_dir),
+                "api_url": f"http://127.0.0.1:{self.api_port}" if on_host else f"http://{self.traefik}:8080",
+                "entrypoints": ["web"],
+                "health_interval": HEALTH_INTERVAL, "health_timeout": 0.5}},
+            # On the host the controller reaches the colors only through Traefik; in a container
+            # on the overlay it probes every task directly, as in the stack.
+            "probe": ({"via": "router", "active_url": f"http://127.0.0.1:{self.web_port}", "verify_paths": ["/"]}
+                      if on_host else {"via": "direct", "verify_paths": ["/"]}),
+            "probe_interval": 1.0,
+            "reconcile_interval": 2,
+            "healthy_threshold": 2,
+            "failure_threshold": 2,
+            "wait_timeout": "60s",
+            "precheck_timeout": "30s",
+            "verification_window": "4s",
+            "scale_down_delay": "10m",
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return base
+
+    # -- what users and operators see -----------------------------------------------------------
+    def get_api(self, path: str) -> Any:
+        """GET Traefik's API (or /ping) on 127.0.0.1; the decoded body, or None on any failure."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}", timeout=3) as resp:
+                body = resp.read()
+        except (OSError, urllib.error.HTTPError):
+            return None
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            return body.decode(errors="replace")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def set_health(self, color: str, healthy: bool) -> None:
+        """Make every task of `color` pass (or fail) its /health from the next check on."""
+        flag = self.health_dirs[color] / "fail"
+        if healthy:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.write_text("fail\n")
+
+    def spec(self, color: str) -> dict:
+        return self.swarm.client.api.inspect_service(self.services[color])["Spec"]
+
+    def state(self, color: str = "blue") -> dict[str, str]:
+        labels = self.spec(color).get("Labels") or {}
+        return {k.removeprefix(STATE_PREFIX): v for k, v in labels.items() if k.startswith(STATE_PREFIX)}
+
+    def load(self, rate: float = 120, seconds: float = 90, host: str | None = None, timeout: float = 5.0) -> HostLoad:
+        return HostLoad(self.web_port, "/", rate=rate, max_seconds=seconds, max_requests=int(rate * seconds),
+                        workers=8, host=host, timeout=timeout)
+
+    def serves(self, version: str, count: int = 5, host: str | None = None) -> bool:
+        """Whether `count` requests in a row through Traefik all answer 200 from `version`."""
+        probe = HostLoad(self.web_port, "/", rate=200, max_seconds=5, max_requests=count, workers=1, host=host)
+        result = probe.start().wait()
+        return result.statuses.get(200, 0) == count and {v for _, _, v in result.bodies} == {version}
+
+
+class ControllerService(BlueGreenDaemon):
+    """`swarmshift bluegreen run` as a Swarm service on the app's overlay (swarmshift:lab), its API on 127.0.0.1.
+
+    The same surface as the host-process daemon (`api`, `status`, `wait_event`, `events`, `cli`);
+    its log lines are the task container's output.
+    """
+
+    def __init__(self, stack: TraefikStack, config: dict[str, Any], token: str = "lab-token-0") -> None:
+        port = lab.free_port()
+        workdir = stack.workdir / "controller"
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__("bluegreen-service", [], workdir, port, token)
+        (workdir / "token").write_text(token + "\n")
+        (workdir / "config.yml").write_text(yaml.safe_dump(
+            {"listen": "0.0.0.0:8080", "token_file": "/etc/swarmshift/token", **config}))
+        for path in (workdir, workdir / "token", workdir / "config.yml"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        self.stack = stack
+        self.workdir = workdir
+        self.service_name = stack.controller_name
+        self._created = False
+
+    def start(self) -> None:
+        import docker.types
+
+        self.started_at.append(time.time())
+        client = self.stack.swarm.client
+        if not self._created:
+            gid = Path("/var/run/docker.sock").stat().st_gid
+            client.services.create(
+                SWARMSHIFT_IMAGE, name=self.service_name,
+                args=["--log-format", "json", "--log-level", "debug", "bluegreen", "run",
+                      "--config", "/etc/swarmshift/config.yml"],
+                user=f"10001:{gid}",
+                labels={lab.LABEL: lab.OWNER}, container_labels={lab.LABEL: lab.OWNER},
+                networks=[self.stack.net],
+                mounts=[f"{self.workdir}:/etc/swarmshift:ro", "/var/run/docker.sock:/var/run/docker.sock"],
+                endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
+                    {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": self.port, "PublishMode": "host"}]),
+                stop_grace_period=5_000_000_000,
+            )
+            self.stack.swarm._services.append(self.service_name)
+            self._created = True
+        else:
+            lab.scale_service(client, self.service_name, 1)
+        self.wait_http(f"{self.url}/healthz", timeout=60)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._containers(running=True))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._created:
+            lab.scale_service(self.stack.swarm.client, self.service_name, 0)
+
+    def kill(self) -> None:
+        for ctr in self._containers(running=True):
+            ctr.kill()
+
+    def _containers(self, running: bool = False) -> list:
+        return self.stack.swarm.client.containers.list(
+            all=not running, filters={"label": f"com.docker.swarm.service.name={self.service_name}"})
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for ctr in sorted(self._containers(), key=lambda c: c.attrs["Created"]):
+            for line in ctr.logs().decode(errors="replace").splitlines():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = "\n".join(ctr.logs(tail=lines).decode(errors="replace") for ctr in self._containers())
+        return text or "(no log)"
+
+    def wait_http(self, url: str, timeout: float = 60) -> None:
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=3) as resp:
+                    return resp.status == 200
+            except (OSError, urllib.error.HTTPError):
+                return False
+
+        try:
+            lab.wait_for(f"the controller service to answer {url}", answers, timeout, interval=0.3)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.log_tail(40)}") from None
+
+
+def wait_done(load: HostLoad) -> LoadResult:
+    return load.wait()
