@@ -68,7 +68,7 @@ def cpu_service(swarm, demo_image, net, **labels):
 def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
     swarm, demo_image, docker_client, prometheus, autoscaler_proc
 ):
-    interval, window = 5, 10
+    interval, window = 5, lab.RATE_WINDOW_SECONDS
     net = swarm.network()
     svc = cpu_service(swarm, demo_image, net, **{
         "scale_down.stabilization": "20s", "scale_down.policies": "pods=1/10s",
@@ -309,29 +309,71 @@ def test_dry_run_logs_and_changes_nothing(swarm, demo_image, prometheus, knob, a
     assert (event["dry_run"], event["from"], event["to"]) == (True, 1, 3)
 
 
-def test_plan_reports_a_service_with_no_series(swarm, demo_image, prometheus):
+def test_a_cadvisor_without_the_service_label_gives_no_series_in_plan_and_in_the_log(
+        swarm, demo_image, docker_client, tmp_path, autoscaler_proc):
     import subprocess
 
+    from tests.support.fixtures_prom import Prometheus, start_cadvisor
     from tests.support.swarmshift_proc import SWARMSHIFT
 
-    # Opted in, running, limited: but this Prometheus scrapes no cAdvisor series for it.
-    prometheus.add_target("cadvisor", "127.0.0.1:9")  # replace nothing; keep the job, add a dead target
-    svc = swarm.service("noseries", image=demo_image, cpu_limit=0.5, labels={
-        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3", "swarmshift.autoscale.cpu": "50",
-        "swarmshift.autoscale.query": 'max(absent_metric{service="{{service}}"})',
-        "swarmshift.autoscale.query.target": "5"})
-    cfg = {"prometheus": {"url": prometheus.url, "cpu_query": 'sum by ({service_label}, {task_label}) '
-                          '(rate(container_cpu_usage_seconds_total{{{service_label}="none"}}[{window}]))'}}
-    path = swarm_config(cfg)
-    result = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path, "--json"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    row = next(r for r in json.loads(result.stdout) if r["service"] == svc.name)
-    assert f"no series for service {svc.name}: is cAdvisor scraped, and are its labels kept?" in row["problems"]
-    assert row["to"] == 1 and row["reason"] == "no_data"
-    table = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path],
-                           capture_output=True, text=True, timeout=60).stdout
-    assert table.startswith("SERVICE") and svc.name in table and "no series for service" in table
+    # The real cAdvisor with the stack's flags, but an empty label allowlist: its series carry no
+    # container_label_com_docker_swarm_service_name, which the autoscaler groups by.
+    args = [a for a in lab.stack_cadvisor_args() if not a.startswith("--whitelisted_container_labels")]
+    bare = start_cadvisor(docker_client, [*args, "--whitelisted_container_labels="], stem="cadvisor-bare")
+    prom = Prometheus(tmp_path / "prometheus", lab.free_port())
+    try:
+        prom.add_target("cadvisor", bare.address)
+        prom.start()
+        svc = swarm.service("noseries", image=demo_image, cpu_limit=0.5, labels={
+            "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3", "swarmshift.autoscale.cpu": "50"})
+        # Prometheus has this cAdvisor's series, the service's container among them, just unlabelled.
+        prom.wait_query(f'container_cpu_usage_seconds_total{{name=~"{svc.name}.*"}}', bool, timeout=30)
+        assert prom.query('container_cpu_usage_seconds_total{container_label_com_docker_swarm_service_name!=""}') == []
+        path = swarm_config({"prometheus": {"url": prom.url}})
+        result = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path, "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        row = next(r for r in json.loads(result.stdout) if r["service"] == svc.name)
+        message = f"no series for service {svc.name}: is cAdvisor scraped, and are its labels kept?"
+        assert message in row["problems"]
+        assert row["to"] == 1 and row["reason"] == "no_data"
+        table = subprocess.run([SWARMSHIFT, "autoscaler", "plan", "--config", path],
+                               capture_output=True, text=True, timeout=60).stdout
+        assert table.startswith("SERVICE") and svc.name in table and "no series for service" in table
+        # The daemon says the same in its log, and holds the service where it is.
+        daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prom.url}})
+        lab.wait_for("the daemon to log the missing series",
+                     lambda: any(message in json.dumps(e) for e in daemon.lines()), 20)
+        assert swarm.replicas(svc.name) == 1
+    finally:
+        prom.close()
+        lab.remove_service(docker_client, bare.service)
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def test_the_memory_working_set_scales_up_and_back_down_through_prometheus(
+        swarm, demo_image, docker_client, prometheus, autoscaler_proc):
+    net = swarm.network()
+    mib = 1024 * 1024
+    svc = swarm.service("mem", image=demo_image, networks=[net], memory_limit=256 * mib, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "3", "swarmshift.autoscale.memory": "50",
+        "swarmshift.autoscale.scale_down.stabilization": "10s"})
+    daemon = autoscaler_proc({"interval": 2, "prometheus": {"url": prometheus.url}})
+    stays(swarm, svc.name, 1, 6)  # about 7 % of the limit: nothing to do
+    # 160 MiB resident in the only task: about 69 % of its 256 MiB limit, target 50 % -> 2 tasks.
+    with OverlayLoad(docker_client, net, svc.name, "/alloc?mb=160", rate=1, max_seconds=10, max_requests=1):
+        wait_replicas(swarm, svc.name, 2, 60, daemon)
+    up = scaled(daemon, svc.name)[0]
+    memory = next(m for m in up["metrics"] if m["metric"] == "memory")
+    assert up["direction"] == "up" and memory["value"] > 55 and memory["target"] == 50, up
+    swarm.wait_running(svc.name, 2)
+    # Free it on every task: the working set falls back, and after the window so do the replicas.
+    with OverlayLoad(docker_client, net, svc.name, "/free", rate=4, max_seconds=10, max_requests=8):
+        wait_replicas(swarm, svc.name, 1, 90, daemon)
+    down = [e for e in scaled(daemon, svc.name) if e["direction"] == "down"]
+    assert down and next(m for m in down[0]["metrics"] if m["metric"] == "memory")["value"] < 50, down
 
 
 def swarm_config(cfg: dict) -> str:

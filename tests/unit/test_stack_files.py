@@ -256,10 +256,13 @@ def test_grafana_provisions_prometheus_and_the_swarmshift_dashboard(prod):
 
 
 def test_the_lab_variant_is_the_stack_with_the_lab_stand_ins(prod, labvariant):
-    """Only Traefik, cAdvisor and Grafana differ (no image here), and only what the lab needs changes."""
+    """Only Traefik and Grafana differ, and only what the lab needs changes."""
     services = labvariant["services"]
     assert set(services) == set(prod["services"]) - {"traefik", "grafana"} | {"nginx"}
     assert services["cadvisor"]["image"] == "swarmshift-cadvisor:lab" and services["cadvisor"]["deploy"]["mode"] == "global"
+    # The real cAdvisor, run exactly as the stack runs it.
+    for key in ("command", "volumes"):
+        assert services["cadvisor"][key] == prod["services"]["cadvisor"][key]
     # No IPVS: dnsrr endpoints everywhere; what the host reaches is published in host mode.
     assert all(svc["deploy"]["endpoint_mode"] == "dnsrr" for svc in services.values())
     published = {name for name, svc in services.items() for p in svc.get("ports", []) if p["mode"] == "host"}
