@@ -60,7 +60,8 @@ class TraefikStack:
     """An app's two colors and the real Traefik on one overlay network; blue runs v1 × 2, green is idle."""
 
     def __init__(self, swarm: lab.LabSwarm, tmp_path: Path, images: dict[str, str], *, provider: str = "file",
-                 green: str = "v1", green_replicas: int = 0, strategy: str | None = None) -> None:
+                 green: str = "v1", green_replicas: int = 0, strategy: str | None = None,
+                 docker_health: bool = True) -> None:
         self.swarm = swarm
         self.provider = provider
         self.images = images
@@ -82,11 +83,15 @@ class TraefikStack:
             d.mkdir(parents=True)
             d.chmod(0o777)
 
+        # Without Docker's own health check (docker_health=False), a task whose /health fails is
+        # left running, so that only Traefik's checks react to it.
+        healthcheck = None if docker_health else {"Test": ["NONE"]}
+
         def color(name: str, image: str, replicas: int) -> str:
             return swarm.service(name, image=image, replicas=replicas, networks=[self.net],
                                  env={"COLOR": name, "FAIL_HEALTH_FILE": "/run/health/fail"},
                                  mounts=[f"{self.health_dirs[name]}:/run/health:ro"],
-                                 labels={**labels, COLOR_LABEL: name}).name
+                                 labels={**labels, COLOR_LABEL: name}, healthcheck=healthcheck).name
 
         self.services = {"blue": color("blue", images["v1"], 2), "green": color("green", images[green], green_replicas)}
         endpoint = f"http://{self.controller_name}:8080/v1/traefik"
@@ -154,6 +159,14 @@ class TraefikStack:
             flag.unlink(missing_ok=True)
         else:
             flag.write_text("fail\n")
+
+    def traefik_health(self) -> dict[str, set[str]]:
+        """The server states Traefik's own health checks report per color, e.g. {"blue": {"UP"}}."""
+        out: dict[str, set[str]] = {}
+        for color in ("blue", "green"):
+            info = self.get_api(f"/api/http/services/{self.app}-{color}@{self.provider}") or {}
+            out[color] = set((info.get("serverStatus") or {}).values())
+        return out
 
     def spec(self, color: str) -> dict:
         return self.swarm.client.api.inspect_service(self.services[color])["Spec"]
