@@ -236,3 +236,66 @@ def test_a_configuration_traefik_refuses_fails_the_switch_and_the_old_routing_st
     assert not [e for e in daemon.events("route_applied", app=app) if "green=100" in e["routing"]]
     # Traefik holds no trial object afterwards.
     assert not [r for r in stack.get_api("/api/http/routers") or [] if "-trial" in r["name"]]
+
+
+# --- verification counts what users get through Traefik -------------------------------------------
+
+
+def stack_checks(window: str) -> list[dict]:
+    """The PromQL checks stack/swarmshift/bluegreen.yml ships, with the rate window for 1 s scrapes."""
+    import yaml
+
+    from tests.support.traefik import ROOT
+
+    checks = yaml.safe_load((ROOT / "stack" / "swarmshift" / "bluegreen.yml").read_text())["checks"]
+    for check in checks:
+        assert "[1m]" in check["query"]
+        check["query"] = check["query"].replace("[1m]", f"[{window}]")
+    return checks
+
+
+# Each release fails in one way that only Traefik sees: the controller's own probes ask
+# /health and /version, which all three answer in time.
+FAILURES = {
+    # The release answers 5xx on / (users' path).
+    "5xx": ({"APP_VERSION": "v-5xx", "ERROR_RATE": "1"}, "router-5xx"),
+    # Its /health takes 1 s: fine for the controller's probes (1.5 s), too slow for Traefik's
+    # checks (0.5 s), which mark it down: Traefik answers 503 "no available server".
+    "no-available-server": ({"APP_VERSION": "v-slowhealth", "HEALTH_SLOW_MS": "1000"}, "router-5xx"),
+    # / takes 3 s; users give up after 1 s (Traefik counts 499).
+    "timeouts": ({"APP_VERSION": "v-slow", "SLOW_MS": "3000"}, "timeouts"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_release_failing_only_for_traefiks_users_is_rolled_back_on_traefiks_metrics(
+        swarm, tmp_path, images, bluegreen_proc, prometheus, docker_client, failure):
+    from tests.support.bluegreen import derived_image
+
+    env, check = FAILURES[failure]
+    release = derived_image(docker_client, f"swarmshift-bluegreen-test:{failure}", env)
+    stack = TraefikStack(swarm, tmp_path, images)
+    prometheus.add_target("traefik", f"127.0.0.1:{stack.api_port}")
+    daemon = start(stack, bluegreen_proc, probe_interval=2.0, probe_timeout=1.5, verification_window="30s",
+                   probe={"verify_paths": ["/version"]},
+                   prometheus={"url": prometheus.url}, checks=stack_checks("10s"))
+    app = stack.app
+    load = stack.load(rate=30, seconds=120, timeout=1.0).start()
+    try:
+        time.sleep(3)  # Prometheus has seen healthy traffic through the router
+        done = daemon.cli("deploy", app, "--image", release, "--wait", "--timeout", "90")
+        time.sleep(1)
+    finally:
+        result = load.stop()
+    assert done.returncode == 1 and "ended RolledBack" in done.stdout, done.stdout + done.stderr
+    view = daemon.status(app)
+    assert (view["phase"], view["active"]) == ("RolledBack", "blue"), view
+    reason = view["deploy"]["reason"]
+    assert "failed checks, more than failure_threshold" in reason and check in reason, reason
+    assert stack.serves("v1", count=20)
+    # Users did see the failure while it lasted: the check measured what they got.
+    seen = {"5xx": sum(n for s, n in result.statuses.items() if s >= 500),
+            "no-available-server": result.statuses.get(503, 0),
+            "timeouts": sum(result.errors.values())}[failure]
+    assert seen > 0, result
+    print(f"\n{failure}: rolled back on {check}; users saw {seen} failures of {result.sent}: {reason}")
