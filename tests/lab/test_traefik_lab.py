@@ -299,3 +299,72 @@ def test_a_release_failing_only_for_traefiks_users_is_rolled_back_on_traefiks_me
             "timeouts": sum(result.errors.values())}[failure]
     assert seen > 0, result
     print(f"\n{failure}: rolled back on {check}; users saw {seen} failures of {result.sent}: {reason}")
+
+
+# --- a bad file in the directory, and Go templates ----------------------------------------------
+
+
+def test_a_bad_file_freezes_traefiks_file_provider_whole_and_no_bad_file_is_ever_ours(
+        swarm, tmp_path, images, bluegreen_proc):
+    import subprocess
+    import threading
+
+    import yaml
+
+    from bluegreen.routers.traefik_file import check_document
+    from tests.support.swarmshift_proc import SWARMSHIFT
+
+    stack = TraefikStack(swarm, tmp_path, images, green_replicas=2)
+    daemon = start(stack, bluegreen_proc, switch_timeout="8s")
+    app, ours = stack.app, stack.dynamic_dir / f"{stack.app}.yml"
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # every version of our file that Traefik could read is a valid document
+        while not stop.is_set():
+            try:
+                check_document(yaml.safe_load(ours.read_text()))
+            except FileNotFoundError:
+                problems.append("our file vanished")
+            except Exception as err:  # noqa: BLE001 - any unreadable version is the bug looked for
+                problems.append(f"{type(err).__name__}: {err}")
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    load = stack.load(rate=50, seconds=120).start()
+    try:
+        # An operator's file that Traefik cannot read: it keeps the provider's previous
+        # configuration whole, our app included, and takes no change from the directory.
+        (stack.dynamic_dir / "operator.yml").write_text("http:\n  routers: [unclosed\n")
+        time.sleep(2)
+        assert stack.serves("v1", count=20)
+        switched = daemon.cli("switch", app, "--wait", "--timeout", "40")
+        assert switched.returncode != 0, switched.stdout + switched.stderr
+        view = daemon.status(app)
+        assert (view["active"], view["phase"]) == ("blue", "RolledBack"), view
+        assert "did not confirm" in view["deploy"]["reason"], view["deploy"]
+        assert stack.serves("v1", count=20)  # the switch never reached users
+        # Without the bad file Traefik reads the directory again: blue, as the controller left it.
+        (stack.dynamic_dir / "operator.yml").unlink()
+        lab.wait_for("Traefik to reload the directory", lambda: stack.get_api(f"/api/http/routers/{app}@file"), 15)
+        assert stack.serves("v1", count=20) and daemon.status(app)["routing"]["in_effect"].startswith("blue=100")
+
+        # A Go template in a label: `check` refuses it, and nothing new is written.
+        before = ours.read_bytes()
+        relabel(stack, **{"swarmshift.bluegreen.preview.rule": "Host(`{{ env \"HOME\" }}`)"})
+        config = tmp_path / "check.yml"
+        config.write_text(yaml.safe_dump(stack.config()))
+        checked = subprocess.run([SWARMSHIFT, "bluegreen", "check", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 2 and "Go template delimiter" in checked.stderr, checked.stderr
+        invalid = daemon.wait_event("app_invalid", 20, app=app)
+        assert any("Go template delimiter" in p for p in invalid["problems"]), invalid
+        time.sleep(3)
+        assert ours.read_bytes() == before and stack.serves("v1", count=20)
+    finally:
+        result = load.stop()
+        stop.set()
+        watcher.join(5)
+    assert problems == [], problems[:5]
+    assert result.failed == 0 and set(result.colors) == {"blue"}, result
