@@ -166,7 +166,8 @@ def cadvisor(docker_client) -> Iterator[Cadvisor]:
 class Prometheus:
     """A real Prometheus whose config this object owns; changes are applied with POST /-/reload."""
 
-    def __init__(self, workdir: Path, port: int) -> None:
+    def __init__(self, workdir: Path, port: int, scrape_interval: str = "1s") -> None:
+        self.scrape_interval = scrape_interval
         self.address = f"127.0.0.1:{port}"
         self.url = f"http://{self.address}"
         self.workdir = workdir
@@ -237,7 +238,9 @@ class Prometheus:
 
     def _write_config(self) -> None:
         config: dict[str, Any] = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": self.scrape_interval,
+                       "scrape_timeout": "1s" if self.scrape_interval == "1s" else "10s",
+                       "evaluation_interval": "1s"},
             "rule_files": [str(self.rules_dir / "*.yml")],
             "scrape_configs": [
                 {"job_name": job, "metrics_path": path, "static_configs": [{"targets": addresses}]}
