@@ -2,7 +2,10 @@
 
 Run on the lab (as root, after `make lab`):  .venv/bin/python -m bench.autoscaler_loop
 The services run at 0 replicas; Prometheus serves synthetic cAdvisor-named series for all of them,
-so every loop parses a result with one series per service, as it would in production.
+so every loop parses a result with one series per service, as it would in production. These are
+not the real cAdvisor's series (the lab runs the real cAdvisor everywhere else): 500 running
+containers do not fit on this 2-core machine, and the loop's cost depends only on the number
+and shape of the series, which the synthetic exporter copies from cAdvisor.
 """
 
 from __future__ import annotations
