@@ -99,6 +99,9 @@ class PromCheck(Strict):
         return CheckResult(self.name, ok, f"{value:g} is {verdict}{self.comparison} {self.threshold:g}")
 
 
+HTTP_CONFIRM_TIMEOUT = 90.0
+
+
 class TraefikSettings(Strict):
     dynamic_dir: str = "/etc/traefik/dynamic"  # the file provider's watched directory (traefik-file)
     # Traefik's API, reachable only inside the stack, e.g. http://traefik:8080. When set, a switch
@@ -108,7 +111,15 @@ class TraefikSettings(Strict):
     # Traefik's own active health checks of each color: a dead color leaves the weighted service.
     health_interval: Duration = 5.0
     health_timeout: Duration = 2.0
-    confirm_timeout: Duration = 10.0
+    # How long one switch waits for Traefik to report it; default 10s, or 90s with traefik-http,
+    # whose Traefik, after polls that failed while the controller was away, backs off up to 60 s
+    # (±50 %) before it polls again (docs/benchmarks.md, "Traefik HTTP provider").
+    confirm_timeout: Duration | None = None
+
+    def confirm_seconds(self, kind: str) -> float:
+        if self.confirm_timeout is not None:
+            return self.confirm_timeout
+        return HTTP_CONFIRM_TIMEOUT if kind == "traefik-http" else 10.0
 
     @field_validator("entrypoints")
     @classmethod
@@ -289,7 +300,7 @@ class BlueGreenConfig(Strict):
     failure_threshold: int = Field(2, ge=0, le=100)
     wait_timeout: Duration = 300.0
     precheck_timeout: Duration = 120.0
-    switch_timeout: Duration = 30.0
+    switch_timeout: Duration | None = None  # default: 30s, or the confirm timeout + 30s with traefik-http
     verification_window: Duration = 60.0
     prometheus: PrometheusSettings = PrometheusSettings()
     checks: list[PromCheck] = []
@@ -358,6 +369,14 @@ class BlueGreenConfig(Strict):
         return self.probe_timeout if self.probe_timeout is not None else min(2.0, self.probe_interval)
 
     @property
+    def switch_timeout_seconds(self) -> float:
+        if self.switch_timeout is not None:
+            return self.switch_timeout
+        if self.router.kind == "traefik-http":
+            return self.router.traefik.confirm_seconds(self.router.kind) + 30.0
+        return 30.0
+
+    @property
     def rollback_deadline(self) -> float:
         """Seconds from the first failed check to the rollback's routing, excluding the router's own apply."""
         return self.probe_interval * self.failure_threshold
@@ -369,7 +388,7 @@ class BlueGreenConfig(Strict):
             failure_threshold=self.failure_threshold,
             wait_timeout=self.wait_timeout,
             precheck_timeout=self.precheck_timeout,
-            switch_timeout=self.switch_timeout,
+            switch_timeout=self.switch_timeout_seconds,
             verification_window=self.verification_window,
             scale_down_delay=self.scale_down_delay,
             keep=self.keep,

@@ -62,7 +62,7 @@ def build(settings: RouterSettings, *, swarm: Swarm | None = None) -> Router:
         provider = "file" if settings.kind == "traefik-file" else "http"
         api = TraefikAPI(t.api_url, provider=provider) if t.api_url else None
         common = dict(entrypoints=tuple(t.entrypoints), health_interval=t.health_interval,
-                      health_timeout=t.health_timeout, api=api, confirm_timeout=t.confirm_timeout)
+                      health_timeout=t.health_timeout, api=api, confirm_timeout=t.confirm_seconds(settings.kind))
         if settings.kind == "traefik-file":
             return TraefikFileRouter(t.dynamic_dir, **common)  # type: ignore[arg-type]
         return TraefikHTTPRouter(**common)  # type: ignore[arg-type]

@@ -60,8 +60,10 @@ notify: {webhooks: ["http://hooks.example.com/a"]}
     assert config.router.traefik.api_url == "http://traefik:8080"
     assert config.settings() == Settings(
         probe_interval=1, healthy_threshold=5, failure_threshold=4, wait_timeout=300, precheck_timeout=120,
-        switch_timeout=30, verification_window=120, scale_down_delay=900, keep=True, rollback_on_alert="always",
+        switch_timeout=120, verification_window=120, scale_down_delay=900, keep=True, rollback_on_alert="always",
         on_restart="resume", progressive_steps=(5, 25, 100))
+    # traefik-http: Traefik may have backed off its polls while the controller was away.
+    assert config.router.traefik.confirm_seconds(config.router.kind) == 90
     assert config.app_defaults().rule == "Host(`{app}.example.com`)"
     assert config.rollback_deadline == 4.0
     assert config.probe_timeout_seconds == 1.0  # a probe round fits in the shorter tick
@@ -270,3 +272,16 @@ def test_probing_through_the_router_needs_a_preview_rule():
         "app web: probe.via router reaches the idle color only through the preview route: set "
         "swarmshift.bluegreen.preview.rule or defaults.preview_rule"]
     assert check_app_labels(app_services(preview__rule="Host(`p.example.com`)"), config) == []
+
+
+@pytest.mark.parametrize(("router", "confirm", "switch"), [
+    ("kind: traefik-file", 10, 30),
+    ("kind: traefik-http", 90, 120),
+    ("kind: nginx", None, 30),
+    ("{kind: traefik-http, traefik: {confirm_timeout: 20s}}\nswitch_timeout: 45s", 20, 45),
+])
+def test_the_switch_waits_as_long_as_the_router_can_take(tmp_path, router, confirm, switch):
+    config = load_yaml(tmp_path, f"router: {router}\n" if router.startswith("{") else f"router: {{{router}}}\n")
+    if confirm is not None:
+        assert config.router.traefik.confirm_seconds(config.router.kind) == confirm
+    assert config.settings().switch_timeout == switch
