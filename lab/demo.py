@@ -1,11 +1,15 @@
 """`make demo`: the whole job on a single-node swarm, ending with a short report of what happened and when.
 
-It deploys the stack (the lab variant, stack/lab/docker-stack.lab.yml: every image built locally,
-since no registry can be reached here) with `docker stack deploy`; drives CPU load from a container
-on the stack's overlay network until the autoscaler service scales the demo app up; deploys a v2
-with the operator CLI that goes live through a blue→green switch; deploys a broken v3 that the
-controller rolls back on its own; and prints the times. The stack stays up afterwards so it can be
-looked at; `make demo-down` removes everything the demo made.
+It deploys the production stack, docker-stack.yml, with the lab's override
+(stack/lab/docker-stack.lab.yml: locally built images, dnsrr endpoints and host-mode ports, no
+Grafana, shorter daemon intervals; the override's header says why) by `docker stack deploy`;
+drives CPU load through Traefik on 127.0.0.1 until the autoscaler service scales the demo app up;
+deploys a v2 with the operator CLI that goes live through a blue→green switch under client
+traffic; deploys a broken v3 that the controller rolls back on its own; and prints the times.
+The stack stays up afterwards so it can be looked at; `make demo-down` removes everything the
+demo made.
+
+It imports nothing from tests/: lab/stack.py and lab/load.py are shared with the tests instead.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tests.support import lab
-from tests.support.load import HostLoad, LoadResult, OverlayLoad
-from tests.support.stack import (
+from lab.common import wait_for
+from lab.load import HostLoad, LoadResult
+from lab.stack import (
     RELEASES,
     LabStack,
+    StackError,
     derived_image,
+    image_version,
     missing_images,
+    remove_router_label,
     remove_stack,
     stacks_labelled,
 )
@@ -35,6 +42,8 @@ from tests.support.stack import (
 DEMO = "swarmshift.demo"
 STACK = "swarmshift-demo"
 WORKDIR = Path(os.environ.get("SWARMSHIFT_DEMO_DIR", "/tmp/swarmshift-demo"))
+# Present while the router label on the node is the demo's doing, so `make demo-down` takes it off.
+ROUTER_MARK = WORKDIR / "router-label-added"
 STARTED = time.time()
 
 
@@ -51,7 +60,8 @@ def event_time(event: dict) -> float:
 
 
 def down(client: docker.DockerClient) -> list[str]:
-    """Remove every stack, container and image the demo made (and a killed demo's load container)."""
+    """Remove the demo's stack (with its secrets), its release images, the router label if the demo
+    put it on the node, and its work directory."""
     problems = []
     for name in stacks_labelled(client, DEMO) | {STACK}:
         problems += remove_stack(client, name)
@@ -64,6 +74,11 @@ def down(client: docker.DockerClient) -> list[str]:
             pass
         except docker.errors.APIError as err:
             problems.append(f"image {tag}: {err}")
+    if ROUTER_MARK.exists():
+        try:
+            remove_router_label(client)
+        except docker.errors.APIError as err:
+            problems.append(f"node label swarmshift.router: {err}")
     shutil.rmtree(WORKDIR, ignore_errors=True)
     return problems
 
@@ -86,51 +101,71 @@ def served(result: LoadResult) -> str:
     return ", ".join(seen)
 
 
+def weights(stack: LabStack) -> str:
+    """What Traefik's API says it has loaded for the app: `demo-green 100, ...`."""
+    answer = stack.traefik_api("/api/http/services/demo@file") or {}
+    services = (answer.get("weighted") or {}).get("services") or []
+    return ", ".join(f"{s['name']} {s.get('weight', 1)}" for s in services) or "nothing"
+
+
 def main() -> int:
     client = connect()
     leftovers = down(client)
     if leftovers:
         say(f"could not remove an earlier demo completely: {leftovers}")
-    say("Where no registry can be reached, as here, the demo builds every image locally and deploys the lab")
-    say("variant of the stack (stack/lab/docker-stack.lab.yml). Said plainly: nginx (swarmshift-nginx:lab)")
-    say("replaces Traefik, the cAdvisor stand-in (tests/support/cadvisor.py, real cgroup counters under")
-    say("cAdvisor's metric names) replaces cAdvisor, Prometheus and Alertmanager are Debian's packages, and")
-    say("Grafana is omitted (its dashboard is in stack/grafana/). Both swarmshift daemons run as Swarm services.")
     missing = missing_images(client)
     if missing:
         say(f"missing images {', '.join(missing)}: run `make lab` (make demo runs it first)")
         return 1
+    traefik = image_version(client, "swarmshift-traefik:lab", "version").split()[-1]
+    cadvisor = image_version(client, "swarmshift-cadvisor:lab", "--version").split()[2]
+    prometheus = image_version(client, "swarmshift-prometheus:lab", "--version").split()[2]
+    alertmanager = image_version(client, "swarmshift-alertmanager:lab", "--version").split()[2]
+    say("The demo deploys the production stack, docker-stack.yml, with the lab's override")
+    say("(stack/lab/docker-stack.lab.yml). No registry can be reached here, so `make lab` built every image:")
+    say(f"the real Traefik {traefik} and cAdvisor {cadvisor} from their released Go modules, Prometheus")
+    say(f"{prometheus} and Alertmanager {alertmanager} from Debian's packages, swarmshift:lab for both daemons.")
+    say("Grafana is left out (0 replicas): its image cannot be had here; its dashboard is in stack/grafana/.")
+    say("No IPVS either: every service uses dnsrr endpoints and host-mode ports, reached on 127.0.0.1.")
+    say("Shorter than production: the autoscaler's loop (5s, not 15s) and the verification window (15s, not 1m).")
     images = {name: derived_image(client, tag, env) for name, (tag, env) in RELEASES.items()}
-    say(f"images: swarmshift:lab for both daemons, the demo app v1, {images['v2']} and {images['v3-broken']}"
+    say(f"images: the demo app v1 (swarmshift-demo:lab), {images['v2']} and {images['v3-broken']}"
         " (answers 5xx on / while its health check passes)")
 
-    stack = LabStack(client, STACK, {DEMO: "1"}, WORKDIR)
-    stack.deploy()
-    ready = stack.wait_ready(120)
+    stack = LabStack(client, STACK, {}, WORKDIR)
+    say(f"{stack.command()}   (DEMO_HOST=127.0.0.1, host ports picked now)")
+    try:
+        stack.deploy()
+    except StackError as err:
+        say(str(err))
+        return 1
+    if stack.router_label_added:
+        ROUTER_MARK.write_text("the demo put swarmshift.router=true on this node\n")
+        say("docker node update --label-add swarmshift.router=true <this node>   (Traefik and the controller)")
+    ready = stack.wait_ready(180)
     t_ready = time.time()
     count = len(client.api.services(filters={"label": f"com.docker.stack.namespace={STACK}"}))
-    say(f"docker stack deploy {STACK}: {count} services up and nginx serving v1 (blue) in {ready:.0f}s")
-    say(f"  controller {stack.bluegreen_url}, autoscaler {stack.autoscaler_url}, app {stack.web_url}, "
-        f"Prometheus {stack.prometheus_url}")
+    say(f"docker stack deploy {STACK}: {count} services, Traefik serving v1 (blue) on {stack.web_url} in {ready:.0f}s")
+    say(f"  controller {stack.bluegreen_url}, autoscaler {stack.autoscaler_url}, Traefik API {stack.traefik_api_url}, "
+        f"Prometheus {stack.prometheus_url}, Alertmanager {stack.alertmanager_url}")
 
-    # 1. Load until the autoscaler scales the active color up.
+    # 1. Load through Traefik until the autoscaler scales the active color up.
     blue = stack.service("demo-blue")
-    say("load: /burn from a container on the stack's edge network, about 0.8 cores against a 0.5-CPU task "
-        "whose target is 50 %")
+    say("load: /burn through Traefik, about 0.8 cores against a 0.5-CPU task whose target is 60 % "
+        "(Prometheus scrapes cAdvisor every 15s, rate() over 1m)")
     t_load = time.time()
-    with OverlayLoad(client, stack.network("edge"), blue, "/burn?ms=100", rate=8, max_seconds=90, max_requests=720,
-                     labels={DEMO: "1"}):
-        lab.wait_for("the autoscaler to scale demo-blue up",
-                     lambda: stack.events("autoscaler", "service_scaled", service=blue, direction="up"), 90, interval=1)
+    with HostLoad(stack.ports["WEB_PORT"], "/burn?ms=100", rate=8, max_seconds=150, max_requests=1200, workers=8):
+        wait_for("the autoscaler to scale demo-blue up",
+                 lambda: stack.events("autoscaler", "service_scaled", service=blue, direction="up"), 150, interval=1)
     [scaled, *_] = stack.events("autoscaler", "service_scaled", service=blue, direction="up")
     cpu = next(m for m in scaled["metrics"] if m["metric"] == "cpu")
     say(f"autoscaler: {blue} {scaled['from']} -> {scaled['to']} replicas ({scaled['detail']}); load stopped")
-    lab.wait_for("the new replicas to run", lambda: stack.running(blue) >= scaled["to"], 60, interval=0.5)
+    wait_for("the new replicas to run", lambda: stack.running(blue) >= scaled["to"], 60, interval=0.5)
 
-    # 2. v2 through a blue→green switch, under client traffic.
-    say(f"swarmshift bluegreen deploy demo --image {images['v2']} --wait   (20 req/s through nginx meanwhile)")
+    # 2. v2 through a blue→green switch, under client traffic: not one request may fail.
+    say(f"swarmshift bluegreen deploy demo --image {images['v2']} --wait   (20 req/s through Traefik meanwhile)")
     t_v2 = time.time()
-    load = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=120, max_requests=2400, workers=4).start()
+    load = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=150, max_requests=3000, workers=4).start()
     v2 = stack.cli("deploy", "demo", "--image", images["v2"], "--wait", "--timeout", "120")
     v2_result = load.stop()
     t_v2_done = time.time()
@@ -138,12 +173,16 @@ def main() -> int:
     if v2.returncode != 0:
         say(f"the v2 deploy did not end Stable (exit {v2.returncode}): {v2.stderr.strip()}")
         return 1
+    if v2_result.failed:
+        say(f"clients saw failures during the v2 deploy: {served(v2_result)}")
+        return 1
     v2_switch = stack.events("bluegreen", "switched", app="demo")[-1]
+    v2_weights = weights(stack)
 
     # 3. A broken v3: it goes live on blue, fails its checks and is rolled back by the controller.
-    say(f"swarmshift bluegreen deploy demo --image {images['v3-broken']} --wait   (20 req/s through nginx)")
+    say(f"swarmshift bluegreen deploy demo --image {images['v3-broken']} --wait   (20 req/s through Traefik)")
     t_v3 = time.time()
-    load = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=120, max_requests=2400, workers=4).start()
+    load = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=150, max_requests=3000, workers=4).start()
     v3 = stack.cli("deploy", "demo", "--image", images["v3-broken"], "--wait", "--timeout", "120")
     v3_result = load.stop()
     print(v3.stdout.rstrip(), flush=True)
@@ -157,34 +196,37 @@ def main() -> int:
     status = stack.cli("status")
 
     print("\nswarmshift demo report", flush=True)
-    print("=" * 72)
-    print("  times from the start of the demo (after `make lab`)")
-    print(f"  {clock(t_ready)}  stack deployed: both daemons, nginx, Prometheus, Alertmanager and the")
-    print("           cAdvisor stand-in as Swarm services; demo-blue serves v1")
-    print(f"  {clock(t_load)}  CPU load on demo-blue starts")
+    print("=" * 76)
+    print("  docker-stack.yml + stack/lab/docker-stack.lab.yml; times from the start of the demo (after `make lab`)")
+    print(f"  Traefik {traefik} and cAdvisor {cadvisor} (built from their Go modules), Prometheus {prometheus} and")
+    print(f"  Alertmanager {alertmanager} (Debian's); Grafana left out: its image cannot be had here")
+    print(f"  {clock(t_ready)}  stack deployed: both daemons, Traefik, Prometheus, Alertmanager and cAdvisor")
+    print("           as Swarm services; Traefik routes 127.0.0.1 to demo-blue (v1)")
+    print(f"  {clock(t_load)}  CPU load through Traefik on demo-blue starts")
     print(f"  {clock(event_time(scaled))}  autoscaler scales {blue} {scaled['from']} -> {scaled['to']} "
           f"(cpu {cpu['value']:.0f}% of the limit vs target {cpu['target']:.0f}%), "
           f"{event_time(scaled) - t_load:.1f}s after the load began")
     print(f"  {clock(t_v2)}  deploy v2 requested")
-    print(f"  {clock(event_time(v2_switch))}  nginx switched to {v2_switch['to']} (v2), "
-          f"{event_time(v2_switch) - t_v2:.1f}s after the request")
+    print(f"  {clock(event_time(v2_switch))}  Traefik switched to {v2_switch['to']} (v2), "
+          f"{event_time(v2_switch) - t_v2:.1f}s after the request; Traefik's API: {v2_weights}")
     print(f"  {clock(t_v2_done)}  v2 Stable after its verification window; clients saw: {served(v2_result)}"
           f" ({v2_result.failed} failed)")
     print(f"  {clock(t_v3)}  deploy of the broken v3 requested")
-    print(f"  {clock(event_time(v3_switch))}  nginx switched to {v3_switch['to']} (the broken v3)")
+    print(f"  {clock(event_time(v3_switch))}  Traefik switched to {v3_switch['to']} (the broken v3)")
     print(f"  {clock(event_time(rollback_start))}  failed checks: rollback started, "
           f"{event_time(rollback_start) - event_time(v3_switch):.1f}s after the switch")
     print(f"  {clock(event_time(rolled_back))}  rolled back: traffic on {rolled_back['active']} (v2) again, "
           f"{event_time(rolled_back) - event_time(v3_switch):.1f}s after the switch")
     print(f"           clients saw: {served(v3_result)}")
-    print(f"  now: nginx serves {now.get('version')} from {now.get('color')}; `swarmshift bluegreen status`:")
+    print(f"  now: Traefik serves {now.get('version')} from {now.get('color')} ({weights(stack)}); "
+          "`swarmshift bluegreen status`:")
     for line in status.stdout.rstrip().splitlines()[:2]:
         print(f"    {line}")
     print(f"  total: {time.time() - STARTED:.0f}s")
-    print("=" * 72)
+    print("=" * 76)
     print(f"The stack stays up. Try:  export SWARMSHIFT_CONTROLLER={stack.bluegreen_url} "
           f"SWARMSHIFT_TOKEN_FILE={WORKDIR / 'token'}")
-    print("                         .venv/bin/swarmshift bluegreen status;  curl " + stack.web_url + "/")
+    print(f"                         .venv/bin/swarmshift bluegreen status;  curl {stack.web_url}/")
     print("`make demo-down` removes everything the demo made.", flush=True)
     return 0
 
@@ -193,7 +235,7 @@ def connect() -> docker.DockerClient:
     client = docker.from_env(timeout=30)
     client.ping()  # no engine at all: let the error speak (`make lab` starts one on Debian)
     swarm_ready(client)
-    return lab.connect()
+    return client
 
 
 if __name__ == "__main__":

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,11 @@ import docker.errors
 import docker.types
 import yaml
 
+# Shared with `make demo` (lab/common.py); re-exported here under the names the tests use.
+from lab.common import DEMO_IMAGE, free_port, remove_network, wait_for
+
 LABEL = "swarmshift.test"
 OWNER = str(os.getpid())
-DEMO_IMAGE = "swarmshift-demo:lab"
 CADVISOR_IMAGE = "swarmshift-cadvisor:lab"
 TRAEFIK_IMAGE = "swarmshift-traefik:lab"
 STACK_FILE = Path(__file__).resolve().parents[2] / "docker-stack.yml"
@@ -78,7 +78,7 @@ def remove_leftovers(client: docker.DockerClient) -> list[str]:
         if not _owner_alive((net.attrs.get("Labels") or {}).get(LABEL, "")):
             remove_network(client, net.name)
             removed.append(f"network {net.name}")
-    # A deployed stack also leaves configs, secrets and volumes (tests/support/stack.py labels them).
+    # A deployed stack also leaves configs, secrets and volumes (lab/stack.py labels them).
     for kind, objects in (("config", client.configs), ("secret", client.secrets)):
         for obj in objects.list(filters={"label": LABEL}):
             if not _owner_alive((obj.attrs["Spec"].get("Labels") or {}).get(LABEL, "")):
@@ -93,39 +93,6 @@ def remove_leftovers(client: docker.DockerClient) -> list[str]:
             except docker.errors.APIError:
                 pass  # still held by a container on its way out: the next run removes it
     return removed
-
-
-def remove_network(client: docker.DockerClient, name: str, timeout: float = 30) -> None:
-    """Remove a network, waiting while the tasks of just-removed services still hold it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.networks.get(name).remove()
-            return
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def stack_service(name: str) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The stack's files as the tools that read them see them: promtool, amtool, the daemons' config
-loaders, Grafana's provisioning, and the stack file's own structure (the Docker CLI parses and
-deploys it in tests/lab/test_stack_file_deploys.py and test_stack_e2e.py).
+loaders, Grafana's provisioning, the stack file's own structure, and the lab's override merged
+into it by the Docker CLI (`docker stack config`, which parses, interpolates and merges the files
+without an engine; tests/lab/test_stack_file_deploys.py and test_stack_e2e.py deploy them).
 
-promtool and amtool are Debian's (`make lab` installs prometheus and prometheus-alertmanager);
-a missing one fails the test with the reason.
+promtool and amtool are Debian's (`make lab` installs prometheus and prometheus-alertmanager),
+the docker CLI is the lab's; a missing one fails the test with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,13 +23,16 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.telemetry import Telemetry as AutoscalerTelemetry
 from bluegreen.config import BlueGreenConfig
 from bluegreen.telemetry import Telemetry as BlueGreenTelemetry
+from lab import stack as lab_stack
 from swarmshift.config import load
 from tests.conftest import ROOT
 
 STACK = ROOT / "stack"
 PROMTOOL = os.environ.get("LAB_PROMTOOL", "/usr/bin/promtool")
 AMTOOL = os.environ.get("LAB_AMTOOL", "/usr/bin/amtool")
+DOCKER = os.environ.get("LAB_DOCKER", "docker")
 DAEMONS = ("autoscaler", "bluegreen")
+OVERRIDE = STACK / "lab" / "docker-stack.lab.yml"
 
 
 def run(tool: str, *args: str | Path) -> subprocess.CompletedProcess:
@@ -46,17 +51,39 @@ def prod() -> dict:
     return stack_file(ROOT / "docker-stack.yml")
 
 
+# What `docker stack config` interpolates: DOCKER_GID and the lab's host ports (distinct values, so
+# that a port in the merged file tells which variable it came from).
+CONFIG_ENV = {"DOCKER_GID": "996", "CONFIG_VERSION": "t1", "DEMO_HOST": "127.0.0.1", "WEB_PORT": "18000",
+              "TRAEFIK_API_PORT": "18002", "BLUEGREEN_PORT": "18003", "AUTOSCALER_PORT": "18004",
+              "PROMETHEUS_PORT": "18005", "ALERTMANAGER_PORT": "18006", "GRAFANA_PORT": "18007"}
+
+
+def docker_stack_config(*files: Path, env: dict[str, str] | None = None) -> dict:
+    """`docker stack config -c FILE...` as the CLI merges and interpolates them, with no engine at all."""
+    if not shutil.which(DOCKER):
+        pytest.fail(f"the docker CLI ({DOCKER}) is missing: `make lab` installs it", pytrace=False)
+    argv = [DOCKER, "stack", "config", *[arg for f in files for arg in ("-c", str(f))]]
+    env = {**os.environ, **CONFIG_ENV, **(env or {}), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
 @pytest.fixture(scope="module")
-def labvariant() -> dict:
-    return stack_file(STACK / "lab" / "docker-stack.lab.yml")
+def prod_config() -> dict:
+    return docker_stack_config(ROOT / "docker-stack.yml")
+
+
+@pytest.fixture(scope="module")
+def lab_config() -> dict:
+    return docker_stack_config(ROOT / "docker-stack.yml", OVERRIDE)
 
 
 # --- promtool and amtool -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus.lab.yml"])
-def test_promtool_accepts_the_prometheus_configs_and_their_rule_files(name):
-    done = run(PROMTOOL, "check", "config", STACK / "prometheus" / name)
+def test_promtool_accepts_the_prometheus_config_and_its_rule_files():
+    done = run(PROMTOOL, "check", "config", STACK / "prometheus" / "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 1 rule files found" in done.stdout
 
@@ -108,22 +135,18 @@ def test_the_tools_reject_broken_files(tmp_path):
 # --- the daemons' config files ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["swarmshift/autoscaler.yml", "lab/autoscaler.yml"])
-def test_the_autoscaler_config_files_load(path):
-    cfg = load(AutoscalerConfig, STACK / path, env={"SWARMSHIFT_TOKEN_FILE": "/run/secrets/swarmshift_token"})
+def test_the_autoscaler_config_file_loads():
+    cfg = load(AutoscalerConfig, STACK / "swarmshift" / "autoscaler.yml",
+               env={"SWARMSHIFT_TOKEN_FILE": "/run/secrets/swarmshift_token"})
     assert cfg.effective_source == "prometheus" and cfg.prometheus.url == "http://prometheus:9090"
     assert cfg.token_file == "/run/secrets/swarmshift_token"
 
 
-def test_the_bluegreen_config_files_load():
+def test_the_bluegreen_config_file_loads():
     env = {"SWARMSHIFT_TOKEN_FILE": "/run/secrets/swarmshift_token"}
     prod = load(BlueGreenConfig, STACK / "swarmshift" / "bluegreen.yml", env=env)
     assert prod.router.kind == "traefik-file" and prod.router.traefik.api_url == "http://traefik:8080"
     assert prod.token_file == "/run/secrets/swarmshift_token" and prod.checks
-    env = {**env, "SWARMSHIFT_ROUTER__NGINX__SERVICE": "s_nginx", "SWARMSHIFT_SELECTOR": "com.docker.stack.namespace=s"}
-    lab = load(BlueGreenConfig, STACK / "lab" / "bluegreen.yml", env=env)
-    assert lab.router.kind == "nginx" and lab.router.nginx.service == "s_nginx"
-    assert lab.selector == "com.docker.stack.namespace=s"
 
 
 # --- docker-stack.yml ---------------------------------------------------------------------------
@@ -181,16 +204,13 @@ def test_traefik_shares_the_dynamic_directory_with_the_controller_on_the_same_no
 
 
 def test_prometheus_scrapes_cadvisor_traefik_and_both_daemons(prod):
-    for name in ("prometheus.yml", "prometheus.lab.yml"):
-        doc = yaml.safe_load((STACK / "prometheus" / name).read_text())
-        names = {job["job_name"]: [n for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
-                 for job in doc["scrape_configs"]}
-        want = {"cadvisor": ["tasks.cadvisor"], "swarmshift-autoscaler": ["tasks.autoscaler"],
-                "swarmshift-bluegreen": ["tasks.bluegreen"]}
-        if name == "prometheus.yml":
-            want["traefik"] = ["tasks.traefik"]
-        assert {job: names[job] for job in want} == want, name
-        assert doc["rule_files"] == ["alerts.yml"]
+    doc = yaml.safe_load((STACK / "prometheus" / "prometheus.yml").read_text())
+    names = {job["job_name"]: [n for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+             for job in doc["scrape_configs"]}
+    want = {"cadvisor": ["tasks.cadvisor"], "swarmshift-autoscaler": ["tasks.autoscaler"],
+            "swarmshift-bluegreen": ["tasks.bluegreen"], "traefik": ["tasks.traefik"]}
+    assert {job: names[job] for job in want} == want
+    assert doc["rule_files"] == ["alerts.yml"]
     targets = {c["target"] for c in prod["services"]["prometheus"]["configs"]}
     assert targets == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"}
 
@@ -252,36 +272,99 @@ def test_grafana_provisions_prometheus_and_the_swarmshift_dashboard(prod):
     assert {p["datasource"]["uid"] for p in panels} == {source["uid"]}
 
 
-# --- the lab variant ----------------------------------------------------------------------------
+# --- the lab's override -------------------------------------------------------------------------
+
+LAB_IMAGES = {"autoscaler": "swarmshift:lab", "bluegreen": "swarmshift:lab", "traefik": "swarmshift-traefik:lab",
+              "cadvisor": "swarmshift-cadvisor:lab", "prometheus": "swarmshift-prometheus:lab",
+              "alertmanager": "swarmshift-alertmanager:lab", "demo-blue": "swarmshift-demo:lab",
+              "demo-green": "swarmshift-demo:lab"}
+# What the override adds to each daemon's environment: its per-stack scope and a shorter interval.
+LAB_ENV = {"autoscaler": {"SWARMSHIFT_SELECTOR", "SWARMSHIFT_INTERVAL"},
+           "bluegreen": {"SWARMSHIFT_SELECTOR", "SWARMSHIFT_VERIFICATION_WINDOW"}}
+NAMESPACE_TEMPLATE = '{{index .Service.Labels "com.docker.stack.namespace"}}'
 
 
-def test_the_lab_variant_is_the_stack_with_the_lab_stand_ins(prod, labvariant):
-    """Only Traefik and Grafana differ, and only what the lab needs changes."""
-    services = labvariant["services"]
-    assert set(services) == set(prod["services"]) - {"traefik", "grafana"} | {"nginx"}
-    assert services["cadvisor"]["image"] == "swarmshift-cadvisor:lab" and services["cadvisor"]["deploy"]["mode"] == "global"
-    # The real cAdvisor, run exactly as the stack runs it.
-    for key in ("command", "volumes"):
-        assert services["cadvisor"][key] == prod["services"]["cadvisor"][key]
-    # No IPVS: dnsrr endpoints everywhere; what the host reaches is published in host mode.
-    assert all(svc["deploy"]["endpoint_mode"] == "dnsrr" for svc in services.values())
-    published = {name for name, svc in services.items() for p in svc.get("ports", []) if p["mode"] == "host"}
-    assert published == {"autoscaler", "bluegreen", "nginx", "prometheus", "alertmanager"}
-    for name in DAEMONS:
-        svc, real = services[name], prod["services"][name]
-        assert svc["image"] == "swarmshift:lab" and svc["user"].startswith("10001:${DOCKER_GID")
-        assert svc["deploy"]["update_config"]["order"] == "stop-first" and svc["deploy"]["replicas"] == 1
-        assert svc["command"][:2] == real["command"][:2] and svc["secrets"][0]["source"] == "swarmshift_token"
-        # Each lab stack's daemons act on that stack's services only (Swarm fills the template in).
-        assert svc["environment"]["SWARMSHIFT_SELECTOR"] == (
-            'com.docker.stack.namespace={{index .Service.Labels "com.docker.stack.namespace"}}')
-    # The same rules and Alertmanager routing as the real stack.
-    configs = labvariant["configs"]
-    assert configs["prometheus_alerts"]["file"] == "../prometheus/alerts.yml"
-    assert configs["alertmanager_yml"]["file"] == "../alertmanager/alertmanager.yml"
-    for color in ("demo-blue", "demo-green"):
-        labels = services[color]["deploy"]["labels"]
-        assert labels["swarmshift.bluegreen.app"] == "demo" and labels["swarmshift.autoscale"] == "true"
+def _normalised(svc: dict) -> dict:
+    """A merged service with the lists whose order means nothing sorted (the merge reorders them)."""
+    out = json.loads(json.dumps(svc))
+    for key in ("volumes", "configs", "secrets"):
+        if key in out:
+            out[key] = sorted(out[key], key=lambda item: json.dumps(item, sort_keys=True))
+    return out
+
+
+def test_the_lab_override_changes_only_what_the_lab_needs(prod_config, lab_config):
+    """Images, dnsrr endpoints, host-mode ports, Grafana's replicas, the daemons' scope and two
+    intervals; every command, mount, config, secret, network, placement, resource and label is production's."""
+    assert set(lab_config["services"]) == set(prod_config["services"])
+    for section in ("networks", "volumes", "configs", "secrets"):
+        assert lab_config[section] == prod_config[section], section
+    for name in prod_config["services"]:
+        real, svc = _normalised(prod_config["services"][name]), _normalised(lab_config["services"][name])
+        assert svc["deploy"].pop("endpoint_mode") == "dnsrr", name
+        assert "endpoint_mode" not in real["deploy"]
+        image, real_image = svc.pop("image"), real.pop("image")
+        if name == "grafana":
+            # Left out: its image cannot be had here, and at 0 replicas it is never pulled.
+            assert (svc["deploy"].pop("replicas"), real["deploy"].pop("replicas")) == (0, 1)
+            assert image == real_image
+        else:
+            assert image == LAB_IMAGES[name], name
+        ports, real_ports = svc.pop("ports", []), real.pop("ports", [])
+        assert all(p["mode"] == "host" for p in ports), name
+        assert {p["target"] for p in real_ports} <= {p["target"] for p in ports}, name
+        if name in LAB_ENV:
+            env = svc["environment"]
+            added = set(env) - set(real["environment"])
+            assert added == LAB_ENV[name], name
+            assert env["SWARMSHIFT_SELECTOR"] == f"com.docker.stack.namespace={NAMESPACE_TEMPLATE}"
+            for key in added:
+                del env[key]
+        assert svc == real, name
+
+
+def test_the_lab_publishes_in_host_mode_on_ports_chosen_by_variables(lab_config):
+    published = {(name, p["target"]): p["published"]
+                 for name, svc in lab_config["services"].items() for p in svc.get("ports", [])}
+    assert published == {("traefik", 80): 18000, ("traefik", 8080): 18002, ("bluegreen", 8080): 18003,
+                         ("autoscaler", 8080): 18004, ("prometheus", 9090): 18005, ("alertmanager", 9093): 18006,
+                         ("grafana", 3000): 18007}
+    # lab/stack.py picks a host port for each of them (Grafana's binds nothing at 0 replicas).
+    variables = set(re.findall(r"\$\{(\w+_PORT)", OVERRIDE.read_text()))
+    assert set(lab_stack.PORTS) == variables - {"GRAFANA_PORT"}
+    assert set(lab_stack.IMAGES) == set(LAB_IMAGES.values())
+
+
+def test_the_stack_publishes_its_usual_ports_without_the_variables():
+    env = {var: "" for var in CONFIG_ENV if var.endswith("_PORT")}
+    services = docker_stack_config(ROOT / "docker-stack.yml", env=env)["services"]
+    assert [(p["target"], p["published"], p.get("mode", "ingress")) for p in services["traefik"]["ports"]] == [
+        (80, 80, "ingress")]
+    assert [(p["target"], p["published"]) for p in services["grafana"]["ports"]] == [(3000, 3000)]
+
+
+def test_the_daemons_load_the_production_configs_with_the_lab_environment(lab_config):
+    """As Swarm fills the template in for a stack named `s`."""
+    def env(name: str) -> dict[str, str]:
+        return {k: v.replace(NAMESPACE_TEMPLATE, "s") for k, v in lab_config["services"][name]["environment"].items()}
+
+    autoscaler = load(AutoscalerConfig, STACK / "swarmshift" / "autoscaler.yml", env=env("autoscaler"))
+    assert autoscaler.selector == "com.docker.stack.namespace=s" and autoscaler.interval == 5
+    assert autoscaler.prometheus.rate_window == 60  # production's, over production's 15 s scrapes
+    bluegreen = load(BlueGreenConfig, STACK / "swarmshift" / "bluegreen.yml", env=env("bluegreen"))
+    assert bluegreen.selector == "com.docker.stack.namespace=s" and bluegreen.verification_window == 15
+    assert bluegreen.router.kind == "traefik-file" and bluegreen.router.traefik.api_url == "http://traefik:8080"
+
+
+def test_the_override_says_in_its_header_what_it_changes():
+    text = OVERRIDE.read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    for name in ("SWARMSHIFT_INTERVAL", "SWARMSHIFT_VERIFICATION_WINDOW", "SWARMSHIFT_SELECTOR", "endpoint_mode: dnsrr",
+                 "mode: host", "Grafana", "scrape interval"):
+        assert name in header, name
+    for var in set(re.findall(r"\$\{(\w+)", body)):
+        assert var in header, var
 
 
 def _go_requirement(module_dir: str, module: str) -> str:
