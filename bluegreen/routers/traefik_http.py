@@ -95,6 +95,8 @@ class TraefikHTTPRouter:
             return None
 
     async def confirm(self, app: App, routing: Routing) -> bool:
+        if not self.ready:
+            return False  # Traefik cannot have fetched it: the document is refused until mark_ready()
         return await confirm_loaded(self, app, routing, self._documents.get(app.name), self._put_back)
 
     async def _put_back(self, app: App) -> None:

@@ -18,6 +18,8 @@ FAIL_HEALTH_FILE = os.environ.get("FAIL_HEALTH_FILE", "")
 ERROR_RATE = float(os.environ.get("ERROR_RATE", "0") or 0)
 SLOW_MS = int(os.environ.get("SLOW_MS", "0") or 0)
 HEALTH_SLOW_MS = int(os.environ.get("HEALTH_SLOW_MS", "0") or 0)  # a /health slower than a router's check allows
+HEALTH_SLOW_AFTER = float(os.environ.get("HEALTH_SLOW_AFTER", "0") or 0)  # ... from this many seconds after start
+STARTED = time.monotonic()
 PORT = int(os.environ.get("PORT", "8000"))
 HOSTNAME = os.environ.get("HOSTNAME", "")
 
@@ -68,7 +70,7 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         identity = {"version": VERSION, "color": COLOR, "host": HOSTNAME}
         if url.path == "/health":
-            if HEALTH_SLOW_MS:
+            if HEALTH_SLOW_MS and time.monotonic() - STARTED >= HEALTH_SLOW_AFTER:
                 time.sleep(HEALTH_SLOW_MS / 1000)
             if FAIL_HEALTH or (FAIL_HEALTH_FILE and os.path.exists(FAIL_HEALTH_FILE)):
                 self._send(503, {"status": "failing", **identity})

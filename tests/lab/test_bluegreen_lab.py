@@ -314,8 +314,8 @@ def test_the_traefik_document_served_is_the_one_written_and_unreachable_tasks_ar
     view = daemon.status(app)
     assert (view["phase"], view["active"]) == ("Failed", "green")
     assert "unreachable never counts as healthy" in view["deploy"]["reason"]
-    assert [s["weight"] for s in yaml.safe_load(written.read_text())["http"]["services"][app]["weighted"]["services"]] \
-        == [0, 100]
+    assert yaml.safe_load(written.read_text())["http"]["services"][app]["weighted"]["services"] \
+        == [{"name": f"{app}-green", "weight": 100}]
 
 
 # --- the access layer's container calls the nginx router uses -----------------------------------
