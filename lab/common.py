@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -46,3 +47,15 @@ def remove_network(client: docker.DockerClient, name: str, timeout: float = 30) 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def json_lines(containers) -> list[dict[str, Any]]:
+    """The JSON log lines of these containers, in their order; other output is skipped."""
+    out = []
+    for ctr in containers:
+        for line in ctr.logs().decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a traceback line, or output of a dependency
+    return out

@@ -43,7 +43,7 @@ import docker
 import docker.errors
 import yaml
 
-from lab.common import DEMO_IMAGE, free_port, remove_network, wait_for
+from lab.common import DEMO_IMAGE, free_port, json_lines, remove_network, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = ROOT / "docker-stack.yml"
@@ -324,14 +324,8 @@ class LabStack:
 
     def logs(self, short: str) -> list[dict[str, Any]]:
         """The JSON log lines of the stack's service `short` (its tasks' containers on this node)."""
-        out = []
-        for ctr in self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={self.service(short)}"}):
-            for line in ctr.logs().decode(errors="replace").splitlines():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
+        return json_lines(self.client.containers.list(
+            all=True, filters={"label": f"com.docker.swarm.service.name={self.service(short)}"}))
 
     def events(self, short: str, name: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.logs(short)

@@ -28,6 +28,7 @@ from tests.support.bluegreen import (
     Stack,
     nginx_image,
     release_images,
+    wait_phase,
 )
 from tests.support.load import LoadResult
 from tests.support.swarmshift_proc import BlueGreenDaemon, event_time
@@ -53,14 +54,6 @@ def start_controller(bluegreen_proc, stack: Stack, **overrides) -> BlueGreenDaem
     daemon.wait_event("controller_reconciled", 30)
     lab.wait_for("nginx to serve blue (v1)", lambda: stack.serves("v1"), 30)
     return daemon
-
-
-def wait_phase(daemon: BlueGreenDaemon, app: str, phases: set[str], timeout: float) -> dict:
-    def reached() -> dict | None:
-        view = daemon.status(app)
-        return view if view.get("phase") in phases else None
-
-    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
 
 
 def versions_after(result: LoadResult, wall: float, offset: float) -> set[str]:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.support import lab
-from tests.support.bluegreen import release_images
+from tests.support.bluegreen import release_images, wait_phase
 from tests.support.swarmshift_proc import BlueGreenDaemon
 from tests.support.traefik import PREVIEW_HOST, ControllerService, TraefikStack
 
@@ -38,14 +38,6 @@ def start(stack: TraefikStack, bluegreen_proc, **overrides) -> BlueGreenDaemon:
     daemon.wait_event("controller_reconciled", 60)
     lab.wait_for("Traefik to serve blue (v1)", lambda: stack.serves("v1"), 60)
     return daemon
-
-
-def wait_phase(daemon: BlueGreenDaemon, app: str, phases: set[str], timeout: float) -> dict:
-    def reached() -> dict | None:
-        view = daemon.status(app)
-        return view if view.get("phase") in phases else None
-
-    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
 
 
 @pytest.fixture(params=["file", "http"])

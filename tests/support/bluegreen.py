@@ -93,12 +93,7 @@ class Stack:
             "verification_window": "4s",
             "scale_down_delay": "10m",
         }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return base
+        return with_overrides(base, overrides)
 
     def spec(self, color: str) -> dict:
         return self.swarm.client.api.inspect_service(self.services[color])["Spec"]
@@ -115,6 +110,23 @@ class Stack:
         probe = HostLoad(self.port, "/", rate=200, max_seconds=5, max_requests=count, workers=1).start()
         result = wait_done(probe)
         return result.statuses.get(200, 0) == count and {v for _, _, v in result.bodies} == {version}
+
+
+def with_overrides(base: dict, overrides: dict) -> dict:
+    """A controller config: `base` with `overrides`, a mapping merged one level deep."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def wait_phase(daemon, app: str, phases: set[str], timeout: float) -> dict:
+    """The app's status once its phase is one of `phases`."""
+    def reached() -> dict | None:
+        view = daemon.status(app)
+        return view if view.get("phase") in phases else None
+
+    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
 
 
 def wait_done(load: HostLoad) -> LoadResult:

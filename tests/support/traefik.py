@@ -34,7 +34,9 @@ from bluegreen.model import (
     STATE_PREFIX,
     STRATEGY_LABEL,
 )
+from lab.common import json_lines
 from tests.support import lab
+from tests.support.bluegreen import with_overrides
 from tests.support.load import HostLoad, LoadResult
 from tests.support.swarmshift_proc import BlueGreenDaemon
 
@@ -128,12 +130,7 @@ class TraefikStack:
             "verification_window": "4s",
             "scale_down_delay": "10m",
         }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return base
+        return with_overrides(base, overrides)
 
     # -- what users and operators see -----------------------------------------------------------
     def get_api(self, path: str) -> Any:
@@ -250,14 +247,7 @@ class ControllerService(BlueGreenDaemon):
             all=not running, filters={"label": f"com.docker.swarm.service.name={self.service_name}"})
 
     def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for ctr in sorted(self._containers(), key=lambda c: c.attrs["Created"]):
-            for line in ctr.logs().decode(errors="replace").splitlines():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
+        return json_lines(sorted(self._containers(), key=lambda c: c.attrs["Created"]))
 
     def log_tail(self, lines: int = 30) -> str:
         text = "\n".join(ctr.logs(tail=lines).decode(errors="replace") for ctr in self._containers())
