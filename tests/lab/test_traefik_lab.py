@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import lab
 from tests.support.bluegreen import release_images, wait_phase
+from tests.support.load import HostLoad
 from tests.support.swarmshift_proc import BlueGreenDaemon
 from tests.support.traefik import PREVIEW_HOST, ControllerService, TraefikStack
 
@@ -100,7 +101,7 @@ def green_weight(view: dict) -> int | None:
 def test_each_progressive_step_splits_traffic_as_its_weights_say(swarm, tmp_path, images, bluegreen_proc):
     # The document is the same for both providers; the file provider delivers it here.
     stack = TraefikStack(swarm, tmp_path, images, strategy="progressive")
-    daemon = start(stack, bluegreen_proc, progressive_steps=[10, 50, 100], verification_window="9s")
+    daemon = start(stack, bluegreen_proc, progressive_steps=[10, 50, 100], verification_window="12s")
     app = stack.app
     code, body = daemon.api("POST", f"/v1/apps/{app}/deploy", {"image": images["v2"]})
     assert code == 202, body
@@ -110,7 +111,8 @@ def test_each_progressive_step_splits_traffic_as_its_weights_say(swarm, tmp_path
                             lambda step=step: (v := daemon.status(app)) and green_weight(v) == step and v, 90,
                             interval=0.1)
         assert view["phase"] in ("Switching", "Progressing"), view  # Traefik already runs the step
-        result = stack.load(rate=400, seconds=4).start().wait()
+        # 1,200 requests as fast as the client goes (about 180/s here), well inside the step.
+        result = HostLoad(stack.web_port, "/", rate=400, max_seconds=10, max_requests=1200, workers=8).start().wait()
         assert green_weight(daemon.status(app)) == step, "the step ended while it was being measured"
         answered = sum(result.colors.values())
         assert answered >= 1000 and result.failed == 0, result
