@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,15 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def answers(url: str) -> bool:
+    """Whether GET `url` answers 200 within 3 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.HTTPError):
+        return False
 
 
 def remove_network(client: docker.DockerClient, name: str, timeout: float = 30) -> None:

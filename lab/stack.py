@@ -43,7 +43,7 @@ import docker
 import docker.errors
 import yaml
 
-from lab.common import DEMO_IMAGE, free_port, json_lines, remove_network, wait_for
+from lab.common import DEMO_IMAGE, answers, free_port, json_lines, remove_network, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = ROOT / "docker-stack.yml"
@@ -81,9 +81,11 @@ def missing_images(client: docker.DockerClient) -> list[str]:
     return missing
 
 
-def derived_image(client: docker.DockerClient, tag: str, env: Mapping[str, str]) -> str:
+def derived_image(client: docker.DockerClient, tag: str, env: Mapping[str, str],
+                  labels: Mapping[str, str] | None = None) -> str:
     """The demo image with other defaults baked in, so that a release changes only the image."""
-    lines = [f"FROM {DEMO_IMAGE}"] + [f"ENV {k}={v}" for k, v in env.items()]
+    lines = ([f"FROM {DEMO_IMAGE}"] + [f"LABEL {k}={v}" for k, v in (labels or {}).items()]
+             + [f"ENV {k}={v}" for k, v in env.items()])
     client.images.build(fileobj=io.BytesIO("\n".join(lines).encode()), tag=tag, rm=True)
     return tag
 
@@ -288,7 +290,7 @@ class LabStack:
         wait_for(f"every service of stack {self.name} to run", self._all_running, left(), interval=1)
         for what, url in (("bluegreen", f"{self.bluegreen_url}/healthz"), ("autoscaler", f"{self.autoscaler_url}/healthz"),
                           ("prometheus", f"{self.prometheus_url}/-/ready"), ("traefik", f"{self.traefik_api_url}/ping")):
-            wait_for(f"{what} to answer {url}", lambda u=url: _answers(u), left(), interval=0.5)
+            wait_for(f"{what} to answer {url}", lambda u=url: answers(u), left(), interval=0.5)
         wait_for("Traefik to serve the demo app", lambda: self.serves() is not None, left(), interval=0.5)
         return time.monotonic() - started
 
@@ -362,26 +364,11 @@ class LabStack:
     # -- teardown ----------------------------------------------------------------------------
     def remove(self) -> list[str]:
         """Remove the stack and its secrets, and the router label if this stack put it there."""
-        problems = remove_stack(self.client, self.name)
-        for name in self.secret_names.values():  # remove_stack took them, unless they were never used
-            try:
-                self.client.secrets.get(name).remove()
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as err:
-                problems.append(f"secret {name}: {err}")
+        problems = remove_stack(self.client, self.name)  # the secrets too: they carry the stack's label
         if self.router_label_added:
             remove_router_label(self.client)
             self.router_label_added = False
         return problems
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
 
 
 _help_text: str | None = None

@@ -8,14 +8,13 @@ through a `LabSwarm`, so it is labelled and removed after.
 
 from __future__ import annotations
 
-import io
-import time
 import uuid
 from pathlib import Path
 
 from bluegreen.model import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_PREFIX
+from lab import stack as lab_stack
 from tests.support import lab
-from tests.support.load import HostLoad, LoadResult
+from tests.support.load import HostLoad
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_IMAGE = "swarmshift-nginx:lab"
@@ -25,10 +24,8 @@ FAILURE_THRESHOLD = 2
 
 
 def derived_image(client, tag: str, env: dict[str, str]) -> str:
-    """A demo image with other defaults baked in: a deploy changes only the image."""
-    lines = [f"FROM {lab.DEMO_IMAGE}", f"LABEL {lab.LABEL}=image"] + [f"ENV {k}={v}" for k, v in env.items()]
-    client.images.build(fileobj=io.BytesIO("\n".join(lines).encode()), tag=tag, rm=True)
-    return tag
+    """A demo image with other defaults baked in (a deploy changes only the image), labelled as the suite's."""
+    return lab_stack.derived_image(client, tag, env, labels={lab.LABEL: "image"})
 
 
 def release_images(client) -> dict[str, str]:
@@ -108,7 +105,7 @@ class Stack:
     def serves(self, version: str, count: int = 5) -> bool:
         """Whether `count` requests in a row through nginx all answer 200 from `version`."""
         probe = HostLoad(self.port, "/", rate=200, max_seconds=5, max_requests=count, workers=1).start()
-        result = wait_done(probe)
+        result = probe.wait()
         return result.statuses.get(200, 0) == count and {v for _, _, v in result.bodies} == {version}
 
 
@@ -127,10 +124,3 @@ def wait_phase(daemon, app: str, phases: set[str], timeout: float) -> dict:
         return view if view.get("phase") in phases else None
 
     return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
-
-
-def wait_done(load: HostLoad) -> LoadResult:
-    deadline = time.monotonic() + load.max_seconds + 5
-    while time.monotonic() < deadline and any(t.is_alive() for t in load._threads):
-        time.sleep(0.02)
-    return load.stop()

@@ -34,10 +34,10 @@ from bluegreen.model import (
     STATE_PREFIX,
     STRATEGY_LABEL,
 )
-from lab.common import json_lines
+from lab.common import answers, json_lines
 from tests.support import lab
 from tests.support.bluegreen import with_overrides
-from tests.support.load import HostLoad, LoadResult
+from tests.support.load import HostLoad
 from tests.support.swarmshift_proc import BlueGreenDaemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,18 +254,8 @@ class ControllerService(BlueGreenDaemon):
         return text or "(no log)"
 
     def wait_http(self, url: str, timeout: float = 60) -> None:
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=3) as resp:
-                    return resp.status == 200
-            except (OSError, urllib.error.HTTPError):
-                return False
-
         try:
-            lab.wait_for(f"the controller service to answer {url}", answers, timeout, interval=0.3)
+            lab.wait_for(f"the controller service to answer {url}", lambda: answers(url), timeout, interval=0.3)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{self.log_tail(40)}") from None
 
-
-def wait_done(load: HostLoad) -> LoadResult:
-    return load.wait()
