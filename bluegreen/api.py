@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bluegreen.apps import Color
 from bluegreen.controller import BrokenApp, Busy, UnknownApp
-from bluegreen.model import Color
 from bluegreen.phases import Refused
 from bluegreen.routers import RouterError
 from swarmshift import alerts, logs

@@ -139,7 +139,8 @@ def check(config_path) -> None:
     except DockerUnavailable as err:
         click.echo(f"cannot list services: {err}", err=True)
         sys.exit(EXIT_FAILED)
-    from bluegreen.model import APP_LABEL, discover
+    from bluegreen.apps import discover
+    from bluegreen.labels import APP_LABEL
 
     problems = check_app_labels(services, cfg)
     for line in problems:

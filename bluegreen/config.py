@@ -16,23 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from bluegreen.model import (
-    PREVIEW_RULE_LABEL,
-    RULE_LABEL,
-    STATE_KEYS,
-    STRATEGY_LABEL,
-    App,
-    AppDefaults,
-    AppState,
-    Color,
-    Labelled,
-    Strategy,
-    discover,
-    parse_rule,
-    rule_hosts,
-    validate_steps,
-)
+from bluegreen.apps import App, AppDefaults, Color, Labelled, Strategy, discover
+from bluegreen.labels import PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS, STRATEGY_LABEL
 from bluegreen.phases import CheckResult, Settings
+from bluegreen.rules import Rule
+from bluegreen.state import AppState, validate_steps
 from swarmshift.config import CommaList, Duration, IntList, LabelSelector, Strict, selects
 from swarmshift.http import ListenAddress
 from swarmshift.notify import NotifySettings
@@ -216,7 +204,7 @@ class DefaultsSettings(Strict):
     @classmethod
     def _rule(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_rule(value.replace("{app}", "app"))
+            Rule.parse(value.replace("{app}", "app"))
         return value
 
     @field_validator("health_path")
@@ -429,7 +417,7 @@ def app_problems(app: App, config: BlueGreenConfig) -> list[str]:
         problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
                         "all traffic at once (got 'progressive')")
     for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
-        if rule is not None and rule_hosts(parse_rule(rule)) is None:
+        if rule is not None and rule.hosts is None:
             problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
-                            f"joined by || (got {rule!r})")
+                            f"joined by || (got {rule.text!r})")
     return problems

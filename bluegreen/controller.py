@@ -27,23 +27,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bluegreen.apps import App, Color, discover
 from bluegreen.config import BlueGreenConfig, PromCheck, app_problems
-from bluegreen.model import (
-    APP_LABEL,
-    LOCK_LABEL,
-    App,
-    AppState,
-    Color,
-    Loaded,
-    Operation,
-    Phase,
-    Result,
-    Routing,
-    discover,
-    format_time,
-    load_state,
-    new_deploy_id,
-)
+from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import (
     CheckResult,
     ColorStatus,
@@ -64,6 +50,17 @@ from bluegreen.phases import (
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
 from bluegreen.routers.traefik_file import document, merge
+from bluegreen.state import (
+    AppState,
+    Loaded,
+    Operation,
+    Phase,
+    Result,
+    Routing,
+    format_time,
+    load_state,
+    new_deploy_id,
+)
 from bluegreen.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.alerts import Notification
@@ -799,7 +796,8 @@ class Controller:
             "route_error": rt.route_error,
             "probe": rt.probe,
             "problems": [*reading.problems, *reading.loaded.problems],
-            "app_config": {"port": app.port, "rule": app.rule, "preview_rule": app.preview_rule,
+            "app_config": {"port": app.port, "rule": str(app.rule),
+                           "preview_rule": str(app.preview_rule) if app.preview_rule else None,
                            "health_path": app.health_path, "strategy": app.strategy.value},
         }
 

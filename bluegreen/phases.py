@@ -40,19 +40,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
-from bluegreen.model import (
-    LOCK_LABEL,
-    AppState,
-    Color,
-    Deploy,
-    Operation,
-    Phase,
-    Result,
-    Routing,
-    Strategy,
-    new_deploy_id,
-    same_image,
-)
+from bluegreen.apps import Color, Strategy, same_image
+from bluegreen.labels import LOCK_LABEL
+from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, new_deploy_id
 from swarmshift.config import format_duration
 
 AlertPolicy = Literal["verification", "always", "never"]

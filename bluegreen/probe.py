@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bluegreen.apps import App, Color
 from bluegreen.config import ProbeSettings
-from bluegreen.model import App, Color, Routing, parse_rule, rule_hosts
 from bluegreen.phases import Probe, ProbeOutcome
+from bluegreen.state import Routing
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -44,13 +45,6 @@ class _Target:
 
 class _Unreachable(Exception):
     pass
-
-
-def _first_host(rule: str | None) -> str | None:
-    if not rule:
-        return None
-    hosts = rule_hosts(parse_rule(rule))
-    return hosts[0] if hosts else None
 
 
 class Prober:
@@ -120,9 +114,9 @@ class Prober:
         if routed is None:
             raise _Unreachable("the router reports no routing for the app, so no route reaches any color")
         if routed.weight(color) == 100:
-            url, host, label = self.settings.route_url(app.name, preview=False), _first_host(app.rule), "main route"
+            url, host, label = self.settings.route_url(app.name, preview=False), app.rule.first_host, "main route"
         elif routed.preview is color and app.preview_rule:
-            url, host, label = (self.settings.route_url(app.name, preview=True), _first_host(app.preview_rule),
+            url, host, label = (self.settings.route_url(app.name, preview=True), app.preview_rule.first_host,
                                 "preview route")
         else:
             raise _Unreachable(f"no route serves {color} alone ({routed}); a preview rule lets the controller "

@@ -6,7 +6,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from bluegreen.model import Color, Phase
+from bluegreen.apps import Color
+from bluegreen.state import Phase
 
 disable_created_metrics()
 

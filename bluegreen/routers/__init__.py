@@ -16,7 +16,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from bluegreen.model import App, Routing
+from bluegreen.apps import App
+from bluegreen.state import Routing
 
 if TYPE_CHECKING:
     from bluegreen.config import RouterSettings

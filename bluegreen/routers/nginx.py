@@ -49,9 +49,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from bluegreen.model import App, Color, Routing, parse_rule, rule_hosts
+from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
 from bluegreen.routers.traefik_file import write_atomic
+from bluegreen.rules import Rule
+from bluegreen.state import Routing
 
 if TYPE_CHECKING:
     from bluegreen.config import NginxSettings
@@ -83,11 +85,11 @@ def _seconds(value: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
-def hosts(rule: str) -> tuple[str, ...]:
+def hosts(rule: Rule) -> tuple[str, ...]:
     """The server names of a Host(`…`) [|| Host(`…`)] rule; RouterError for any other rule."""
-    found = rule_hosts(parse_rule(rule))
+    found = rule.hosts
     if not found:
-        raise RouterError(f"the nginx router needs a rule of Host(`…`) matchers joined by || (got {rule!r})")
+        raise RouterError(f"the nginx router needs a rule of Host(`…`) matchers joined by || (got {rule.text!r})")
     for host in found:
         if not _HOST.match(host):
             raise RouterError(f"not a host name nginx takes: {host!r}")

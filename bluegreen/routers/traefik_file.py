@@ -59,8 +59,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bluegreen.model import App, Color, Routing, RuleError, parse_rule
+from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError, poll_until
+from bluegreen.rules import RuleError, parse_rule
+from bluegreen.state import Routing
 
 HEADER = "# Managed by swarmshift (blue-green controller): rewritten on every switch; do not edit.\n"
 # The routing is repeated in a comment: without a preview rule the document has no preview
@@ -89,11 +91,11 @@ def document(app: App, routing: Routing, *, entrypoints: Iterable[str] = ("web",
     entrypoints = tuple(entrypoints)
     # Each router gets its own list: a shared one would come out as a YAML anchor and alias.
     routers: dict[str, Any] = {
-        app.name: {"rule": app.rule, "entryPoints": list(entrypoints), "service": app.name},
+        app.name: {"rule": str(app.rule), "entryPoints": list(entrypoints), "service": app.name},
     }
     if app.preview_rule:
         routers[preview_router(app.name)] = {
-            "rule": app.preview_rule,
+            "rule": str(app.preview_rule),
             "entryPoints": list(entrypoints),
             "service": color_service(app.name, routing.preview),
         }
@@ -128,11 +130,8 @@ def trial_app(app: App) -> App:
     """The app under its trial names, its rules narrowed to requests with a header only the controller knows."""
     token = secrets.token_hex(8)
 
-    def narrowed(rule: str | None) -> str | None:
-        return None if rule is None else f"({rule}) && Header(`{TRIAL_HEADER}`, `{token}`)"
-
-    return dataclasses.replace(app, name=f"{app.name}{TRIAL_SUFFIX}", rule=narrowed(app.rule),
-                               preview_rule=narrowed(app.preview_rule))
+    return dataclasses.replace(app, name=f"{app.name}{TRIAL_SUFFIX}", rule=app.rule.narrowed(TRIAL_HEADER, token),
+                               preview_rule=app.preview_rule.narrowed(TRIAL_HEADER, token) if app.preview_rule else None)
 
 
 def shape(doc: Mapping[str, Any]) -> str:

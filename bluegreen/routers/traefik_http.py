@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bluegreen.model import App, Routing
+from bluegreen.apps import App
 from bluegreen.routers import RouterError
 from bluegreen.routers.traefik_file import (
     TRIAL_SUFFIX,
@@ -25,6 +25,7 @@ from bluegreen.routers.traefik_file import (
     document,
     merge,
 )
+from bluegreen.state import Routing
 
 
 class TraefikHTTPRouter:

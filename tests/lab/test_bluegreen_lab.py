@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bluegreen.model import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL
+from bluegreen.labels import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL
 from tests.conftest import shared_file
 from tests.support import lab
 from tests.support.bluegreen import (

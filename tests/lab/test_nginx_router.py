@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from bluegreen.model import App, Color, Routing
+from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
 from bluegreen.routers.nginx import NginxRouter, command, signal_pid_file
+from bluegreen.state import Routing
 from tests.support.load import HostLoad
 
 NGINX = "/usr/sbin/nginx"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from bluegreen.model import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_PREFIX
+from bluegreen.labels import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_PREFIX
 from lab import stack as lab_stack
 from tests.support import lab
 from tests.support.load import HostLoad

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bluegreen.model import (
+from bluegreen.labels import (
     APP_LABEL,
     COLOR_LABEL,
     PORT_LABEL,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bluegreen.apps import Color, Strategy
 from bluegreen.config import BlueGreenConfig, PromCheck, check_app_labels
-from bluegreen.model import Color, Strategy
 from bluegreen.phases import CheckResult, Settings
 from swarmshift.config import ConfigError, load
 
@@ -213,7 +213,7 @@ def test_the_nginx_router_takes_host_rules_only(labels, want):
 
 def test_strategy_labels_reach_the_app():
     config = BlueGreenConfig.model_validate({"defaults": {"strategy": "progressive", "rule": "Host(`x`)"}})
-    from bluegreen.model import discover
+    from bluegreen.apps import discover
 
     found = discover(app_services(), config.app_defaults())
     assert found.apps["web"].strategy is Strategy.PROGRESSIVE

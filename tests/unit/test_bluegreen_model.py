@@ -6,34 +6,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bluegreen.model import (
-    IDLE_LOCK,
-    STATE_KEYS,
-    AllOf,
-    AnyOf,
-    App,
-    AppDefaults,
+from bluegreen.apps import App, AppDefaults, Color, Strategy, discover, same_image
+from bluegreen.labels import IDLE_LOCK, STATE_KEYS
+from bluegreen.rules import AllOf, AnyOf, Matcher, Not, RuleError, parse_rule, rule_hosts
+from bluegreen.state import (
     AppState,
-    Color,
     Deploy,
-    Matcher,
-    Not,
     Operation,
     Phase,
     Result,
     Routing,
-    RuleError,
-    Strategy,
     choose_state,
-    discover,
     format_time,
     infer_state,
     load_state,
     new_deploy_id,
-    parse_rule,
     parse_time,
-    rule_hosts,
-    same_image,
 )
 
 NOW = 1_750_000_000.125

@@ -12,10 +12,11 @@ import sys
 
 import pytest
 
+from bluegreen.apps import App, Color
 from bluegreen.config import NginxSettings
-from bluegreen.model import App, Color, Routing
 from bluegreen.routers import RouterError
 from bluegreen.routers.nginx import NginxRouter, command, parse_routing, signal_pid_file
+from bluegreen.state import Routing
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`) || Host(`www.example.com`)",
           preview_rule="Host(`preview.example.com`)")

@@ -12,21 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from bluegreen.model import (
-    IDLE_LOCK,
-    LOCK_LABEL,
-    STATE_KEYS,
-    App,
-    AppState,
-    Color,
-    Deploy,
-    Operation,
-    Phase,
-    Result,
-    Routing,
-    Strategy,
-    load_state,
-)
+from bluegreen.apps import App, Color, Strategy
+from bluegreen.labels import IDLE_LOCK, LOCK_LABEL, STATE_KEYS
 from bluegreen.phases import (
     CheckResult,
     ColorStatus,
@@ -50,6 +37,7 @@ from bluegreen.phases import (
     start_rollback,
     start_switch,
 )
+from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, load_state
 
 T = 1_750_000_000.0
 S = Settings(probe_interval=1, healthy_threshold=3, failure_threshold=2, wait_timeout=30, precheck_timeout=20,

@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from bluegreen.apps import App, Color
 from bluegreen.config import ProbeSettings
-from bluegreen.model import App, Color, Routing
 from bluegreen.phases import ProbeOutcome
 from bluegreen.probe import Prober
+from bluegreen.state import Routing
 
 
 class Server:

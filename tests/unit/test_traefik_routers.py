@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from bluegreen.model import App, Color, Routing
+from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
 from bluegreen.routers.traefik_file import (
     TraefikAPI,
@@ -20,6 +20,7 @@ from bluegreen.routers.traefik_file import (
     parse_file,
 )
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
+from bluegreen.state import Routing
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)",
           preview_rule="Host(`preview.web.example.com`)")

@@ -12,10 +12,11 @@ import jsonschema
 import pytest
 import yaml
 
-from bluegreen.model import App, Color, Routing
+from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
 from bluegreen.routers.traefik_file import TraefikFileRouter, check_document, document, merge
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
+from bluegreen.state import Routing
 from tests.conftest import ROOT, shared_file
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)",

@@ -1,0 +1,423 @@
+"""The deploy state: routing (with its one text codec), phases, deploys, and the state kept in labels.
+
+Where the state lives, and why it survives anything:
+
+- Both colors carry the full state (`AppState.to_labels()`), each copy stamped with a
+  generation number that grows by one on every change. The copy with the highest generation
+  is authoritative (`choose_state`). The controller writes one color and then the other, so a
+  kill between the two writes leaves one newer copy, which wins.
+- A state change is written to Swarm *before* its side effects run (see `bluegreen.phases`),
+  and a side effect that changes a service travels in the same service update as the state.
+- `docker stack deploy` of one color's stack replaces that service's labels: the other color
+  still holds the state, and the controller writes it back. When both copies are gone,
+  `infer_state` rebuilds a Stable state from what is observable: the routing the proxy has
+  loaded, else the only color with replicas, else blue.
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from bluegreen.apps import App, Color
+from bluegreen.labels import (
+    DEPLOY_PREFIX,
+    IDLE_LOCK,
+    K_ACTIVE,
+    K_DEPLOY_FAILURES,
+    K_DEPLOY_FORCE,
+    K_DEPLOY_ID,
+    K_DEPLOY_IMAGE,
+    K_DEPLOY_KIND,
+    K_DEPLOY_PREVIOUS,
+    K_DEPLOY_REASON,
+    K_DEPLOY_SOURCE,
+    K_DEPLOY_STARTED,
+    K_DEPLOY_STEP,
+    K_DEPLOY_STEPS,
+    K_GENERATION,
+    K_PHASE,
+    K_RESULT,
+    K_RETIRE_AT,
+    K_SINCE,
+    STATE_KEYS,
+    problem,
+)
+
+_REASON_MAX = 400  # labels are not a log: keep the reason readable in `docker service inspect`
+_ROUTING = re.compile(r"^blue=(\d+) green=(\d+) preview=(blue|green)$")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a router sends where: percent weights of the app's rule, and the color its preview rule serves."""
+
+    blue: int
+    green: int
+    preview: Color
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.blue <= 100 and 0 <= self.green <= 100 and self.blue + self.green == 100):
+            raise ValueError(f"weights must be 0-100 and add up to 100 (got blue={self.blue} green={self.green})")
+
+    @classmethod
+    def all_to(cls, color: Color) -> Routing:
+        """All traffic to `color`; the preview rule serves the other one."""
+        return cls.toward(color, 100, preview=color.other)
+
+    @classmethod
+    def toward(cls, target: Color, percent: int, preview: Color | None = None) -> Routing:
+        """`percent` of the traffic to `target`, the rest to the other color; preview on `target` unless told."""
+        rest = 100 - percent
+        blue, green = (percent, rest) if target is Color.BLUE else (rest, percent)
+        return cls(blue=blue, green=green, preview=target if preview is None else preview)
+
+    def weight(self, color: Color) -> int:
+        return self.blue if color is Color.BLUE else self.green
+
+    @property
+    def single(self) -> Color | None:
+        """The color that takes all traffic, if one does."""
+        return Color.BLUE if self.blue == 100 else Color.GREEN if self.green == 100 else None
+
+    def __str__(self) -> str:
+        """The routing's one text form, which `parse` reads back: `blue=100 green=0 preview=green`."""
+        return f"blue={self.blue} green={self.green} preview={self.preview}"
+
+    @classmethod
+    def parse(cls, text: str) -> Routing:
+        """The routing `str(routing)` wrote; ValueError for any other text."""
+        match = _ROUTING.match(text.strip())
+        if not match:
+            raise ValueError(f"not a routing such as blue=100 green=0 preview=green (got {text!r})")
+        return cls(blue=int(match.group(1)), green=int(match.group(2)), preview=Color(match.group(3)))
+
+
+
+
+class Phase(StrEnum):
+    """Where an app is. `status` prints these; the deploy flow goes top to bottom."""
+
+    STABLE = "Stable"  # all traffic on the active color, nothing in flight
+    PREPARING = "Preparing"  # idle color gets the new image and the active color's replica count
+    WAITING = "Waiting"  # for every task of the idle color to run and be Docker-healthy
+    PRECHECKS = "PreChecks"  # healthy_threshold probes in a row, plus PromQL checks, before any traffic
+    SWITCHING = "Switching"  # the router is told the new weights; left when it confirms them
+    PROGRESSING = "Progressing"  # progressive mode: verifying a partial weight step
+    VERIFYING = "Verifying"  # all traffic on the new color, under verification
+    ROLLING_BACK = "RollingBack"  # traffic returns to the previous color
+    ROLLED_BACK = "RolledBack"  # the deploy failed after traffic moved; traffic is back
+    FAILED = "Failed"  # the deploy failed before traffic moved; the active color was never touched
+
+    @property
+    def in_flight(self) -> bool:
+        return self not in (Phase.STABLE, Phase.ROLLED_BACK, Phase.FAILED)
+
+    @property
+    def moves_traffic(self) -> bool:
+        """Phases whose routing sends traffic toward the deploy's target color."""
+        return self in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING)
+
+
+class Operation(StrEnum):
+    DEPLOY = "deploy"  # a new image to the idle color
+    SWITCH = "switch"  # move traffic to the other color as it is
+    ROLLBACK = "rollback"  # return to the previous color
+
+
+class Result(StrEnum):
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """One operation on an app: the current one while in flight, else the last one."""
+
+    id: str
+    kind: Operation
+    source: Color  # held the traffic when the operation started
+    image: str  # what the target color runs (for a switch: what it ran already)
+    previous_image: str  # what the source color runs
+    started_at: float
+    steps: tuple[int, ...] = (100,)  # percent of traffic on the target per step; the last is 100
+    step: int = 0
+    failures: int = 0  # failed verification rounds so far; stored, so a restart never forgets one
+    reason: str = ""  # why it failed or was rolled back
+    force: bool = False  # a forced switch skips the health gate and the verification
+
+    @property
+    def target(self) -> Color:
+        return self.source.other
+
+    @property
+    def percent(self) -> int:
+        return self.steps[self.step]
+
+
+@dataclass(frozen=True)
+class AppState:
+    """Everything the controller must know about an app to continue after a restart."""
+
+    active: Color  # the color of record: verified, and where traffic rests outside a switch
+    phase: Phase = Phase.STABLE
+    since: float = 0.0  # when the phase began (wall clock, seconds since the epoch)
+    generation: int = 0
+    deploy: Deploy | None = None
+    result: Result | None = None  # of the last finished operation
+    retire_at: float | None = None  # when the color without traffic (active.other) is scaled to 0
+
+    def routing(self) -> Routing:
+        """The routing this state calls for; regenerating it is always safe."""
+        if self.phase.moves_traffic and self.deploy is not None:
+            d = self.deploy
+            # The preview serves the color under test while it shares traffic, then the idle one.
+            return Routing.toward(d.target, d.percent, preview=d.target if d.percent < 100 else d.source)
+        # Outside a switch the preview serves the color without traffic: before a switch that is
+        # the color being deployed, so people can try it; after a rollback, the failed one.
+        return Routing.all_to(self.active)
+
+    def locks(self) -> dict[Color, str | None]:
+        """The autoscaler lock each color should carry."""
+        if self.phase.in_flight and self.deploy is not None:
+            return {Color.BLUE: self.deploy.id, Color.GREEN: self.deploy.id}
+        return {self.active: None, self.active.other: IDLE_LOCK}
+
+    def to_labels(self) -> dict[str, str | None]:
+        """Every state label, with None for the absent ones so that a write removes stale values."""
+        labels: dict[str, str | None] = dict.fromkeys(STATE_KEYS)
+        labels[K_GENERATION] = str(self.generation)
+        labels[K_ACTIVE] = self.active.value
+        labels[K_PHASE] = self.phase.value
+        labels[K_SINCE] = format_time(self.since)
+        if self.result is not None:
+            labels[K_RESULT] = self.result.value
+        if self.retire_at is not None:
+            labels[K_RETIRE_AT] = format_time(self.retire_at)
+        if self.deploy is not None:
+            d = self.deploy
+            labels.update({
+                K_DEPLOY_ID: d.id,
+                K_DEPLOY_KIND: d.kind.value,
+                K_DEPLOY_SOURCE: d.source.value,
+                K_DEPLOY_IMAGE: d.image,
+                K_DEPLOY_PREVIOUS: d.previous_image,
+                K_DEPLOY_STARTED: format_time(d.started_at),
+                K_DEPLOY_STEPS: ",".join(str(s) for s in d.steps),
+                K_DEPLOY_STEP: str(d.step),
+                K_DEPLOY_FAILURES: str(d.failures),
+                K_DEPLOY_FORCE: "true" if d.force else "false",
+                K_DEPLOY_REASON: _one_line(d.reason) or None,
+            })
+        return labels
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str], service: str) -> tuple[AppState | None, list[str]]:
+        """The state stored on one service: (None, []) when it has none, (None, problems) when it is bad."""
+        present = {k: v for k, v in labels.items() if k in STATE_KEYS}
+        if not present:
+            return None, []
+        reader = _LabelReader(present, service)
+        generation = reader.integer(K_GENERATION, required=True, minimum=0)
+        active = reader.enum(K_ACTIVE, Color, required=True)
+        phase = reader.enum(K_PHASE, Phase, required=True)
+        since = reader.time(K_SINCE, required=True)
+        result = reader.enum(K_RESULT, Result)
+        retire_at = reader.time(K_RETIRE_AT)
+        deploy = None
+        if any(k.startswith(DEPLOY_PREFIX) for k in present):
+            steps = reader.steps(K_DEPLOY_STEPS)
+            step = reader.integer(K_DEPLOY_STEP, required=True, minimum=0)
+            if steps is not None and step is not None and step >= len(steps):
+                reader.problems.append(problem(service, K_DEPLOY_STEP, f"beyond the {len(steps)} steps",
+                                                present[K_DEPLOY_STEP]))
+            deploy_fields = dict(
+                id=reader.text(K_DEPLOY_ID),
+                kind=reader.enum(K_DEPLOY_KIND, Operation, required=True),
+                source=reader.enum(K_DEPLOY_SOURCE, Color, required=True),
+                image=reader.text(K_DEPLOY_IMAGE),
+                previous_image=reader.text(K_DEPLOY_PREVIOUS),
+                started_at=reader.time(K_DEPLOY_STARTED, required=True),
+                steps=steps,
+                step=step,
+                failures=reader.integer(K_DEPLOY_FAILURES, required=True, minimum=0),
+                reason=present.get(K_DEPLOY_REASON, ""),
+                force=reader.boolean(K_DEPLOY_FORCE),
+            )
+            if not reader.problems:
+                deploy = Deploy(**deploy_fields)  # type: ignore[arg-type]
+        if phase is not None and phase.in_flight and deploy is None and not reader.problems:
+            reader.problems.append(problem(service, K_PHASE, "a deploy phase without the deploy's labels",
+                                            present[K_PHASE]))
+        if reader.problems:
+            return None, reader.problems
+        assert generation is not None and active is not None and phase is not None and since is not None
+        return cls(active=active, phase=phase, since=since, generation=generation, deploy=deploy,
+                   result=result, retire_at=retire_at), []
+
+    def evolve(self, **changes: object) -> AppState:
+        """A copy with `changes` and the next generation: every change to the state is a new generation."""
+        return replace(self, generation=self.generation + 1, **changes)  # type: ignore[arg-type]
+
+
+class _LabelReader:
+    """Reads typed values from state labels, collecting one problem line per bad label."""
+
+    def __init__(self, labels: Mapping[str, str], service: str) -> None:
+        self.labels, self.service = labels, service
+        self.problems: list[str] = []
+
+    def _raw(self, key: str, required: bool) -> str | None:
+        value = self.labels.get(key)
+        if value is None and required:
+            self.problems.append(problem(self.service, key, "missing: the other state labels are present"))
+        return value
+
+    def text(self, key: str) -> str | None:
+        value = self._raw(key, True)
+        if value == "":
+            self.problems.append(problem(self.service, key, "empty", value))
+        return value
+
+    def integer(self, key: str, *, required: bool = False, minimum: int = 0) -> int | None:
+        value = self._raw(key, required)
+        if value is None:
+            return None
+        if not value.isdigit() or int(value) < minimum:
+            self.problems.append(problem(self.service, key, f"expected a whole number >= {minimum}", value))
+            return None
+        return int(value)
+
+    def enum(self, key: str, kind: type[StrEnum], *, required: bool = False):  # noqa: ANN201 - the enum given
+        value = self._raw(key, required)
+        if value is None:
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            self.problems.append(problem(self.service, key, f"expected one of {', '.join(kind)}", value))
+            return None
+
+    def time(self, key: str, *, required: bool = False) -> float | None:
+        value = self._raw(key, required)
+        if value is None:
+            return None
+        try:
+            return parse_time(value)
+        except ValueError:
+            self.problems.append(problem(self.service, key, "expected a UTC time such as 2025-01-31T12:00:00.000Z",
+                                          value))
+            return None
+
+    def boolean(self, key: str) -> bool:
+        value = self._raw(key, False)
+        if value in (None, "false"):
+            return False
+        if value == "true":
+            return True
+        self.problems.append(problem(self.service, key, "expected true or false", value))
+        return False
+
+    def steps(self, key: str) -> tuple[int, ...] | None:
+        value = self._raw(key, True)
+        if value is None:
+            return None
+        try:
+            steps = tuple(int(part) for part in value.split(","))
+            validate_steps(steps)
+        except ValueError as err:
+            message = str(err) if "step" in str(err) else "expected percentages such as 10,50,100"
+            self.problems.append(problem(self.service, key, message, value))
+            return None
+        return steps
+
+
+def validate_steps(steps: tuple[int, ...] | list[int]) -> None:
+    """Weight steps rise strictly within 1-100 and end at 100, or ValueError."""
+    if not steps:
+        raise ValueError("at least one step is needed")
+    if any(not 1 <= s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError("steps must rise strictly, each from 1 to 100")
+    if steps[-1] != 100:
+        raise ValueError("the last step must be 100")
+
+
+def format_time(ts: float) -> str:
+    """UTC with milliseconds: readable in `docker service inspect`, exact enough for a state."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(round(ts * 1000)) % 1000:03d}Z"
+
+
+def parse_time(text: str) -> float:
+    if not text.endswith("Z"):
+        raise ValueError("expected a UTC time ending in Z")
+    return round(datetime.fromisoformat(text[:-1] + "+00:00").timestamp(), 3)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
+
+
+def new_deploy_id(app: str, now: float, token: str | None = None) -> str:
+    """A deploy id that says what and when: `web-20250131T120000-3fa2`."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{app}-{stamp}-{token or secrets.token_hex(2)}"
+
+
+def choose_state(stored: Mapping[Color, AppState | None]) -> AppState | None:
+    """The authoritative copy: the highest generation (blue's on a tie, which only a split brain makes)."""
+    copies = [(state.generation, color is Color.BLUE, state) for color, state in stored.items() if state is not None]
+    if not copies:
+        return None
+    return max(copies, key=lambda c: (c[0], c[1]))[2]
+
+
+def infer_state(replicas: Mapping[Color, int], routed: Routing | None, now: float) -> tuple[AppState, str]:
+    """A Stable state for an app whose state labels are gone on both colors, and why this color.
+
+    The loaded routing is the best witness, since it is what users get; then the only color
+    with replicas; then blue. Nothing moves: the state describes what already is.
+    """
+    if routed is not None and routed.single is not None:
+        active, why = routed.single, f"the router sends all traffic to {routed.single}"
+    elif replicas.get(Color.BLUE, 0) > 0 and replicas.get(Color.GREEN, 0) == 0:
+        active, why = Color.BLUE, "only blue has replicas"
+    elif replicas.get(Color.GREEN, 0) > 0 and replicas.get(Color.BLUE, 0) == 0:
+        active, why = Color.GREEN, "only green has replicas"
+    else:
+        active, why = Color.BLUE, "no routing and no single color with replicas: blue by convention"
+    return AppState(active=active, phase=Phase.STABLE, since=now, generation=1), why
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An app's state as reconciliation finds it in Swarm."""
+
+    state: AppState
+    stored: dict[Color, int | None]  # the generation each color holds now (None: no usable copy)
+    problems: list[str]  # bad state labels, one line each
+    adopted: str | None = None  # why the state was inferred, when neither color held a usable copy
+
+
+def load_state(app: App, labels: Mapping[Color, Mapping[str, str]], replicas: Mapping[Color, int],
+               routed: Routing | None, now: float) -> Loaded:
+    """The authoritative state of `app` from both colors' labels, inferred when both copies are gone."""
+    copies: dict[Color, AppState | None] = {}
+    problems: list[str] = []
+    for color in Color:
+        state, bad = AppState.from_labels(labels.get(color, {}), app.service(color))
+        copies[color] = state
+        problems.extend(bad)
+    stored = {color: state.generation if state else None for color, state in copies.items()}
+    chosen = choose_state(copies)
+    if chosen is not None:
+        return Loaded(chosen, stored, problems)
+    inferred, why = infer_state(replicas, routed, now)
+    return Loaded(inferred, stored, problems, adopted=why)
