@@ -49,7 +49,6 @@ from bluegreen.phases import (
 )
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
-from bluegreen.routers.traefik_file import document, merge
 from bluegreen.state import (
     AppState,
     Loaded,
@@ -191,9 +190,7 @@ class Controller:
             pending = [name for name, ok in zip(todo, done, strict=True) if not ok]
             if pending:
                 await asyncio.sleep(self.settings.probe_interval)
-        mark_ready = getattr(self.router, "mark_ready", None)
-        if mark_ready is not None:
-            mark_ready()  # the HTTP provider's document is complete only now
+        self.router.mark_ready()  # a document served for every app (Traefik's HTTP provider) is complete only now
         self._started = True
         for rt in self.apps.values():
             self._launch(rt)
@@ -802,20 +799,10 @@ class Controller:
         }
 
     def traefik_document(self) -> dict[str, Any]:
-        """The Traefik dynamic configuration for every app: what `GET /v1/traefik` serves.
-
-        The HTTP router serves what it holds; the file router, what it wrote; with nginx, the
-        document a Traefik would need for the same routing.
-        """
-        if self.router.kind == "traefik-http":
-            return self.router.document()  # type: ignore[attr-defined]
-        if self.router.kind == "traefik-file":
-            return self.router.merged()  # type: ignore[attr-defined]
-        t = self.config.router.traefik
-        docs = [document(rt.app, rt.state.routing(), entrypoints=t.entrypoints, health_interval=t.health_interval,
-                         health_timeout=t.health_timeout)
-                for rt in sorted(self.apps.values(), key=lambda r: r.name) if rt.state is not None and rt.app]
-        return merge(docs)
+        """The Traefik dynamic configuration for every app, as the router routes it: what `GET /v1/traefik` serves."""
+        routes = [(rt.app, rt.state.routing()) for rt in sorted(self.apps.values(), key=lambda r: r.name)
+                  if rt.state is not None and rt.app]
+        return self.router.traefik_document(routes)
 
 
 def _hurry(step: Step) -> bool:

@@ -43,15 +43,14 @@ import os
 import re
 import signal as signals
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from bluegreen.apps import App, Color
-from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_file import write_atomic
+from bluegreen.routers.base import HEADER, RouterError, routing_comment, routing_in, write_atomic
 from bluegreen.rules import Rule
 from bluegreen.state import Routing
 
@@ -61,9 +60,8 @@ if TYPE_CHECKING:
 
 Action = Callable[[], Awaitable[None]]
 Upstream = Callable[[App, Color], str]
+TraefikDocument = Callable[[Iterable[tuple[App, Routing]]], dict[str, Any]]
 
-HEADER = "# Managed by swarmshift (blue-green controller): rewritten on every switch; do not edit.\n"
-_ROUTING_LINE = re.compile(r"^# routing: blue=(\d+) green=(\d+) preview=(blue|green)$", re.MULTILINE)
 _NO_CONFIG = "# swarmshift: no config for this app yet\n"
 _ADDRESS = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
 _LISTEN = re.compile(r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):)?[0-9]{1,5}$")
@@ -202,6 +200,7 @@ class NginxRouter:
         server_snippet: str = "",
         confirm_timeout: float = 5.0,
         settle: float = 0.2,
+        traefik_document: TraefikDocument | None = None,
     ) -> None:
         for value, what in ((listen, "listen"), (status_listen, "status_listen")):
             if value is not None and not _LISTEN.match(str(value)):
@@ -221,12 +220,14 @@ class NginxRouter:
         self.server_snippet = server_snippet.strip()
         self.confirm_timeout = confirm_timeout
         self.settle = settle
+        self._traefik_document = traefik_document
         # nginx -t tests every app's file at once: one activation at a time, or one app's bad
         # candidate would fail another's test.
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: NginxSettings, *, swarm: Swarm | None = None) -> NginxRouter:
+    def from_settings(cls, settings: NginxSettings, *, swarm: Swarm | None = None,
+                      traefik_document: TraefikDocument | None = None) -> NginxRouter:
         if settings.service:
             if swarm is None:
                 raise ValueError("an nginx service needs the Swarm client")
@@ -243,6 +244,7 @@ class NginxRouter:
             resolver_valid=settings.resolver_valid, keepalive_timeout=settings.keepalive_timeout,
             status_listen=settings.status_listen, status_url=settings.status_url,
             server_snippet=settings.server_snippet, confirm_timeout=settings.confirm_timeout,
+            traefik_document=traefik_document,
         )
 
     def path(self, app: str) -> Path:
@@ -291,7 +293,7 @@ class NginxRouter:
         active = routing.single
         if active is None:
             raise RouterError(f"nginx cannot split traffic ({routing}); use a Traefik router for progressive mode")
-        out = [HEADER.rstrip("\n"), f"# routing: {routing}", f"# app {app.name}: traffic to {active}", ""]
+        out = [HEADER.rstrip("\n"), routing_comment(routing), f"# app {app.name}: traffic to {active}", ""]
         out += self._server(hosts(app.rule), self.upstream(app, active))
         if app.preview_rule:
             out += ["", f"# preview: {routing.preview}"]
@@ -399,7 +401,10 @@ class NginxRouter:
             return None
         if resp.status != 200 or not body.startswith(f"app={app.name} "):
             return None
-        return parse_routing("# routing: " + body.split(" ", 1)[1].strip())
+        try:
+            return Routing.parse(body.split(" ", 1)[1])
+        except ValueError:
+            return None
 
     async def confirm(self, app: App, routing: Routing) -> bool:
         """Whether nginx serves `routing` within `confirm_timeout`, and only it for `settle` seconds.
@@ -426,6 +431,15 @@ class NginxRouter:
                     return False
                 await asyncio.sleep(0.01)
 
+    def mark_ready(self) -> None:
+        """Nothing waits on start-up: nginx runs each app's file once it is tested and reloaded."""
+
+    def traefik_document(self, routes: Iterable[tuple[App, Routing]]) -> dict[str, Any]:
+        """The document a Traefik would need for the same routing (nginx itself reads none)."""
+        if self._traefik_document is None:
+            raise RouterError("this nginx router was built without Traefik settings")
+        return self._traefik_document(routes)
+
     async def close(self) -> None:
         """Nothing to release: each confirmation opens and closes its own HTTP session."""
 
@@ -437,10 +451,5 @@ def _status_session() -> aiohttp.ClientSession:
 
 
 def parse_routing(text: str) -> Routing | None:
-    match = _ROUTING_LINE.search(text)
-    if not match:
-        return None
-    try:
-        return Routing(blue=int(match.group(1)), green=int(match.group(2)), preview=Color(match.group(3)))
-    except ValueError:
-        return None
+    """The routing recorded in an app's config file."""
+    return routing_in(text)

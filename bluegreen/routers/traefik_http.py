@@ -15,51 +15,36 @@ from collections.abc import Iterable
 from typing import Any
 
 from bluegreen.apps import App
-from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_file import (
-    TRIAL_SUFFIX,
-    TraefikAPI,
-    Trials,
-    check_document,
-    confirm_loaded,
-    document,
-    merge,
-)
+from bluegreen.routers.base import RouterError
+from bluegreen.routers.traefik_api import TraefikAPI, TraefikRouter
+from bluegreen.routers.traefik_doc import TRIAL_SUFFIX, check_document, merge
 from bluegreen.state import Routing
 
 
-class TraefikHTTPRouter:
+class TraefikHTTPRouter(TraefikRouter):
     kind = "traefik-http"
 
     def __init__(self, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
                  health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 15.0) -> None:
-        self.entrypoints = tuple(entrypoints)
-        self.health_interval = health_interval
-        self.health_timeout = health_timeout
-        self.api = api
-        self.confirm_timeout = confirm_timeout
+        super().__init__(entrypoints=entrypoints, health_interval=health_interval, health_timeout=health_timeout,
+                         api=api, confirm_timeout=confirm_timeout)
         self._routes: dict[str, tuple[App, Routing]] = {}
         self._documents: dict[str, dict[str, Any]] = {}
         self._previous: dict[str, tuple[tuple[App, Routing], dict[str, Any]] | None] = {}
-        self.trials = Trials(api, confirm_timeout)
         self.ready = False
         self.revision = 0  # grows with every change, for an ETag or a log line
-
-    def document_for(self, app: App, routing: Routing) -> dict[str, Any]:
-        return document(app, routing, entrypoints=self.entrypoints, health_interval=self.health_interval,
-                        health_timeout=self.health_timeout)
 
     async def apply(self, app: App, routing: Routing) -> None:
         if self._routes.get(app.name) == (app, routing):
             return
-        doc = self.document_for(app, routing)
-        check_document(doc)
+        doc = self.app_document(app, routing)
+        check_document(doc, rules=False)  # every rule served was parsed at discovery
         others = [d for name, d in self._documents.items() if name != app.name]
         merged = merge([*others, doc])  # a name clash with another app fails here, before serving it
-        check_document(merged)
+        check_document(merged, rules=False)
         if self.trials.needed(app, doc) and self.ready:
             trial_name = f"{app.name}{TRIAL_SUFFIX}"
-            await self.trials.run(app, routing, self.document_for,
+            await self.trials.run(app, routing, self.app_document,
                                   lambda trial: self._serve(trial_name, trial),
                                   lambda: self._serve(trial_name, None))
         old = self._routes.get(app.name)
@@ -85,20 +70,18 @@ class TraefikHTTPRouter:
             raise RouterError("the routing is not rebuilt yet after start-up")
         return merge(self._documents[name] for name in sorted(self._documents))
 
-    async def read(self, app: App) -> Routing | None:
+    def traefik_document(self, routes: Iterable[tuple[App, Routing]]) -> dict[str, Any]:
+        """What this router serves Traefik's HTTP provider; RouterError until `mark_ready()`."""
+        return self.document()
+
+    async def written(self, app: App) -> Routing | None:
         served = self._routes.get(app.name)
-        written = served[1] if served else None
-        if self.api is None:
-            return written
-        try:
-            return await self.api.loaded(app, fallback_preview=written.preview if written else None)
-        except RouterError:
-            return None
+        return served[1] if served else None
 
     async def confirm(self, app: App, routing: Routing) -> bool:
         if not self.ready:
             return False  # Traefik cannot have fetched it: the document is refused until mark_ready()
-        return await confirm_loaded(self, app, routing, self._documents.get(app.name), self._put_back)
+        return await self._confirm_loaded(app, routing, self._documents.get(app.name), self._put_back)
 
     async def _put_back(self, app: App) -> None:
         previous = self._previous.pop(app.name, None)
@@ -113,7 +96,3 @@ class TraefikHTTPRouter:
         if self._routes.pop(app, None) is not None:
             self._documents.pop(app, None)
             self.revision += 1
-
-    async def close(self) -> None:
-        if self.api is not None:
-            await self.api.close()

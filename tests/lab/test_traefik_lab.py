@@ -318,7 +318,7 @@ def test_a_bad_file_freezes_traefiks_file_provider_whole_and_no_bad_file_is_ever
 
     import yaml
 
-    from bluegreen.routers.traefik_file import check_document
+    from bluegreen.routers.traefik_doc import check_document
     from tests.support.swarmshift_proc import SWARMSHIFT
 
     stack = TraefikStack(swarm, tmp_path, images, green_replicas=2)

@@ -13,12 +13,9 @@ import pytest
 
 from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_file import (
-    TraefikAPI,
-    TraefikFileRouter,
-    go_duration,
-    parse_file,
-)
+from bluegreen.routers.traefik_api import TraefikAPI
+from bluegreen.routers.traefik_doc import go_duration, parse_file
+from bluegreen.routers.traefik_file import TraefikFileRouter
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
 from bluegreen.state import Routing
 

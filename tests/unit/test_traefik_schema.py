@@ -14,7 +14,8 @@ import yaml
 
 from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_file import TraefikFileRouter, check_document, document, merge
+from bluegreen.routers.traefik_doc import check_document, document, merge
+from bluegreen.routers.traefik_file import TraefikFileRouter
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
 from bluegreen.state import Routing
 from tests.conftest import ROOT, shared_file
