@@ -39,13 +39,23 @@ from autoscaler.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification
 from swarmshift.config import selects
+from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
-from swarmshift.swarm import DockerUnavailable, NotFound, Service, Swarm, SwarmError, Task, VersionConflict
+from swarmshift.swarm import (
+    DockerUnavailable,
+    Edit,
+    NotFound,
+    Service,
+    SwarmAccess,
+    SwarmError,
+    Task,
+    VersionConflict,
+)
 
 log = logs.get("autoscaler")
 
 # The blue-green controller puts this label on both colors of an app during a deploy.
-LOCK_LABEL = "swarmshift.bluegreen.lock"
+LOCK_LABEL = BLUEGREEN_LOCK_LABEL
 NO_SUITABLE_NODE = "no suitable node"
 
 
@@ -97,7 +107,7 @@ class AlertResult:
 class Autoscaler:
     def __init__(
         self,
-        swarm: Swarm,
+        swarm: SwarmAccess,
         source: MetricsSource,
         policy_file: PolicyFile | None = None,
         *,
@@ -322,55 +332,58 @@ class Autoscaler:
             self._histories[svc.id] = history.record(replace(decision, desired=decision.current), now, policy)
             return
 
-        def redecide(fresh: Service) -> Decision:
+        def redecide(fresh: Service, fresh_history: History) -> Decision:
             # Another writer (a second daemon, an operator) changed the service since the list:
             # decide again on what is there now, never write the stale decision.
             if fresh.version == svc.version:
                 return decision
             fresh_obs = replace(observation, current=fresh.replicas or 0)
-            return cap_to_capacity(decide(fresh_obs, policy, self._history(fresh, now), now), unschedulable)
+            return cap_to_capacity(decide(fresh_obs, policy, fresh_history, now), unschedulable)
 
-        try:
-            ev.decision, ev.scaled = await self._write(svc.id, redecide, now, policy)
-        except _Held:
+        written = await self._write(svc, redecide, now, policy)
+        if written is None:
             ev.skipped = "locked or updating since it was read"
             return
+        ev.decision, ev.scaled = written
         if ev.scaled:
             self._scaled(ev.decision, resolved.source, dry_run=False)
 
-    async def _write(self, service_id: str, decide_on: Callable[[Service], Decision], now: float, policy) -> tuple[Decision, bool]:
-        """Write a decision at the version it was made on; re-read and re-decide on a conflict."""
-        final: dict[str, Any] = {}
+    async def _write(self, read: Service, decide_on: Callable[[Service, History], Decision], now: float,
+                     policy) -> tuple[Decision, bool] | None:
+        """Write a decision at the version it was made on; re-read and re-decide on a conflict.
 
-        def changes(fresh: Service) -> dict[str, Any] | None:
+        Returns the decision that stands and whether it was written; None when the service was
+        found locked or updating (nothing was decided). `read` is the service as the caller saw it.
+        """
+        tried: list[_Attempt] = []  # the attempts made, for when the write fails
+
+        def attempt(fresh: Service) -> Edit[_Attempt]:
             if LOCK_LABEL in fresh.labels or fresh.updating:
-                final["decision"] = None
-                return None
-            decision = decide_on(fresh)
-            history = self._history(fresh, now)
-            final["decision"], final["history"], final["id"] = decision, history, fresh.id
+                return Edit(_Attempt(None))
+            history = self._history(fresh, now)  # the state label, decoded once per attempt
+            decision = decide_on(fresh, history)
             if not decision.changed:
-                return None
+                tried.append(_Attempt(decision, history, fresh.id))
+                return Edit(replace(tried[-1], history=_held(history, decision, now, policy)))
             new_history = history.record(decision, now, policy)
-            final["history"] = new_history
-            return {"replicas": decision.desired, "labels": {STATE_LABEL: new_history.encode()}}
+            tried.append(_Attempt(decision, new_history, fresh.id, written=True))
+            return Edit(tried[-1], {"replicas": decision.desired, "labels": {STATE_LABEL: new_history.encode()}})
 
-        lock = self._locks.setdefault(service_id, asyncio.Lock())
+        lock = self._locks.setdefault(read.id, asyncio.Lock())
         async with lock:
             try:
-                written = await self.swarm.modify(service_id, changes)
+                done = await self.swarm.modify(read.id, attempt)
             except (VersionConflict, NotFound, SwarmError) as err:
-                log.warning("scale_write_failed", service_id=service_id, error=str(err))
-                written = None
-        decision = final.get("decision")
-        if decision is None:
-            raise _Held()
-        if "history" in final:
-            history = final["history"]
-            if written is None:
-                history = history.record(replace(decision, desired=decision.current), now, policy)
-            self._histories[final["id"]] = history
-        return decision, written is not None
+                log.warning("scale_write_failed", service_id=read.id, error=str(err))
+                if not tried:
+                    return None
+                # Nothing was written: the last attempt's decision stands, held.
+                last = tried[-1]
+                done = replace(last, written=False, history=_held(last.history, last.decision, now, policy))
+        if done.decision is None:
+            return None
+        self._histories[done.service_id] = done.history
+        return done.decision, done.written
 
     def _export(self, decision: Decision) -> None:
         t = self.telemetry
@@ -467,18 +480,18 @@ class Autoscaler:
         if LOCK_LABEL in svc.labels or svc.updating:
             return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
 
-        def alert_decision(fresh: Service) -> Decision:
-            return decide_alert(action, step, fresh.replicas or 0, policy, self._history(fresh, now), now, service=fresh.name)
+        def alert_decision(fresh: Service, history: History) -> Decision:
+            return decide_alert(action, step, fresh.replicas or 0, policy, history, now, service=fresh.name)
 
         if self.dry_run:
-            decision = alert_decision(svc)
+            decision = alert_decision(svc, self._history(svc, now))
             if decision.changed:
                 self._scaled(decision, resolved.source, dry_run=True, alert=name)
             return AlertResult(200, name, svc.name, "dry_run", decision.detail)
-        try:
-            decision, scaled = await self._write(svc.id, alert_decision, now, policy)
-        except _Held:
+        written = await self._write(svc, alert_decision, now, policy)
+        if written is None:
             return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
+        decision, scaled = written
         if scaled:
             self._alerts_acted[key] = now
             self._export(decision)
@@ -499,5 +512,16 @@ def _epoch(text: str) -> float:
         return 0.0
 
 
-class _Held(Exception):
-    """The fresh read showed the service locked or updating: nothing was written."""
+def _held(history: History, decision: Decision, now: float, policy) -> History:
+    """The history with `decision` recorded as held: the replicas stay as they are."""
+    return history.record(replace(decision, desired=decision.current), now, policy)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One read-decide-write attempt of `Autoscaler._write`: what `Swarm.modify` hands back."""
+
+    decision: Decision | None  # None: the service was locked or updating, so nothing was decided
+    history: History | None = None  # what memory keeps for the service after this attempt
+    service_id: str = ""
+    written: bool = False

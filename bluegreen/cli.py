@@ -94,11 +94,14 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
     from bluegreen import routers
     from bluegreen.api import make_app
     from bluegreen.controller import Controller
+    from bluegreen.observe import Checks
+    from bluegreen.probe import Prober
 
     swarm = Swarm(timeout=cfg.docker_timeout)
     router = routers.build(cfg.router, swarm=swarm)
     notifier = Notifier.from_settings(cfg.notify)
-    controller = Controller(swarm, router, cfg, notifier=notifier)
+    controller = Controller(swarm, router, cfg, prober=Prober(cfg.probe, timeout=cfg.probe_timeout_seconds),
+                            checks=Checks.from_config(cfg), notifier=notifier)
     host, port = parse_listen(cfg.listen)
     runner = await start(make_app(controller, token), host, port)
     await notifier.start()

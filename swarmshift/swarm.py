@@ -12,7 +12,7 @@ import copy
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import docker
 import docker.errors
@@ -41,6 +41,14 @@ class NotFound(SwarmError):
 
 class VersionConflict(SwarmError):
     """The service changed since it was read; re-read it and decide again."""
+
+
+@dataclass(frozen=True)
+class Edit(Generic[T]):
+    """What a `Swarm.modify` callback decided: the changes to write (None: none), and what modify returns."""
+
+    value: T
+    changes: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,17 +114,7 @@ class Service:
         return self.update_status is not None and self.update_status.in_progress
 
 
-@dataclass(frozen=True)
-class Node:
-    id: str
-    hostname: str
-    role: str
-    availability: str
-    state: str
-    resources: Resources
-
-
-def _resources(block: Mapping[str, Any] | None) -> Resources:
+def parse_resources(block: Mapping[str, Any] | None) -> Resources:
     block = block or {}
     return Resources(cpus=(block.get("NanoCPUs") or 0) / 1e9, memory=int(block.get("MemoryBytes") or 0))
 
@@ -137,8 +135,8 @@ def parse_service(raw: Mapping[str, Any]) -> Service:
         image=template.get("ContainerSpec", {}).get("Image", ""),
         replicas=replicas,
         running=status.get("RunningTasks"),
-        limits=_resources(resources.get("Limits")),
-        reservations=_resources(resources.get("Reservations")),
+        limits=parse_resources(resources.get("Limits")),
+        reservations=parse_resources(resources.get("Reservations")),
         update_status=UpdateStatus(
             state=update.get("State", ""),
             message=update.get("Message", ""),
@@ -168,19 +166,6 @@ def parse_task(raw: Mapping[str, Any], health: str | None = None) -> Task:
     )
 
 
-def parse_node(raw: Mapping[str, Any]) -> Node:
-    desc = raw.get("Description", {})
-    spec = raw.get("Spec", {})
-    return Node(
-        id=raw["ID"],
-        hostname=desc.get("Hostname", ""),
-        role=spec.get("Role", ""),
-        availability=spec.get("Availability", ""),
-        state=raw.get("Status", {}).get("State", ""),
-        resources=_resources(desc.get("Resources")),
-    )
-
-
 def _is_conflict(err: docker.errors.APIError) -> bool:
     text = str(err.explanation or err).lower()
     return any(marker in text for marker in _CONFLICT_MARKERS)
@@ -192,6 +177,37 @@ _TRANSIENT = (
     docker.errors.DockerException,  # raised by the client factory when the socket is absent
     asyncio.TimeoutError,
 )
+
+
+class SwarmAccess(Protocol):
+    """What the daemons ask of Swarm: `Swarm` is the real one; tests hold one in memory (tests/support/swarm.py)."""
+
+    calls: int
+
+    async def services(self, label: str | None = None) -> list[Service]: ...
+
+    async def service(self, name_or_id: str) -> Service: ...
+
+    async def tasks(self, service: str | None = None, *, desired: str | None = "running") -> list[Task]: ...
+
+    async def tasks_with_health(self, service: str) -> list[Task]: ...
+
+    async def update(self, service: Service, *, replicas: int | None = None, image: str | None = None,
+                     labels: Mapping[str, str | None] | None = None,
+                     env: Mapping[str, str | None] | None = None) -> Service: ...
+
+    async def modify(self, name_or_id: str, decide: Callable[[Service], Awaitable[Edit[T]] | Edit[T]], *,
+                     attempts: int = 5) -> T: ...
+
+    async def containers(self, label: str) -> list[dict[str, Any]]: ...
+
+    async def stats(self, container_id: str) -> dict[str, Any]: ...
+
+    async def exec(self, container_id: str, argv: list[str], *, within: float | None = None) -> tuple[int, str]: ...
+
+    async def signal(self, container_id: str, sig: str | int) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Swarm:
@@ -257,9 +273,6 @@ class Swarm:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        return bool(await self._call("ping", self.api.ping))
-
     async def services(self, label: str | None = None) -> list[Service]:
         """All services (optionally only those carrying `label`, a key or key=value), with task counts."""
         filters = {"label": [label]} if label else None
@@ -302,16 +315,6 @@ class Swarm:
             return Task(**{**task.__dict__, "health": status})
 
         return list(await asyncio.gather(*(health(t) for t in tasks)))
-
-    async def replicas(self, service: str) -> tuple[int | None, int]:
-        """(desired, running) for one service."""
-        svc = await self.service(service)
-        running = sum(1 for t in await self.tasks(svc.id) if t.running)
-        return svc.replicas, running
-
-    async def nodes(self) -> list[Node]:
-        raws = await self._call("nodes", self.api.nodes)
-        return [parse_node(raw) for raw in raws]
 
     async def containers(self, label: str) -> list[dict[str, Any]]:
         """Running containers on this engine's node that carry `label` (raw list entries)."""
@@ -384,32 +387,32 @@ class Swarm:
         await self._call(f"update {service.name}", write)
         return await self.service(service.id)
 
-    async def scale(self, service: Service, replicas: int, labels: Mapping[str, str | None] | None = None) -> Service:
-        return await self.update(service, replicas=replicas, labels=labels)
-
     async def modify(
         self,
         name_or_id: str,
-        decide: Callable[[Service], Awaitable[dict[str, Any] | None] | dict[str, Any] | None],
+        decide: Callable[[Service], Awaitable[Edit[T]] | Edit[T]],
         *,
         attempts: int = 5,
-    ) -> Service | None:
+    ) -> T:
         """Read, decide, write; on a version conflict read again and decide again.
 
-        `decide(service)` returns the keyword changes for `update` or None to leave the
-        service alone. Returns the updated service, or None when the decision was to hold.
+        `decide(service)` returns an `Edit`: the keyword changes for `update` (None leaves the
+        service alone) and the value to return once they are written. Raises VersionConflict
+        after `attempts` conflicts, and SwarmError when Docker refuses the write.
         """
         for attempt in range(1, attempts + 1):
             service = await self.service(name_or_id)
-            changes = decide(service)
-            if asyncio.iscoroutine(changes):
-                changes = await changes
-            if not changes:
-                return None
+            edit = decide(service)
+            if asyncio.iscoroutine(edit):
+                edit = await edit
+            if not edit.changes:
+                return edit.value
             try:
-                return await self.update(service, **changes)
+                await self.update(service, **edit.changes)
             except VersionConflict:
                 log.info("version_conflict", service=service.name, version=service.version, attempt=attempt)
+                continue
+            return edit.value
         raise VersionConflict(f"{name_or_id}: still conflicting after {attempts} attempts")
 
 

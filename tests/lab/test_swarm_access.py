@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from swarmshift.swarm import DockerUnavailable, NotFound, Swarm, VersionConflict
+from swarmshift.swarm import DockerUnavailable, NotFound, VersionConflict
 from tests.support.lab import LABEL, wait_for
+from tests.support.swarm import Swarm
 
 
 def run(coro):

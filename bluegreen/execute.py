@@ -1,0 +1,134 @@
+"""Carrying out a step: the plan's service writes, routes and notifications in order, then logs and metrics.
+
+`execute` runs `plan(step, stored)` in the order the machine's contract needs: the first
+service write makes the new state durable, then routes are applied and confirmed, then the
+other color's write, then notifications. A version conflict on the first write means nothing of
+the step ran.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bluegreen.apps import App, Color
+from bluegreen.observe import Reading
+from bluegreen.phases import Notify, Route, Step, plan
+from bluegreen.routers import Router, RouterError
+from bluegreen.runtime import Runtime
+from bluegreen.state import Operation, Phase, Result, Routing
+from bluegreen.telemetry import Telemetry
+from swarmshift import logs
+from swarmshift.notify import Notifier
+from swarmshift.swarm import Service, SwarmAccess, SwarmError
+
+log = logs.get("bluegreen")
+
+
+class Executor:
+    """Carries out steps on Swarm and the router, and records each (log lines, metrics, notifications)."""
+
+    def __init__(self, swarm: SwarmAccess, router: Router, notifier: Notifier, telemetry: Telemetry) -> None:
+        self.swarm = swarm
+        self.router = router
+        self.notifier = notifier
+        self.telemetry = telemetry
+
+    async def execute(self, rt: Runtime, reading: Reading, step: Step, *,
+                       cause: str) -> tuple[dict[Color, Service], Routing | None | bool]:
+        """Carry out a step in the plan's order; VersionConflict only when nothing of it ran.
+
+        Returns the services as the writes left them, and the routing the router confirmed (None
+        when the step had no route, False when one was not confirmed).
+        """
+        app = reading.app
+        p = plan(step, reading.loaded.stored)
+        services = dict(reading.services)
+        for write in p.first:
+            services[write.color] = await self.swarm.update(services[write.color], **write.changes())
+        # The state is durable from here: whatever fails below, the next tick carries on from it.
+        rt.state, rt.progress = step.state, step.progress
+        if step.transitioned:
+            rt.reason = step.reason
+        self.telemetry.show(app.name, step.state.active, step.state.phase)
+        self._record(app, step, cause)
+        confirmed: Routing | None | bool = None
+        for route in p.routes:
+            ok = await self._route(rt, app, route, step)
+            confirmed = route.routing if ok and confirmed is not False else False
+        for write in p.then:
+            try:
+                services[write.color] = await self.swarm.update(services[write.color], **write.changes())
+            except SwarmError as err:
+                # The state is already on the first color; the next tick writes what is missing here.
+                log.warning("service_write_failed", app=app.name, service=services[write.color].name, error=str(err))
+        for notice in p.notifications:
+            self._notify(notice)
+        return services, confirmed
+
+    async def _route(self, rt: Runtime, app: App, route: Route, step: Step) -> bool:
+        started = time.monotonic()
+        try:
+            await self.router.apply(app, route.routing)
+            applied = time.monotonic()
+            confirmed = await self.router.confirm(app, route.routing)
+        except RouterError as err:
+            rt.route_error = str(err)
+            log.error("route_failed", app=app.name, routing=str(route.routing), phase=step.state.phase.value,
+                      error=str(err), action="the previous routing stays in effect; retrying next tick")
+            return False
+        if confirmed:
+            rt.route_error = None
+        done = time.monotonic()
+        # apply: handing the router the routing (nginx: write, nginx -t, reload); confirm: until it reports it.
+        timing = {"seconds": round(done - started, 3), "apply_seconds": round(applied - started, 3),
+                  "confirm_seconds": round(done - applied, 3)}
+        if confirmed:
+            self.telemetry.switch_duration.observe(done - started)
+            log.info("route_applied", app=app.name, routing=str(route.routing), router=self.router.kind, **timing)
+        else:
+            log.warning("route_unconfirmed", app=app.name, routing=str(route.routing), router=self.router.kind,
+                        **timing, action="the machine waits for the router to report it")
+        return confirmed
+
+    def _notify(self, notice: Notify) -> None:
+        self.notifier.send({"type": notice.event, **notice.fields}, notice.text)
+
+    def _record(self, app: App, step: Step, cause: str) -> None:
+        """Log a step's transition with stable event names, and count it."""
+        old, new, name = step.previous, step.state, app.name
+        d = new.deploy
+        for intent in step.intents:
+            if isinstance(intent, Notify) and intent.event == "retire":
+                log.info("color_retired", app=name, color=new.active.other.value, service=intent.fields.get("service"),
+                         reason=step.reason)
+        if not step.transitioned:
+            if step.reason and new.phase.in_flight:
+                log.debug("tick", app=name, phase=new.phase.value, reason=step.reason)
+            return
+        fields: dict[str, Any] = {"app": name, "from": old.phase.value, "to": new.phase.value, "reason": step.reason,
+                                  "deploy": d.id if d else None, "operation": d.kind.value if d else None,
+                                  "active": new.active.value, "generation": new.generation}
+        log.info("phase_changed", **fields)
+        if d is None:
+            return
+        if not old.phase.in_flight and new.phase.in_flight:
+            log.info("deploy_started", app=name, deploy=d.id, operation=d.kind.value, image=d.image,
+                     source=d.source.value, target=d.target.value, cause=cause)
+            if d.kind is Operation.ROLLBACK:
+                self.telemetry.rollbacks.labels(name, cause).inc()
+        if old.phase is Phase.SWITCHING and new.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.STABLE):
+            log.info("switched", app=name, deploy=d.id, to=d.target.value, percent=d.percent, image=d.image,
+                     verified=False)
+        if new.phase is Phase.ROLLING_BACK:
+            self.telemetry.rollbacks.labels(name, cause).inc()
+            log.warning("rollback_started", app=name, deploy=d.id, to=new.active.value, reason=d.reason, cause=cause)
+        elif new.phase is Phase.ROLLED_BACK:
+            log.warning("rolled_back", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
+        elif new.phase is Phase.FAILED:
+            log.error("deploy_failed", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
+        elif new.phase is Phase.STABLE and new.result is Result.SUCCEEDED:
+            log.info("deploy_stable", app=name, deploy=d.id, operation=d.kind.value, active=new.active.value,
+                     image=d.image, failed_checks=d.failures)
+        if not new.phase.in_flight and d.kind is Operation.DEPLOY and new.result is not None:
+            self.telemetry.deploys.labels(name, new.result.value).inc()

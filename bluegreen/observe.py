@@ -1,0 +1,209 @@
+"""Reading the world for a tick: an app's services and tasks, the routing in effect, probes and PromQL checks.
+
+Nothing here changes anything: `Observer.read` turns what Swarm and the router report into a
+`Reading` (the app, both colors' `ColorStatus`, the stored state), and the probe and checks
+measure the color a step asks about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bluegreen.apps import App, Color, discover
+from bluegreen.config import BlueGreenConfig, PromCheck, app_problems
+from bluegreen.labels import APP_LABEL, LOCK_LABEL
+from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
+from bluegreen.probe import Prober
+from bluegreen.routers import Router, RouterError
+from bluegreen.runtime import Runtime
+from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
+from swarmshift import logs
+from swarmshift.prometheus import Prometheus, PrometheusUnavailable, QueryError
+from swarmshift.swarm import Service, SwarmAccess
+
+log = logs.get("bluegreen")
+
+_UNHEALTHY = ("unhealthy", "starting")
+
+
+@dataclass
+class Reading:
+    """One read of an app: its description, services, colors, routing in effect and stored state."""
+
+    app: App
+    services: dict[Color, Service]
+    colors: dict[Color, ColorStatus]
+    routed: Routing | None
+    loaded: Loaded
+    problems: list[str]  # labels the app has, but this config cannot work with
+
+
+@dataclass(frozen=True)
+class EarlyProbe:
+    """A probe started while the tick reads Swarm, for the state in memory."""
+
+    key: tuple[Any, ...]  # the state generation, app, routing, color and kind it was started for
+    task: asyncio.Task
+
+
+class Checks:
+    """The PromQL checks of the config, run against Prometheus: the controller's checks client."""
+
+    def __init__(self, prometheus: Prometheus | None, checks: list[PromCheck]) -> None:
+        self.prometheus = prometheus
+        self.checks = checks
+
+    @classmethod
+    def from_config(cls, config: BlueGreenConfig) -> Checks:
+        p = config.prometheus
+        prometheus = Prometheus(p.url, timeout=p.timeout, retries=0) if p.url else None
+        return cls(prometheus, config.checks)
+
+    async def run(self, app: App, color: Color) -> tuple[CheckResult, ...]:
+        if not self.checks:
+            return ()
+        return tuple(await asyncio.gather(*(self._check(app, color, check) for check in self.checks)))
+
+    async def _check(self, app: App, color: Color, check: PromCheck) -> CheckResult:
+        assert self.prometheus is not None  # the config requires prometheus.url with checks
+        query = check.render(app.name, color, app.service(color))
+        try:
+            samples = await self.prometheus.query(query)
+        except QueryError as err:
+            return check.evaluate(None, str(err))
+        except PrometheusUnavailable as err:
+            # Unknown is never a pass: an outage must not wave a deploy through.
+            return CheckResult(check.name, False, f"Prometheus unavailable: {err}")
+        if not samples:
+            return check.evaluate(None)
+        # Several series: judge the worst of them.
+        values = [s.value for s in samples]
+        return check.evaluate(max(values) if check.comparison in ("<", "<=") else min(values))
+
+
+class Observer:
+    """Reads an app for a tick, probes its colors and runs its checks."""
+
+    def __init__(self, swarm: SwarmAccess, router: Router, prober: Prober, checker: Checks, config: BlueGreenConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.swarm = swarm
+        self.router = router
+        self.prober = prober
+        self.checker = checker
+        self.config = config
+        self.defaults = config.app_defaults()
+        self.clock = clock
+
+    async def read(self, rt: Runtime) -> Reading | None:
+        """Read the app; None (problems logged once) when its labels describe no usable app."""
+        services = [s for s in await self.swarm.services(label=f"{APP_LABEL}={rt.name}")
+                    if self.config.selects(s.labels)]
+        found = discover(services, self.defaults)
+        app = found.apps.get(rt.name)
+        extra = app_problems(app, self.config) if app is not None else []
+        problems = [*found.problems, *extra]
+        if app is None or extra:
+            self.report(rt, problems)
+            return None
+        rt.app = app
+        by_name = {svc.name: svc for svc in services}
+        chosen = {color: by_name[app.service(color)] for color in Color}
+        *tasks, routed = await asyncio.gather(*(self.swarm.tasks_with_health(chosen[c].id) for c in Color),
+                                              self._routed(app))
+        colors = {}
+        for color, found_tasks in zip(Color, tasks, strict=True):
+            svc = chosen[color]
+            running = [t for t in found_tasks if t.running]
+            colors[color] = ColorStatus(
+                service=svc.name, image=svc.image, replicas=svc.replicas or 0, running=len(running),
+                unhealthy=sum(1 for t in running if t.health in _UNHEALTHY), updating=svc.updating,
+                lock=svc.labels.get(LOCK_LABEL),
+            )
+        rt.routed = routed
+        loaded = load_state(app, {c: chosen[c].labels for c in Color}, {c: colors[c].replicas for c in Color},
+                            routed, self.clock())
+        self.report(rt, [*problems, *loaded.problems])
+        if loaded.adopted:
+            log.warning("state_adopted", app=app.name, active=loaded.state.active.value, why=loaded.adopted)
+        return Reading(app, chosen, colors, routed, loaded, problems)
+
+    async def _routed(self, app: App) -> Routing | None:
+        try:
+            return await self.router.read(app)
+        except RouterError as err:
+            log.warning("router_read_failed", app=app.name, error=str(err))
+            return None
+
+    def after_writes(self, reading: Reading, services: dict[Color, Service], routed: Routing | None) -> Reading | None:
+        """The reading as the step's own writes and confirmed routing left it, without asking Docker again.
+
+        Only when the writes changed no image or replica count: the task counts read at the
+        start of the tick still describe the services then (they are a few hundred ms old).
+        """
+        colors = {}
+        for color in Color:
+            before, svc = reading.colors[color], services[color]
+            if svc.image != before.image or (svc.replicas or 0) != before.replicas:
+                return None
+            colors[color] = replace(before, lock=svc.labels.get(LOCK_LABEL), updating=svc.updating)
+        loaded = load_state(reading.app, {c: services[c].labels for c in Color},
+                            {c: colors[c].replicas for c in Color}, routed, self.clock())
+        return replace(reading, services=dict(services), colors=colors, routed=routed, loaded=loaded)
+
+    def report(self, rt: Runtime, problems: list[str]) -> None:
+        """Log an app's problems when they change, not every tick."""
+        now = tuple(problems)
+        if now == rt.problems:
+            return
+        if now:
+            log.error("app_invalid", app=rt.name, problems=list(now),
+                      action="the controller leaves the app's routing and services as they are")
+        else:
+            log.info("app_valid", app=rt.name)
+        rt.problems = now
+
+    def early_probe(self, rt: Runtime) -> EarlyProbe | None:
+        """Start the probe the state in memory will ask for, while the tick reads Swarm.
+
+        Verification rounds then fall exactly a probe_interval apart, however long the reads
+        take; the result is used only if the read finds the same state, app and routing.
+        """
+        state, app = rt.state, rt.app
+        color = needs(state).probe if state is not None else None
+        if state is None or app is None or color is None:
+            return None
+        verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
+        key = (state.generation, app, rt.routed, color, verify)
+        return EarlyProbe(key, asyncio.create_task(self.prober.probe(app, color, routed=rt.routed, verify=verify)))
+
+    async def probe(self, rt: Runtime, reading: Reading, color: Color | None, verify: bool,
+                     early: EarlyProbe | None = None) -> Probe | None:
+        if color is None:
+            return None
+        key = (reading.loaded.state.generation, reading.app, reading.routed, color, verify)
+        if early is not None and early.key == key:
+            result = await early.task
+        else:
+            result = await self.prober.probe(reading.app, color, routed=reading.routed, verify=verify)
+        rt.probe = {"color": color.value, "outcome": result.outcome.value, "detail": result.detail,
+                    "at": format_time(self.clock())}
+        if result.outcome is ProbeOutcome.UNREACHABLE:
+            if rt.unreachable != result.detail:
+                log.warning("probe_unreachable", app=rt.name, color=color.value, detail=result.detail,
+                            meaning="the controller cannot reach the color; unreachable never counts as healthy")
+            rt.unreachable = result.detail
+        else:
+            if rt.unreachable is not None:
+                log.info("probe_reachable", app=rt.name, color=color.value)
+            rt.unreachable = None
+            if not result.ok:
+                log.info("probe_failed", app=rt.name, color=color.value, detail=result.detail)
+        return result
+
+    async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:
+        """The PromQL checks of `color`, when a step asks for them."""
+        return await self.checker.run(app, color) if color is not None else ()

@@ -1,0 +1,43 @@
+"""What the controller keeps in memory per app: none of it is needed to resume after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bluegreen.apps import App
+from bluegreen.phases import Progress
+from bluegreen.state import AppState, Routing
+
+if TYPE_CHECKING:
+    from bluegreen.observe import Reading
+
+
+@dataclass
+class Runtime:
+    """What the controller keeps in memory per app; none of it is needed to resume after a restart."""
+
+    name: str
+    app: App | None = None  # as last read from the labels
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    next_at: float = 0.0  # monotonic time of the next tick
+    progress: Progress = field(default_factory=Progress)
+    state: AppState | None = None
+    request: str | None = None  # the operator request running now
+    reason: str = ""  # why the app entered its phase, as the last transition said
+    problems: tuple[str, ...] = ()
+    probe: dict[str, Any] | None = None  # the last probe round, for status
+    unreachable: str | None = None  # the unreachable probe already logged
+    alerts_acted: set[str] = field(default_factory=set)
+    observed_at: float = 0.0  # monotonic time of the last observation: the next tick is an interval after it
+    routed: Routing | None = None  # what the router last reported or confirmed
+    route_error: str | None = None  # why the router refused the last routing, until one is confirmed
+    reading: Reading | None = None  # the last reading, as this process's own writes left it
+    task: asyncio.Task | None = None
+
+    def schedule(self, at: float) -> None:
+        if at < self.next_at:
+            self.next_at = at
+            self.changed.set()

@@ -1,0 +1,67 @@
+"""What `status` and the API show of an app: one JSON view per app, with its health and the reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bluegreen.apps import Color
+from bluegreen.observe import Reading
+from bluegreen.runtime import Runtime
+from bluegreen.state import Operation, Result, format_time
+
+
+def app_view(rt: Runtime, reading: Reading | None) -> dict[str, Any]:
+    """The app as status and `GET /v1/apps/<app>` show it: health, phase, colors, routing and the last deploy."""
+    if reading is None:
+        return {"app": rt.name, "health": "degraded", "degraded": list(rt.problems), "problems": list(rt.problems),
+                "request": rt.request}
+    state, app = reading.loaded.state, reading.app
+    wanted = state.routing()
+    colors = {}
+    for color in Color:
+        c = reading.colors[color]
+        colors[color.value] = {
+            "service": c.service, "image": c.image, "replicas": c.replicas, "running": c.running,
+            "unhealthy": c.unhealthy, "ready": c.ready(), "updating": c.updating, "lock": c.lock,
+            "weight": reading.routed.weight(color) if reading.routed else None,
+        }
+    degraded = [*rt.problems]
+    if rt.route_error:
+        degraded.append(f"the router refused the last routing: {rt.route_error}")
+    active = reading.colors[state.active]
+    if not active.ready():
+        degraded.append(f"{active.service} (active): {active.describe()}")
+    if not state.phase.in_flight:
+        if reading.routed != wanted:
+            degraded.append(f"the router serves {reading.routed or 'nothing'}, not {wanted}")
+        d = state.deploy
+        if d is not None and d.kind is Operation.DEPLOY and state.result in (Result.ROLLED_BACK, Result.FAILED):
+            degraded.append(f"the last deploy ({d.id}, {d.image}) {state.result}: {d.reason}")
+    health = "degraded" if degraded else "progressing" if state.phase.in_flight else "healthy"
+    d = state.deploy
+    return {
+        "app": app.name,
+        "health": health,
+        "degraded": degraded,
+        "active": state.active.value,
+        "phase": state.phase.value,
+        "reason": rt.reason if rt.state is not None and rt.state.phase is state.phase else "",
+        "since": format_time(state.since),
+        "generation": state.generation,
+        "result": state.result.value if state.result else None,
+        "retire_at": format_time(state.retire_at) if state.retire_at else None,
+        "colors": colors,
+        "routing": {"wanted": str(wanted), "in_effect": str(reading.routed) if reading.routed else None},
+        "deploy": None if d is None else {
+            "id": d.id, "operation": d.kind.value, "source": d.source.value, "target": d.target.value,
+            "image": d.image, "previous_image": d.previous_image, "started_at": format_time(d.started_at),
+            "steps": list(d.steps), "step": d.step, "failures": d.failures, "reason": d.reason, "force": d.force,
+        },
+        "request": rt.request,
+        "route_error": rt.route_error,
+        "probe": rt.probe,
+        "problems": [*reading.problems, *reading.loaded.problems],
+        "app_config": {"port": app.port, "rule": str(app.rule),
+                       "preview_rule": str(app.preview_rule) if app.preview_rule else None,
+                       "health_path": app.health_path, "strategy": app.strategy.value},
+    }
