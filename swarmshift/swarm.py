@@ -394,26 +394,32 @@ class Swarm:
         *,
         attempts: int = 5,
     ) -> T:
-        """Read, decide, write; on a version conflict read again and decide again.
+        """Read, decide, write; on a version conflict read again and decide again (see `modify`)."""
+        return await modify(self, name_or_id, decide, attempts=attempts)
 
-        `decide(service)` returns an `Edit`: the keyword changes for `update` (None leaves the
-        service alone) and the value to return once they are written. Raises VersionConflict
-        after `attempts` conflicts, and SwarmError when Docker refuses the write.
-        """
-        for attempt in range(1, attempts + 1):
-            service = await self.service(name_or_id)
-            edit = decide(service)
-            if asyncio.iscoroutine(edit):
-                edit = await edit
-            if not edit.changes:
-                return edit.value
-            try:
-                await self.update(service, **edit.changes)
-            except VersionConflict:
-                log.info("version_conflict", service=service.name, version=service.version, attempt=attempt)
-                continue
+
+async def modify(swarm: SwarmAccess, name_or_id: str, decide: Callable[[Service], Awaitable[Edit[T]] | Edit[T]], *,
+                 attempts: int = 5) -> T:
+    """Read, decide, write on `swarm`; on a version conflict read again and decide again.
+
+    `decide(service)` returns an `Edit`: the keyword changes for `update` (None leaves the
+    service alone) and the value to return once they are written. Raises VersionConflict
+    after `attempts` conflicts, and SwarmError when Docker refuses the write.
+    """
+    for attempt in range(1, attempts + 1):
+        service = await swarm.service(name_or_id)
+        edit = decide(service)
+        if asyncio.iscoroutine(edit):
+            edit = await edit
+        if not edit.changes:
             return edit.value
-        raise VersionConflict(f"{name_or_id}: still conflicting after {attempts} attempts")
+        try:
+            await swarm.update(service, **edit.changes)
+        except VersionConflict:
+            log.info("version_conflict", service=service.name, version=service.version, attempt=attempt)
+            continue
+        return edit.value
+    raise VersionConflict(f"{name_or_id}: still conflicting after {attempts} attempts")
 
 
 def _apply(

@@ -1,0 +1,205 @@
+"""The project's own interfaces held in memory, for unit tests of the controller: Swarm, a router, a prober.
+
+`MemorySwarm` implements `swarmshift.swarm.SwarmAccess` (services with versions, their tasks)
+rather than faking the Docker API: a write at a stale version is a `VersionConflict`, and
+`conflicts` makes the next writes to a service meet another writer first, whose changes land. Every task of a
+service runs as soon as the service is written, healthy unless `health` says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from bluegreen.apps import App, Color
+from bluegreen.phases import Probe, ProbeOutcome
+from bluegreen.routers.traefik_doc import merged_document
+from bluegreen.state import Routing
+from swarmshift import swarm as swarm_access
+from swarmshift.swarm import Edit, NotFound, Resources, Service, SwarmError, Task, VersionConflict
+
+T = TypeVar("T")
+
+
+def _matches(labels: Mapping[str, str], selector: str | None) -> bool:
+    if not selector:
+        return True
+    key, sep, value = selector.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+class MemorySwarm:
+    """Services and their tasks in memory, behind the same interface the daemons use."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._services: dict[str, Service] = {}  # by id
+        self._ids = itertools.count(1)
+        self.health: dict[str, str] = {}  # service name -> the health of its tasks (default healthy)
+        # Service name -> another writer's changes ({service: {"replicas": 3}}), one per write to it
+        # that meets that writer first: the write conflicts, and the other writer's changes land.
+        self.conflicts: dict[str, list[dict[str, dict[str, Any]]]] = {}
+        self.writes: list[tuple[str, dict[str, Any]]] = []  # (service, changes) in the order they landed
+        self.gate: asyncio.Event | None = None  # when set to an unset event, updates wait for it
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def add(self, name: str, *, image: str, replicas: int = 1, labels: Mapping[str, str] | None = None) -> Service:
+        service = Service(id=f"id{next(self._ids)}", name=name, version=1, labels=dict(labels or {}), image=image,
+                          replicas=replicas, running=replicas, limits=Resources(), reservations=Resources(),
+                          update_status=None, spec={})
+        self._services[service.id] = service
+        return service
+
+    def get(self, name: str) -> Service:
+        return next(s for s in self._services.values() if s.name == name)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def services(self, label: str | None = None) -> list[Service]:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return [s for s in self._services.values() if _matches(s.labels, label)]
+
+    async def service(self, name_or_id: str) -> Service:
+        self.calls += 1
+        await asyncio.sleep(0)
+        for s in self._services.values():
+            if name_or_id in (s.id, s.name):
+                return s
+        raise NotFound(f"inspect {name_or_id}: no such service")
+
+    async def tasks(self, service: str | None = None, *, desired: str | None = "running") -> list[Task]:
+        return [t for s in self._services.values() if service in (None, s.id, s.name) for t in self._tasks(s)]
+
+    async def tasks_with_health(self, service: str) -> list[Task]:
+        return await self.tasks(service)
+
+    def _tasks(self, s: Service) -> list[Task]:
+        return [Task(id=f"{s.id}.{slot}", service_id=s.id, slot=slot, node_id="node", state="running",
+                     desired_state="running", message="", error="", container_id=None,
+                     health=self.health.get(s.name, "healthy"))
+                for slot in range(1, (s.replicas or 0) + 1)]
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def update(self, service: Service, *, replicas: int | None = None, image: str | None = None,
+                     labels: Mapping[str, str | None] | None = None,
+                     env: Mapping[str, str | None] | None = None) -> Service:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.conflicts.get(service.name):
+            other = self.conflicts[service.name].pop(0)
+            self._write(self._services[service.id], {})  # another writer got there first
+            for name, changes in other.items():
+                self._write(self.get(name), changes)
+        current = self._services[service.id]
+        if current.version != service.version:
+            raise VersionConflict(f"update {service.name}: update out of sequence")
+        changes = {k: v for k, v in (("image", image), ("replicas", replicas), ("labels", labels)) if v is not None}
+        self.writes.append((service.name, changes))
+        return self._write(current, changes)
+
+    def _write(self, current: Service, changes: Mapping[str, Any]) -> Service:
+        labels = dict(current.labels)
+        for key, value in (changes.get("labels") or {}).items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        replicas = changes.get("replicas", current.replicas)
+        new = replace(current, version=current.version + 1, labels=labels, image=changes.get("image", current.image),
+                      replicas=replicas, running=replicas)
+        self._services[new.id] = new
+        return new
+
+    async def modify(self, name_or_id: str, decide: Callable[[Service], Awaitable[Edit[T]] | Edit[T]], *,
+                     attempts: int = 5) -> T:
+        return await swarm_access.modify(self, name_or_id, decide, attempts=attempts)
+
+    async def containers(self, label: str) -> list[dict[str, Any]]:
+        raise SwarmError("containers: not held in memory")
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        raise SwarmError("stats: not held in memory")
+
+    async def exec(self, container_id: str, argv: list[str], *, within: float | None = None) -> tuple[int, str]:
+        raise SwarmError("exec: not held in memory")
+
+    async def signal(self, container_id: str, sig: str | int) -> None:
+        raise SwarmError("signal: not held in memory")
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class MemoryRouter:
+    """A router that runs whatever it is given at once, unless told to refuse or to stay unconfirmed."""
+
+    kind: str = "memory"
+    routes: dict[str, Routing] = field(default_factory=dict)
+    applied: list[tuple[str, Routing]] = field(default_factory=list)
+    refuse: str | None = None  # RouterError text for every apply
+    unconfirmed: bool = False
+    ready: bool = False
+
+    async def apply(self, app: App, routing: Routing) -> None:
+        from bluegreen.routers import RouterError
+
+        if self.refuse:
+            raise RouterError(self.refuse)
+        self.applied.append((app.name, routing))
+        if not self.unconfirmed:
+            self.routes[app.name] = routing
+
+    async def read(self, app: App) -> Routing | None:
+        return self.routes.get(app.name)
+
+    async def confirm(self, app: App, routing: Routing) -> bool:
+        return self.routes.get(app.name) == routing
+
+    def mark_ready(self) -> None:
+        self.ready = True
+
+    def traefik_document(self, routes: Iterable[tuple[App, Routing]]) -> dict[str, Any]:
+        return merged_document(routes)
+
+    async def remove(self, app: str) -> None:
+        self.routes.pop(app, None)
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class MemoryProber:
+    """Probe rounds that answer as `outcomes` says per color (OK by default), recording each round."""
+
+    outcomes: dict[Color, Probe] = field(default_factory=dict)
+    rounds: list[tuple[str, Color, bool]] = field(default_factory=list)
+
+    async def probe(self, app: App, color: Color, *, routed: Routing | None, verify: bool = False) -> Probe:
+        self.rounds.append((app.name, color, verify))
+        return self.outcomes.get(color, Probe(ProbeOutcome.OK, "in memory"))
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Clock:
+    """Wall-clock time that moves only when a test says so."""
+
+    now: float = 1_750_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
