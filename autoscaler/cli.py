@@ -18,9 +18,10 @@ from autoscaler.sources.dockerstats import DockerStatsSource
 from autoscaler.sources.prometheus import PrometheusSource
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.cli import EXIT_FAILED, EXIT_USAGE, config_errors, logs_to_stderr
+from swarmshift.commands import EXIT_FAILED, EXIT_USAGE, config_errors, logs_to_stderr, table
 from swarmshift.config import ConfigError, load, read_yaml
-from swarmshift.http import TokenFile, load_token, parse_listen, start, stop_event
+from swarmshift.daemon import serve
+from swarmshift.http import TokenFile, load_token
 from swarmshift.notify import Notifier
 from swarmshift.prometheus import Prometheus
 from swarmshift.swarm import DockerUnavailable, Swarm
@@ -123,6 +124,8 @@ def run(config_path, prometheus_url, source, interval, listen, events_file, dry_
 
 
 async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFile | None) -> None:
+    from autoscaler.api import make_app
+
     swarm = Swarm(timeout=cfg.docker_timeout)
     notifier = Notifier.from_settings(cfg.notify)
     scaler = Autoscaler(
@@ -130,23 +133,18 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
         telemetry=Telemetry(), events=EventLog(cfg.events_kept, cfg.events_file), notifier=notifier,
         dry_run=cfg.dry_run, selector=cfg.selector,
     )
-    from autoscaler.api import make_app
 
-    host, port = parse_listen(cfg.listen)
-    runner = await start(make_app(scaler, token), host, port)
-    await notifier.start()
-    stop = stop_event()
-    if token is None:
-        log.warning("alerts_disabled", reason="no token_file configured: POST /v1/alerts answers 401")
-    log.info("autoscaler_started", source=scaler.source.name, interval=cfg.interval, listen=cfg.listen,
-             dry_run=cfg.dry_run, events_file=cfg.events_file)
-    try:
-        await scaler.run(cfg.interval, stop)
-    finally:
-        log.info("autoscaler_stopping")
-        await notifier.close()
-        await runner.cleanup()
-        await swarm.close()
+    async def work(stop: asyncio.Event) -> None:
+        if token is None:
+            log.warning("alerts_disabled", reason="no token_file configured: POST /v1/alerts answers 401")
+        log.info("autoscaler_started", source=scaler.source.name, interval=cfg.interval, listen=cfg.listen,
+                 dry_run=cfg.dry_run, events_file=cfg.events_file)
+        try:
+            await scaler.run(cfg.interval, stop)
+        finally:
+            log.info("autoscaler_stopping")
+
+    await serve(make_app(scaler, token), cfg.listen, notifier, work, close=[swarm.close])
 
 
 @autoscaler.command()
@@ -235,9 +233,5 @@ def render_plan(evaluations: list[Evaluation]) -> str:
             rows.append((e.service, replicas, metrics, str(e.decision.desired), str(e.decision.reason), e.source))
             notes.append(f"{e.service}: {e.decision.detail}")
         notes += e.problems
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    if len(rows) == 1:
-        lines.append("(no service is in scope: label one with swarmshift.autoscale=true)")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return table(rows, empty="(no service is in scope: label one with swarmshift.autoscale=true)", notes=notes)
 

@@ -22,16 +22,18 @@ import click
 
 from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
 from bluegreen.config import BlueGreenConfig, check_app_labels
+from bluegreen.state import Phase, Result
 from swarmshift import logs
-from swarmshift.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors
+from swarmshift.commands import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors, table
 from swarmshift.config import ConfigError, load
-from swarmshift.http import TokenFile, load_token, parse_listen, start, stop_event
+from swarmshift.daemon import serve
+from swarmshift.http import TokenFile, load_token
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, Swarm
 
 log = logs.get("bluegreen")
 
-IN_FLIGHT = {"Preparing", "Waiting", "PreChecks", "Switching", "Progressing", "Verifying", "RollingBack"}
+IN_FLIGHT = {phase.value for phase in Phase if phase.in_flight}
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), envvar="SWARMSHIFT_CONFIG",
@@ -102,33 +104,29 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
     notifier = Notifier.from_settings(cfg.notify)
     controller = Controller(swarm, router, cfg, prober=Prober(cfg.probe, timeout=cfg.probe_timeout_seconds),
                             checks=Checks.from_config(cfg), notifier=notifier)
-    host, port = parse_listen(cfg.listen)
-    runner = await start(make_app(controller, token), host, port)
-    await notifier.start()
-    stop = stop_event()
-    if token is None:
-        log.warning("operations_disabled", reason="no token_file configured: deploy, switch, rollback and alerts "
-                                                  "answer 401")
-    log.info("controller_started", router=router.kind, probe_via=cfg.probe.via, listen=cfg.listen,
-             probe_interval=cfg.probe_interval, failure_threshold=cfg.failure_threshold,
-             rollback_deadline=cfg.rollback_deadline)
-    starting = asyncio.create_task(controller.start())
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done() and starting.exception() is not None:
-            log.error("controller_start_failed", error=str(starting.exception()))
-            raise SystemExit(EXIT_FAILED)
-        await stopping
-    finally:
-        log.info("controller_stopping")
-        for task in (starting, stopping):
-            task.cancel()
-        await controller.stop()
-        await notifier.close()
-        await runner.cleanup()
-        await router.close()
-        await swarm.close()
+
+    async def work(stop: asyncio.Event) -> None:
+        if token is None:
+            log.warning("operations_disabled", reason="no token_file configured: deploy, switch, rollback and alerts "
+                                                      "answer 401")
+        log.info("controller_started", router=router.kind, probe_via=cfg.probe.via, listen=cfg.listen,
+                 probe_interval=cfg.probe_interval, failure_threshold=cfg.failure_threshold,
+                 rollback_deadline=cfg.rollback_deadline)
+        starting = asyncio.create_task(controller.start())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done() and starting.exception() is not None:
+                log.error("controller_start_failed", error=str(starting.exception()))
+                raise SystemExit(EXIT_FAILED)
+            await stopping
+        finally:
+            log.info("controller_stopping")
+            for task in (starting, stopping):
+                task.cancel()
+            await controller.stop()
+
+    await serve(make_app(controller, token), cfg.listen, notifier, work, close=[router.close, swarm.close])
 
 
 @bluegreen.command()
@@ -246,11 +244,8 @@ def render_status(apps: list[dict[str, Any]]) -> str:
         notes += [f"{view['app']}: {line}" for line in view.get("degraded", [])]
         if view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    if len(rows) == 1:
-        lines.append("(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return table(rows, empty="(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)",
+                 notes=notes)
 
 
 def _interactive() -> bool:
@@ -285,8 +280,8 @@ def _wait(client: ControllerClient, app: str, deploy_id: str | None, timeout: fl
             click.echo(f"{time.monotonic() - started:6.1f}s  {now[0]:<11}  {now[1]}")
         seen = now
         if view.get("phase") not in IN_FLIGHT and "colors" in view:
-            ok = view["phase"] == "Stable" and view.get("result") == "succeeded"
-            outcome = "Stable" if ok else f"{view['phase']} ({view.get('result')})"
+            ok = view["phase"] == Phase.STABLE and view.get("result") == Result.SUCCEEDED
+            outcome = Phase.STABLE.value if ok else f"{view['phase']} ({view.get('result')})"
             detail = "" if ok else f": {d.get('reason', '')}"
             click.echo(f"{app}: {d.get('operation', 'operation')} {deploy_id or ''} ended {outcome}; "
                        f"traffic on {view['active']}{detail}")
@@ -356,6 +351,6 @@ def rollback(app, wait, timeout, controller_url) -> None:
     with contextlib.suppress(Exception):
         view = client.get(_app_path(app)).body
         # Aborting a deploy ends it RolledBack or Failed by design: that is this command succeeding.
-        if view.get("phase") in ("RolledBack", "Failed") and (view.get("deploy") or {}).get("id") == deploy_id:
+        if view.get("phase") in (Phase.ROLLED_BACK, Phase.FAILED) and (view.get("deploy") or {}).get("id") == deploy_id:
             code = EXIT_OK
     sys.exit(code)
