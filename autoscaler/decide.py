@@ -89,10 +89,6 @@ class MetricSample:
     missing: tuple[str, ...] = ()
     total: float | None = None
 
-    @property
-    def has_data(self) -> bool:
-        return bool(self.values) or self.total is not None
-
 
 @dataclass(frozen=True)
 class Observation:

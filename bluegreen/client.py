@@ -76,9 +76,6 @@ class ControllerClient:
     def get(self, path: str) -> Answer:
         return self.request("GET", path)
 
-    def post(self, path: str, body: Any = None) -> Answer:
-        return self.request("POST", path, body if body is not None else {})
-
 
 def _decode(raw: bytes) -> Any:
     try:

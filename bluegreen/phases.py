@@ -51,20 +51,23 @@ RestartPolicy = Literal["resume", "rollback"]
 
 @dataclass(frozen=True)
 class Settings:
-    """The controller config's knobs that the machine reads (see bluegreen.config)."""
+    """The controller config's knobs that the machine reads: `BlueGreenConfig.settings()` makes them.
 
-    probe_interval: float = 2.0
-    healthy_threshold: int = 3
-    failure_threshold: int = 2
-    wait_timeout: float = 300.0
-    precheck_timeout: float = 120.0
-    switch_timeout: float = 30.0
-    verification_window: float = 60.0
-    scale_down_delay: float = 600.0
-    keep: bool = False
-    rollback_on_alert: AlertPolicy = "verification"
-    on_restart: RestartPolicy = "resume"
-    progressive_steps: tuple[int, ...] = (10, 50, 100)
+    No defaults here: they are the validated config's (bluegreen.config), in one place.
+    """
+
+    probe_interval: float
+    healthy_threshold: int
+    failure_threshold: int
+    wait_timeout: float
+    precheck_timeout: float
+    switch_timeout: float
+    verification_window: float
+    scale_down_delay: float
+    keep: bool
+    rollback_on_alert: AlertPolicy
+    on_restart: RestartPolicy
+    progressive_steps: tuple[int, ...]
 
     @property
     def window_rounds(self) -> int:
@@ -555,11 +558,6 @@ def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, dep
     outcome = _preparing(tick, False)
     reason = f"{kind} {image} to {deploy.target} ({obs.colors[deploy.target].service}); {outcome.reason}"
     return _finish(_tick_for(app, state, obs, settings), replace(outcome, reason=reason))
-
-
-def switch_needs(state: AppState, to: Color | None = None) -> Needs:
-    """What to measure before `start_switch`: a probe round of the color traffic would move to."""
-    return Needs(probe=to or state.active.other)
 
 
 def start_switch(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings,

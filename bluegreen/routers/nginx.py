@@ -380,7 +380,7 @@ class NginxRouter:
 
         async with self._lock:  # between activations only: a running one owns the backup
             text = await asyncio.to_thread(load)
-        return parse_routing(text) if text else None
+        return routing_in(text) if text else None
 
     async def read(self, app: App) -> Routing | None:
         """What nginx serves, from its status port when there is one, else from the live file."""
@@ -448,8 +448,3 @@ def _status_session() -> aiohttp.ClientSession:
     # A fresh connection per request: a kept one would stay with the worker that accepted it.
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2),
                                  connector=aiohttp.TCPConnector(force_close=True))
-
-
-def parse_routing(text: str) -> Routing | None:
-    """The routing recorded in an app's config file."""
-    return routing_in(text)

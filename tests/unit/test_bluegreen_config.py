@@ -29,7 +29,10 @@ def test_the_defaults_are_a_working_config():
     config = BlueGreenConfig()
     assert config.router.kind == "traefik-file"
     assert config.router.traefik.dynamic_dir == "/etc/traefik/dynamic"
-    assert config.settings() == Settings()  # the machine's defaults and the config's agree
+    assert config.settings() == Settings(
+        probe_interval=2, healthy_threshold=3, failure_threshold=2, wait_timeout=300, precheck_timeout=120,
+        switch_timeout=30, verification_window=60, scale_down_delay=600, keep=False, rollback_on_alert="verification",
+        on_restart="resume", progressive_steps=(10, 50, 100))
     assert config.rollback_deadline == 4.0
     assert config.probe_timeout_seconds == 2.0
 

@@ -379,3 +379,25 @@ def test_both_copies_gone_adopts_a_state():
     loaded = load_state(WEB, {}, {Color.BLUE: 0, Color.GREEN: 1}, None, NOW)
     assert (loaded.state.active, loaded.state.generation, loaded.adopted) == (Color.GREEN, 1,
                                                                             "only green has replicas")
+
+
+@pytest.mark.parametrize("routing", [Routing.all_to(Color.BLUE), Routing.toward(Color.GREEN, 10),
+                                     Routing(blue=50, green=50, preview=Color.BLUE)])
+def test_routing_has_one_text_form_that_reads_back(routing):
+    assert Routing.parse(str(routing)) == routing
+
+
+@pytest.mark.parametrize("text", ["", "blue=100 green=0", "blue=60 green=60 preview=blue", "blue=a green=0 preview=x"])
+def test_other_text_is_not_a_routing(text):
+    with pytest.raises(ValueError):
+        Routing.parse(text)
+
+
+def test_a_rule_is_parsed_once_and_narrowed_without_parsing_again():
+    from bluegreen.rules import Rule
+
+    rule = Rule.parse("Host(`a.example.com`) || Host(`b.example.com`)")
+    assert rule.hosts == ("a.example.com", "b.example.com") and rule.first_host == "a.example.com"
+    narrowed = rule.narrowed("X-Trial", "t0k")
+    assert narrowed.node == parse_rule(narrowed.text) and narrowed.hosts is None
+    assert App("web", "web-blue", "web-green", 8000, rule.text).rule == rule

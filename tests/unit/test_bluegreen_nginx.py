@@ -15,7 +15,8 @@ import pytest
 from bluegreen.apps import App, Color
 from bluegreen.config import NginxSettings
 from bluegreen.routers import RouterError
-from bluegreen.routers.nginx import NginxRouter, command, parse_routing, signal_pid_file
+from bluegreen.routers.base import routing_in
+from bluegreen.routers.nginx import NginxRouter, command, signal_pid_file
 from bluegreen.state import Routing
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`) || Host(`www.example.com`)",
@@ -54,7 +55,7 @@ def test_the_config_proxies_to_the_active_color_and_serves_the_preview_from_the_
     assert "server_name preview.example.com;" in preview and "set $swarmshift_upstream web-blue:8000;" in preview
     assert "listen 8099;" in status and "server_name swarmshift-status-web;" in status
     assert 'return 200 "app=web blue=0 green=100 preview=blue\\n";' in status
-    assert parse_routing(text) == Routing.all_to(Color.GREEN)
+    assert routing_in(text) == Routing.all_to(Color.GREEN)
 
 
 @pytest.mark.parametrize(("app", "routing", "message"), [
