@@ -114,10 +114,10 @@ async def deploy(request: web.Request) -> web.Response:
 async def switch(request: web.Request) -> web.Response:
     body = _body(await _optional_json(request), {"to": str, "force": bool})
     to = body.get("to")
-    if to is not None and to not in {c.value for c in Color}:
+    color = Color.named(to)
+    if to is not None and color is None:
         raise HTTPProblem(400, "bad request body", problems=[f"body.to: expected blue or green (got {to!r})"])
-    state = await request.app[CONTROLLER].switch(request.match_info["app"], Color(to) if to else None,
-                                                 force=bool(body.get("force")))
+    state = await request.app[CONTROLLER].switch(request.match_info["app"], color, force=bool(body.get("force")))
     return _accepted(state)
 
 

@@ -36,6 +36,14 @@ class Color(StrEnum):
     BLUE = "blue"
     GREEN = "green"
 
+    @classmethod
+    def named(cls, text: str | None) -> Color | None:
+        """The color `text` names, or None: where a color comes in (labels, requests), it is checked here once."""
+        try:
+            return cls(text) if text is not None else None
+        except ValueError:
+            return None
+
     @property
     def other(self) -> Color:
         return Color.GREEN if self is Color.BLUE else Color.BLUE
@@ -175,13 +183,14 @@ def discover(services: Iterable[Labelled], defaults: AppDefaults = AppDefaults()
                 svc.name, APP_LABEL,
                 "expected a lowercase DNS name (a-z, 0-9, -) that does not end in -blue, -green or -preview", app))
             continue
-        if color not in {c.value for c in Color}:
+        named = Color.named(color)
+        if named is None:
             problems.extend(unknown[svc.name])
             problems.append(problem(svc.name, COLOR_LABEL, "expected blue or green", color)
                             if color is not None else problem(svc.name, COLOR_LABEL, "missing: expected blue or green"))
             broken.setdefault(app, []).append(svc.name)
             continue
-        members.setdefault(app, []).append((Color(color), svc))
+        members.setdefault(app, []).append((named, svc))
 
     apps: dict[str, App] = {}
     for name, found in sorted(members.items()):

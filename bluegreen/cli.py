@@ -20,8 +20,10 @@ from typing import Any
 
 import click
 
+from bluegreen.app_check import check_app_labels
+from bluegreen.apps import Color
 from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
-from bluegreen.config import BlueGreenConfig, check_app_labels
+from bluegreen.config import BlueGreenConfig
 from bluegreen.state import Phase, Result
 from swarmshift import logs
 from swarmshift.commands import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors, table
@@ -319,7 +321,7 @@ def deploy(app, image, wait, timeout, controller_url) -> None:
 
 @bluegreen.command()
 @click.argument("app")
-@click.option("--to", type=click.Choice(["blue", "green"]), default=None, help="Default: the other color.")
+@click.option("--to", type=click.Choice([c.value for c in Color]), default=None, help="Default: the other color.")
 @click.option("--force", is_flag=True, help="Skip the health check of the target and the verification.")
 @wait_option
 @timeout_option

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bluegreen.app_check import app_problems
 from bluegreen.apps import App, Color, discover
-from bluegreen.config import BlueGreenConfig, PromCheck, app_problems
+from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
 from bluegreen.probe import Prober

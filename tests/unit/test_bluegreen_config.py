@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bluegreen.app_check import check_app_labels
 from bluegreen.apps import Color, Strategy
-from bluegreen.config import BlueGreenConfig, PromCheck, check_app_labels
+from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.phases import CheckResult, Settings
 from swarmshift.config import ConfigError, load
 
