@@ -68,6 +68,12 @@ async def poll_until(read: Callable[[], Awaitable[Routing | None]], want: Routin
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+def duration(seconds: float) -> str:
+    """A duration as Go (Traefik) and nginx read it: `5s`, `500ms`."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def routing_comment(routing: Routing) -> str:
     """The comment line that records a file's routing, which `routing_in` reads back."""
     return f"# routing: {routing}"

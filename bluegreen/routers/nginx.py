@@ -41,16 +41,16 @@ import asyncio
 import contextlib
 import os
 import re
-import signal as signals
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from bluegreen.apps import App, Color
-from bluegreen.routers.base import HEADER, RouterError, routing_comment, routing_in, write_atomic
+from bluegreen.routers.base import HEADER, RouterError, duration, routing_comment, routing_in, write_atomic
+from bluegreen.routers.nginx_actions import Action, command, docker_exec, docker_signal, signal_pid_file
 from bluegreen.rules import Rule
 from bluegreen.state import Routing
 
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from bluegreen.config import NginxSettings
     from swarmshift.swarm import Swarm
 
-Action = Callable[[], Awaitable[None]]
 Upstream = Callable[[App, Color], str]
 TraefikDocument = Callable[[Iterable[tuple[App, Routing]]], dict[str, Any]]
 
@@ -78,11 +77,6 @@ def status_host(app: str) -> str:
     return f"swarmshift-status-{app}"
 
 
-def _seconds(value: float) -> str:
-    ms = round(value * 1000)
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
-
-
 def hosts(rule: Rule) -> tuple[str, ...]:
     """The server names of a Host(`…`) [|| Host(`…`)] rule; RouterError for any other rule."""
     found = rule.hosts
@@ -92,90 +86,6 @@ def hosts(rule: Rule) -> tuple[str, ...]:
         if not _HOST.match(host):
             raise RouterError(f"not a host name nginx takes: {host!r}")
     return found
-
-
-# --- Test and reload actions -------------------------------------------------------------------
-
-
-def command(argv: Sequence[str], *, within: float = 10.0) -> Action:
-    """An action running `argv`; RouterError with its output when it fails or overruns."""
-    argv = list(argv)
-
-    async def run() -> None:
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.STDOUT)
-        except OSError as err:
-            raise RouterError(f"{argv[0]}: {err.strerror or err}") from err
-        try:
-            output, _ = await asyncio.wait_for(proc.communicate(), within)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RouterError(f"{' '.join(argv)}: no answer within {_seconds(within)}") from None
-        if proc.returncode != 0:
-            text = output.decode(errors="replace").strip()
-            raise RouterError(f"{' '.join(argv)} exited with {proc.returncode}: {text}")
-
-    return run
-
-
-def signal_pid_file(path: str | Path, sig: int = signals.SIGHUP) -> Action:
-    """An action sending `sig` (SIGHUP: reload) to the nginx master whose pid is in `path`."""
-    path = Path(path)
-
-    async def send() -> None:
-        try:
-            pid = int(path.read_text().strip())
-            os.kill(pid, sig)
-        except (OSError, ValueError) as err:
-            raise RouterError(f"cannot signal the nginx master in {path}: {err}") from err
-
-    return send
-
-
-async def _service_containers(swarm: Swarm, service: str) -> list[str]:
-    from swarmshift.swarm import SwarmError
-
-    try:
-        found = await swarm.containers(f"com.docker.swarm.service.name={service}")
-    except SwarmError as err:
-        raise RouterError(f"cannot list the containers of the nginx service {service}: {err}") from err
-    if not found:
-        raise RouterError(f"no running container of the nginx service {service} on this node")
-    return [c["Id"] for c in found]
-
-
-def docker_signal(swarm: Swarm, service: str, sig: str = "HUP") -> Action:
-    """An action signalling every container of the nginx Swarm service on this node (SIGHUP reloads nginx)."""
-    from swarmshift.swarm import SwarmError
-
-    async def send() -> None:
-        for container in await _service_containers(swarm, service):
-            try:
-                await swarm.signal(container, sig)
-            except SwarmError as err:
-                raise RouterError(f"signal {sig} to {service} ({container[:12]}): {err}") from err
-
-    return send
-
-
-def docker_exec(swarm: Swarm, service: str, argv: Sequence[str], *, within: float = 10.0) -> Action:
-    """An action running `argv` (nginx -t) in a container of the nginx service, where nginx and its files are."""
-    from swarmshift.swarm import SwarmError
-
-    argv = list(argv)
-
-    async def run() -> None:
-        container = (await _service_containers(swarm, service))[0]
-        try:
-            code, output = await swarm.exec(container, argv, within=within)
-        except SwarmError as err:
-            raise RouterError(f"{' '.join(argv)} in {service}: {err}") from err
-        if code != 0:
-            raise RouterError(f"{' '.join(argv)} in {service} exited with {code}: {output.strip()}")
-
-    return run
 
 
 # --- The router --------------------------------------------------------------------------------
@@ -263,11 +173,11 @@ class NginxRouter:
             "server {",
             f"    listen {self.listen};",
             f"    server_name {' '.join(names)};",
-            f"    resolver {self.resolver} valid={_seconds(self.resolver_valid)} ipv6=off;",
+            f"    resolver {self.resolver} valid={duration(self.resolver_valid)} ipv6=off;",
             "    resolver_timeout 2s;",
             "    # A reload closes idle keep-alive connections, losing a request sent on one just then."
             if self.keepalive_timeout == 0 else "    # Keep-alive: clients must retry the requests a reload cuts.",
-            f"    keepalive_timeout {_seconds(self.keepalive_timeout)};",
+            f"    keepalive_timeout {duration(self.keepalive_timeout)};",
             "    location / {",
             "        # A variable makes nginx resolve the name per request: the color's tasks come and go.",
             f"        set $swarmshift_upstream {address};",

@@ -35,18 +35,14 @@ from typing import Any
 import yaml
 
 from bluegreen.apps import App, Color
-from bluegreen.routers.base import HEADER, RouterError, routing_comment, routing_in
+from bluegreen.routers.base import HEADER, RouterError, duration, routing_comment, routing_in
 from bluegreen.rules import RuleError, parse_rule
 from bluegreen.state import Routing
 
 _SERVER_URL = re.compile(r"^http://[A-Za-z0-9][A-Za-z0-9_.-]*:[0-9]{1,5}$")
 
 
-def go_duration(seconds: float) -> str:
-    """A Go duration string, the format Traefik reads (`5s`, `500ms`)."""
-    ms = round(seconds * 1000)
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
-
+go_duration = duration  # the format Traefik reads
 
 def color_service(app: str, color: Color) -> str:
     return f"{app}-{color}"
