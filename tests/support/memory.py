@@ -48,9 +48,9 @@ class MemorySwarm:
     # -- set-up ---------------------------------------------------------------------------------
 
     def add(self, name: str, *, image: str, replicas: int = 1, labels: Mapping[str, str] | None = None,
-            limits: Resources = Resources()) -> Service:
+            limits: Resources | None = None) -> Service:
         service = Service(id=f"id{next(self._ids)}", name=name, version=1, labels=dict(labels or {}), image=image,
-                          replicas=replicas, running=replicas, limits=limits, reservations=Resources(),
+                          replicas=replicas, running=replicas, limits=limits or Resources(), reservations=Resources(),
                           update_status=None, spec={})
         self._services[service.id] = service
         return service
