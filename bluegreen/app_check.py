@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bluegreen.apps import App, Labelled, Strategy, discover
+from bluegreen import routers
+from bluegreen.apps import App, Labelled, discover
 from bluegreen.config import BlueGreenConfig
-from bluegreen.labels import PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS, STRATEGY_LABEL
+from bluegreen.labels import PREVIEW_RULE_LABEL, STATE_KEYS
 from bluegreen.state import AppState
 
 
@@ -30,13 +31,4 @@ def app_problems(app: App, config: BlueGreenConfig) -> list[str]:
     if config.probe.via == "router" and app.preview_rule is None:
         problems.append(f"{where}: probe.via router reaches the idle color only through the preview "
                         f"route: set {PREVIEW_RULE_LABEL} or defaults.preview_rule")
-    if config.router.kind != "nginx":
-        return problems
-    if app.strategy is Strategy.PROGRESSIVE:
-        problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
-                        "all traffic at once (got 'progressive')")
-    for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
-        if rule is not None and rule.hosts is None:
-            problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
-                            f"joined by || (got {rule.text!r})")
-    return problems
+    return problems + routers.app_problems(config.router, app)

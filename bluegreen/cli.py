@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from bluegreen import routers
 from bluegreen.app_check import check_app_labels
 from bluegreen.apps import Color
 from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
@@ -73,10 +74,9 @@ def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]
         token = load_token(cfg.token_file)
     except ConfigError as err:
         problems += err.problems
-    kind = cfg.router.kind
-    if kind in ("traefik-file", "nginx"):
-        key, directory = (("router.traefik.dynamic_dir", cfg.router.traefik.dynamic_dir) if kind == "traefik-file"
-                          else ("router.nginx.conf_dir", cfg.router.nginx.conf_dir))
+    written = routers.directory(cfg.router)
+    if written is not None:
+        key, directory = written
         if not Path(directory).is_dir() or not os.access(directory, os.W_OK | os.X_OK):
             problems.append(f"config: {key}: not a directory the controller can write (got {directory!r})")
     return token, problems
@@ -95,7 +95,6 @@ def run(config_path) -> None:
 
 
 async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
-    from bluegreen import routers
     from bluegreen.api import make_app
     from bluegreen.controller import Controller
     from bluegreen.observe import Checks

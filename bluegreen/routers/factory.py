@@ -1,4 +1,4 @@
-"""Picks the router a config names: the only place that knows every proxy."""
+"""Picks the router a config names, and says what it needs: the only place that knows every proxy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from bluegreen.routers.base import Router
 
 if TYPE_CHECKING:
+    from bluegreen.apps import App
     from bluegreen.config import RouterSettings
     from swarmshift.swarm import Swarm
 
@@ -36,3 +37,21 @@ def build(settings: RouterSettings, *, swarm: Swarm | None = None) -> Router:
                                               health_interval=t.health_interval, health_timeout=t.health_timeout)
         return NginxRouter.from_settings(settings.nginx, swarm=swarm, traefik_document=traefik_document)
     raise ValueError(f"unknown router kind {settings.kind!r}")
+
+
+def directory(settings: RouterSettings) -> tuple[str, str] | None:
+    """The config key and the directory the router writes its files to, or None for a router that writes none."""
+    if settings.kind == "traefik-file":
+        return "router.traefik.dynamic_dir", settings.traefik.dynamic_dir
+    if settings.kind == "nginx":
+        return "router.nginx.conf_dir", settings.nginx.conf_dir
+    return None
+
+
+def app_problems(settings: RouterSettings, app: App) -> list[str]:
+    """What keeps a well-labelled app from being routed by the router `settings.kind` names."""
+    if settings.kind == "nginx":
+        from bluegreen.routers.nginx import app_problems as nginx_problems
+
+        return nginx_problems(app)
+    return []

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bluegreen.apps import App, Color
+from bluegreen.apps import App, Color, Strategy
+from bluegreen.labels import PREVIEW_RULE_LABEL, RULE_LABEL, STRATEGY_LABEL
 from bluegreen.routers.base import HEADER, RouterError, duration, routing_comment, routing_in, write_atomic
 from bluegreen.routers.nginx_actions import Action, command, docker_exec, docker_signal, signal_pid_file
 from bluegreen.rules import Rule
@@ -86,6 +87,20 @@ def hosts(rule: Rule) -> tuple[str, ...]:
         if not _HOST.match(host):
             raise RouterError(f"not a host name nginx takes: {host!r}")
     return found
+
+
+def app_problems(app: App) -> list[str]:
+    """What keeps a well-labelled app from being routed by nginx: weights, and rules other than Host matchers."""
+    where = f"app {app.name}"
+    problems = []
+    if app.strategy is Strategy.PROGRESSIVE:
+        problems.append(f"{where}: {STRATEGY_LABEL}: progressive needs a Traefik router; nginx switches "
+                        "all traffic at once (got 'progressive')")
+    for label, rule in ((RULE_LABEL, app.rule), (PREVIEW_RULE_LABEL, app.preview_rule)):
+        if rule is not None and rule.hosts is None:
+            problems.append(f"{where}: {label}: the nginx router needs a rule of Host(`…`) matchers "
+                            f"joined by || (got {rule.text!r})")
+    return problems
 
 
 # --- The router --------------------------------------------------------------------------------
