@@ -117,10 +117,13 @@ def with_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
-def wait_phase(daemon, app: str, phases: set[str], timeout: float) -> dict:
-    """The app's status once its phase is one of `phases`."""
+def wait_phase(daemon, app: str, phases: set[str], timeout: float, *, operation: str | None = None,
+               interval: float = 0.2) -> dict:
+    """The app's status once its phase is one of `phases` (in operation `operation`'s deploy, if given)."""
     def reached() -> dict | None:
         view = daemon.status(app)
+        if operation is not None and (view.get("deploy") or {}).get("id") != operation:
+            return None
         return view if view.get("phase") in phases else None
 
-    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=0.2)
+    return lab.wait_for(f"{app} to reach {sorted(phases)}", reached, timeout, interval=interval)
