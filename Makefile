@@ -24,15 +24,18 @@ lab: venv
 	sh lab/swarmshift-image.sh $(BIN)/pip
 	sh lab/stack-images.sh
 
+# The lab tests run in two concurrent sessions: the heavy ones (sustained load, CPU burn, time
+# bounds) one at a time, the rest beside them (tests/support/lanes.py).
 test: lab venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+	$(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 test-lab: lab venv
-	$(BIN)/pytest -m lab $(PYTEST_ARGS)
+	$(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

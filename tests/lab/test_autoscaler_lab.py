@@ -65,6 +65,7 @@ def cpu_service(swarm, demo_image, net, **labels):
     )
 
 
+@pytest.mark.heavy
 def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
     swarm, demo_image, docker_client, prometheus, autoscaler_proc
 ):
@@ -104,6 +105,7 @@ def test_cpu_load_scales_up_through_prometheus_then_down_after_the_window(
     assert times[0] - stopped < 20 + window + 2 * interval, "scale-down came later than the window allows"
 
 
+@pytest.mark.heavy
 def test_cpu_load_scales_up_through_docker_stats(swarm, demo_image, docker_client, autoscaler_proc):
     interval = 5
     net = swarm.network()

@@ -64,6 +64,7 @@ def versions_after(result: LoadResult, wall: float, offset: float) -> set[str]:
 # --- (a) zero-loss deploy ----------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_a_deploy_under_load_loses_no_request_and_ends_on_v2(swarm, stack, bluegreen_proc, webhook):
     # The first receiver never answers (a closed port): notifications must not hold the deploy up.
     daemon = start_controller(bluegreen_proc, stack, notify={
@@ -158,6 +159,7 @@ def test_a_release_whose_health_never_passes_is_never_switched_to_and_bad_reques
 # --- (c) failure after the switch --------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_a_release_that_fails_after_the_switch_is_rolled_back_within_the_deadline(swarm, stack, bluegreen_proc):
     daemon = start_controller(bluegreen_proc, stack, verification_window="20s")
     app = stack.app

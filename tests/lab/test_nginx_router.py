@@ -210,6 +210,7 @@ def test_apply_switch_and_a_rejected_config(nginx, colors):
     assert sorted(p.name for p in nginx.conf_dir.iterdir()) == ["web.conf"]
 
 
+@pytest.mark.heavy
 def test_twenty_switches_under_load_fail_no_request(nginx, colors):
     router = make_router(nginx, colors)
 

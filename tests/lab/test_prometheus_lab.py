@@ -72,6 +72,7 @@ def burning(port: int, *, ms: int = 250, max_requests: int = 120, max_seconds: f
     assert not errors, f"/burn failed: {errors[0]!r}"
 
 
+@pytest.mark.heavy
 def test_cpu_rate_per_service_rises_under_burn_and_respects_the_limit(swarm, demo_image, prometheus):
     name, port = demo_service(swarm, demo_image, "cpu", cpu_limit=0.5)
     selector = f'{SERVICE}="{name}"'

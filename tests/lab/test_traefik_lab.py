@@ -49,6 +49,7 @@ def provider(request) -> str:
 # --- deploy, 20 switches and a rollback under load, with either provider ---------------------------
 
 
+@pytest.mark.heavy
 def test_deploy_switches_and_rollback_under_load_lose_no_request(swarm, tmp_path, images, bluegreen_proc, provider):
     stack = TraefikStack(swarm, tmp_path, images, provider=provider)
     daemon = start(stack, bluegreen_proc)
@@ -101,6 +102,7 @@ def green_weight(view: dict) -> int | None:
     return int(found.group(1)) if found else None
 
 
+@pytest.mark.heavy
 def test_each_progressive_step_splits_traffic_as_its_weights_say(swarm, tmp_path, images, bluegreen_proc):
     # The document is the same for both providers; the file provider delivers it here.
     stack = TraefikStack(swarm, tmp_path, images, strategy="progressive")
@@ -138,6 +140,7 @@ HEALTH_WALK = ["TT", "FT", "FF", "FT", "TF", "FT", "TT", "FF", "TF", "FF", "TT",
 BOUND = 1.0  # seconds: the slowest answer allowed, 503 included
 
 
+@pytest.mark.heavy
 def test_whichever_colors_fail_and_recover_every_request_gets_a_prompt_answer_never_from_the_idle_color(
         swarm, tmp_path, images, bluegreen_proc):
     # The idle color runs, with weight 0. Docker's own health check is off, so a failing /health

@@ -1,7 +1,8 @@
 """The lab's Docker side for tests: uniquely named, labelled services and networks, always removed.
 
-Every resource a test makes carries the label `swarmshift.test=<pid of the pytest run>`. Before a
-run starts, anything carrying that label whose pytest run is gone is removed: Swarm state outlives
+Every resource a test makes carries the label `swarmshift.test=<pid of the pytest process>` (each
+lane of tests/support/lanes.py has its own). Before a run starts, anything carrying that label whose pytest run is
+gone is removed: Swarm state outlives
 the engine, and a killed session leaves services that Swarm restarts, maybe still burning CPU.
 """
 
@@ -65,14 +66,18 @@ def _owner_alive(value: str) -> bool:
 
 def remove_leftovers(client: docker.DockerClient) -> list[str]:
     """Remove labelled services, containers, networks, configs, secrets and volumes whose pytest run is gone."""
+    # The two lanes of tests/support/lanes.py may clean up at the same time: what the other one
+    # removed first is gone, not an error.
     removed = []
     for svc in client.services.list(filters={"label": LABEL}):
         if not _owner_alive(svc.attrs["Spec"].get("Labels", {}).get(LABEL, "")):
-            svc.remove()
+            with contextlib.suppress(docker.errors.NotFound):
+                svc.remove()
             removed.append(f"service {svc.name}")
     for ctr in client.containers.list(all=True, filters={"label": LABEL}):
         if not _owner_alive(ctr.labels.get(LABEL, "")):
-            ctr.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                ctr.remove(force=True)
             removed.append(f"container {ctr.name}")
     for net in client.networks.list(filters={"label": LABEL}):
         if not _owner_alive((net.attrs.get("Labels") or {}).get(LABEL, "")):

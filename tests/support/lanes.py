@@ -1,0 +1,56 @@
+"""Runs the lab tests in two concurrent pytest sessions: the heavy ones one at a time, the rest beside them.
+
+`make test` and `make test-lab` call `python -m tests.support.lanes [pytest args]`.
+
+- `heavy` lane: the tests marked `heavy` (sustained load, CPU burn, or a time bound), one after
+  another, so that no two of them ever overlap.
+- `beside` lane: every other lab test, at the same time, in its own session.
+
+Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
+neither lane's autoscaler or controller sees the other's services, and neither removes the
+other's resources as leftovers. Both lanes' output is streamed with a prefix; the exit status is
+the first non-zero one. (pytest-xdist's `--dist loadgroup` would do this in one session, but it
+does not group on pytest 9.2: pytest-dev/pytest-xdist#1386.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+LANES = {"heavy": "lab and heavy", "beside": "lab and not heavy"}
+
+
+def _stream(name: str, proc: subprocess.Popen, lock: threading.Lock) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(f"[{name}] {line}")
+            sys.stdout.flush()
+
+
+def main(args: list[str]) -> int:
+    started = time.monotonic()
+    lock = threading.Lock()
+    procs, threads = {}, []
+    for name, marks in LANES.items():
+        argv = [sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}", *args]
+        procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        threads.append(threading.Thread(target=_stream, args=(name, procs[name], lock), daemon=True))
+        threads[-1].start()
+    codes = {name: proc.wait() for name, proc in procs.items()}
+    for thread in threads:
+        thread.join(5)
+    took = time.monotonic() - started
+    print(f"lab lanes: {', '.join(f'{n} exit {c}' for n, c in codes.items())} in {took / 60:.1f} min", flush=True)
+    # pytest's 5 ("no tests collected") in a lane that a -k or path left empty is not a failure.
+    failed = [c for c in codes.values() if c not in (0, 5)]
+    if not failed and set(codes.values()) == {5}:
+        return 5
+    return failed[0] if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
