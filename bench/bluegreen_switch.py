@@ -156,6 +156,14 @@ answers 5xx on `/`, {ROLLBACKS} times, probe_interval {PROBE_INTERVAL:g} s × fa
 Targets: the Traefik file switch under 1 s; 0 failed requests; rollback within
 probe_interval × failure_threshold + 1 s = {deadline:g} s.
 
+A Traefik switch is two changes that Traefik loads one after the other: the trial of the new
+routing (which Traefik may refuse), then the routing itself. With the file provider each load
+is a file event plus `providersThrottleDuration` (100 ms in traefik/traefik.yml; at 500 ms the
+median switch was 1.18 s and the rollback 3.29 s). With the HTTP provider each load waits for
+Traefik's next poll (`pollInterval` 1 s here), so its switch is about two poll intervals and its
+rollback misses the 3 s target by about that much; a shorter `pollInterval` buys it back at the
+cost of more polling.
+
 | | interval × threshold | time to roll back after the first failure |
 |---|---|---:|
 | swarmshift, as measured (nginx) | {PROBE_INTERVAL:g} s × {FAILURE_THRESHOLD} | {median(results['nginx']['rollback']):.1f} s |
