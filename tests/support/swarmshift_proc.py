@@ -60,10 +60,10 @@ class SwarmshiftDaemon(Daemon):
         return self.request("GET", path, headers=headers)
 
     def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+                headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes]:
         req = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
@@ -117,14 +117,15 @@ class BlueGreenDaemon(SwarmshiftDaemon):
         self.started_at.append(time.time())
         super().start()
 
-    def api(self, method: str, path: str, body: Any = None, token: str | None = "") -> tuple[int, Any]:
+    def api(self, method: str, path: str, body: Any = None, token: str | None = "",
+            timeout: float = 10) -> tuple[int, Any]:
         """A JSON request with the daemon's token (or `token`; None sends none); (status, decoded body)."""
         headers = {"Content-Type": "application/json"}
         token = self.token if token == "" else token
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         data = json.dumps(body).encode() if body is not None else None
-        status, raw = self.request(method, path, data, headers)
+        status, raw = self.request(method, path, data, headers, timeout)
         try:
             return status, json.loads(raw) if raw else None
         except json.JSONDecodeError:
