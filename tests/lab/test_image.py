@@ -40,6 +40,9 @@ def test_the_autoscaler_container_becomes_healthy(docker_client, image):
         IMAGE, ["autoscaler", "run", "--source", "docker", "--interval", "5"], detach=True, user="0",
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
         labels={lab.LABEL: lab.OWNER},
+        # Only this session's services: without a selector it would scale whatever another
+        # session (the other lane of tests/support/lanes.py) runs with autoscale labels.
+        environment={"SWARMSHIFT_SELECTOR": f"{lab.LABEL}={lab.OWNER}"},
     )
     try:
         def health():
