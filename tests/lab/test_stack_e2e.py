@@ -167,11 +167,11 @@ def test_the_autoscaler_service_scales_the_active_color_under_load_through_traef
           f"{dict(load.result.statuses)}")
     assert set(load.result.colors) == {"green"}
     # The autoscaler logs its scale just after the write lands: its line may be a moment behind.
-    deadline = time.monotonic() + 10
-    while not (scaled := stack.events("autoscaler", "service_scaled", service=service, direction="up")) \
-            and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert scaled, ("the replica count changed, but not by the autoscaler: "
+    try:
+        scaled = lab.wait_for("the autoscaler's service_scaled line", lambda: stack.events(
+            "autoscaler", "service_scaled", service=service, direction="up"), 10, interval=0.5)
+    except AssertionError:
+        pytest.fail("the replica count changed, but not by the autoscaler: "
                     f"{[e for e in stack.logs('autoscaler') if isinstance(e, dict) and e.get('service') == service]} "
                     f"{[e for e in stack.logs('bluegreen') if isinstance(e, dict) and e.get('app') == 'demo'][-12:]}")
     first = scaled[0]

@@ -1,9 +1,9 @@
 """The lab's Docker side for tests: uniquely named, labelled services and networks, always removed.
 
 Every resource a test makes carries the label `swarmshift.test=<pid of the pytest process>` (each
-lane of tests/support/lanes.py has its own). Before a run starts, anything carrying that label whose pytest run is
-gone is removed: Swarm state outlives
-the engine, and a killed session leaves services that Swarm restarts, maybe still burning CPU.
+lane of tests/support/lanes.py has its own). Before a run starts, anything carrying that label
+whose pytest run is gone is removed: Swarm state outlives the engine, and a killed session
+leaves services that Swarm restarts, maybe still burning CPU.
 """
 
 from __future__ import annotations
