@@ -167,7 +167,7 @@ class Discovery:
     problems: list[str]  # every problem line, the refused services' included (what `check` prints)
     # App key -> the services that claim it, for apps left out because of problems.
     broken: dict[str, list[str]] = field(default_factory=dict)
-    # App key -> the problem lines charged to that app (why it is broken, or which service it refused).
+    # App key -> the problem lines charged to that app: why it is broken.
     issues: dict[str, list[str]] = field(default_factory=dict)
     # App key -> the services refused a color the app already has; the app itself works.
     refused: dict[str, list[Refusal]] = field(default_factory=dict)
@@ -285,7 +285,6 @@ def discover(services: Iterable[Labelled], defaults: AppDefaults = AppDefaults()
         problems.extend(lines)
     for key, refusals in sorted(refused.items()):
         problems.extend(r.line(key) for r in refusals)
-        issues.setdefault(key, []).extend(r.line(key) for r in refusals)
     problems.extend(unattached)
     return Discovery(apps=apps, problems=problems, broken=broken, issues=issues, refused=refused,
                      unattached=unattached)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-from datetime import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import docker
