@@ -20,7 +20,6 @@ from bluegreen.labels import (
     COLOR_LABEL,
     HEALTH_PATH_LABEL,
     K_GENERATION,
-    OPERATOR_LABELS,
     PORT_LABEL,
     PREFIX,
     PREVIEW_RULE_LABEL,
@@ -240,7 +239,7 @@ def discover(services: Iterable[Labelled], defaults: AppDefaults = AppDefaults()
         color = ours.get(COLOR_LABEL)
         lines: list[str] = []
         if app is None:
-            if any(k in ours for k in OPERATOR_LABELS):
+            if any(known_label(k) for k in ours):  # a stray state or lock label names no app either
                 lines.append(problem(svc.name, APP_LABEL, "missing: the service carries blue-green labels"))
         elif not valid_app_name(app):
             lines.append(problem(
