@@ -174,3 +174,44 @@ def test_a_whole_number_is_ascii_digits_within_range_or_a_value_error(text, mini
         return
     assert re.fullmatch(r"[0-9]{1,18}", text, re.ASCII) and int(text) == value
     assert value >= minimum and (maximum is None or value <= maximum)
+
+
+# --- the controller over hostile labels ------------------------------------------------------------
+
+HOSTILE = st.dictionaries(st.sampled_from([PORT_LABEL, RULE_LABEL, HEALTH_PATH_LABEL, PREVIEW_RULE_LABEL,
+                                           STRATEGY_LABEL, STACK_LABEL, COLOR_LABEL, APP_LABEL, *STATE_KEYS]),
+                          VALUE, max_size=5)
+
+
+@fuzz
+@given(HOSTILE, HOSTILE, HOSTILE)
+def test_hostile_labels_never_keep_the_controller_from_serving_a_good_app(blue, green, extra):
+    import asyncio
+
+    from bluegreen.config import BlueGreenConfig
+    from bluegreen.controller import Controller
+    from bluegreen.observe import Checks
+    from tests.support.memory import Clock, MemoryProber, MemoryRouter, MemorySwarm
+
+    swarm = MemorySwarm()
+    good = {APP_LABEL: "good", PORT_LABEL: "8000", RULE_LABEL: "Host(`good.example.com`)"}
+    swarm.add("good-blue", image="g:1", labels={**good, COLOR_LABEL: "blue"})
+    swarm.add("good-green", image="g:1", replicas=0, labels={**good, COLOR_LABEL: "green"})
+    base = {APP_LABEL: "evil", PORT_LABEL: "8000", RULE_LABEL: "Host(`evil.example.com`)"}
+    swarm.add("evil-blue", image="e:1", labels={**base, COLOR_LABEL: "blue", **blue})
+    swarm.add("evil-green", image="e:1", replicas=0, labels={**base, COLOR_LABEL: "green", **green})
+    swarm.add("evil-extra", image="e:1", labels={**base, **extra})
+    router = MemoryRouter()
+    c = Controller(swarm, router, BlueGreenConfig(probe_interval=0.2), prober=MemoryProber(),
+                   checks=Checks(None, []), clock=Clock())
+
+    async def scenario() -> None:
+        await c.start()
+        views = {v["app"]: v for v in await c.statuses()}
+        await c.stop()
+        assert router.ready and "good" in router.routes and views["good"]["broken"] is False
+        assert set(views) == set(c.apps)
+        for view in views.values():
+            assert view["broken"] is bool(view["broken"]) and (not view["broken"] or view["problems"])
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
