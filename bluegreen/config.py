@@ -18,6 +18,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from bluegreen.apps import AppDefaults, Color, Strategy
 from bluegreen.phases import CheckResult, Settings
+from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
 from bluegreen.rules import Rule
 from bluegreen.state import validate_steps
 from swarmshift.config import CommaList, Duration, IntList, LabelSelector, Strict, selects
@@ -102,6 +103,10 @@ class TraefikSettings(Strict):
     # whose Traefik, after polls that failed while the controller was away, backs off up to 60 s
     # (±50 %) before it polls again (docs/benchmarks.md, "Traefik HTTP provider").
     confirm_timeout: Duration | None = None
+    # Every router's explicit priority (see bluegreen.routers.traefik_doc): main routers P, preview
+    # routers P + 1, trial routers P + 2 and P + 3. Traefik ranks a router without one by the
+    # length of its rule, so the default outranks every such router with a rule shorter than it.
+    priority: int = Field(DEFAULT_PRIORITY, ge=1, le=MAX_PRIORITY)
 
     def confirm_seconds(self, kind: str) -> float:
         if self.confirm_timeout is not None:
