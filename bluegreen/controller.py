@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from bluegreen.app_check import board
 from bluegreen.apps import App, Color
 from bluegreen.config import BlueGreenConfig
 from bluegreen.execute import Executor
@@ -158,7 +159,9 @@ class Controller:
 
     async def _discover(self, remove: bool = True) -> list[str]:
         """Runtimes for every app a service is labelled with; apps whose services are all gone are dropped."""
-        services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
+        labelled = await self.swarm.services(label=APP_LABEL)
+        self.observer.board = board(labelled, self.config)  # conflicts are checked against every app, ours or not
+        services = [s for s in labelled if self.config.selects(s.labels)]
         names = sorted({svc.labels[APP_LABEL] for svc in services if svc.labels.get(APP_LABEL)})
         for name in names:
             if name not in self.apps:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bluegreen.app_check import app_problems
+from bluegreen.app_check import app_problems, claim
 from bluegreen.apps import App, Color, discover
+from bluegreen.claims import Board
 from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
@@ -98,6 +99,21 @@ class Observer:
         self.config = config
         self.defaults = config.app_defaults()
         self.clock = clock
+        self.board = Board()  # every app's claim as the controller's discovery last saw them
+
+    def contests(self, rt: Runtime, app: App, services: list[Service]) -> list[str]:
+        """The app's problems as a newcomer whose rules overlap an established app's (bluegreen.claims).
+
+        The app's own rules are read fresh, the others' from the last discovery: a newcomer is
+        left alone like any invalid app, so it never gets a routing that takes another's traffic.
+        """
+        lost = self.board.contests(claim(app, services))
+        for c in lost:
+            if c.problem() not in rt.problems:
+                log.error("app_conflict", app=c.newcomer, established=c.established, rule=c.newcomer_rule.text,
+                          established_rule=c.established_rule.text, overlap=str(c.overlap),
+                          action=f"{c.established} keeps the route; {c.newcomer} is not routed")
+        return [c.problem() for c in lost]
 
     async def read(self, rt: Runtime) -> Reading | None:
         """Read the app; None (problems logged once) when its labels describe no usable app."""
@@ -105,7 +121,7 @@ class Observer:
                     if self.config.selects(s.labels)]
         found = discover(services, self.defaults)
         app = found.apps.get(rt.name)
-        extra = app_problems(app, self.config) if app is not None else []
+        extra = [*app_problems(app, self.config), *self.contests(rt, app, services)] if app is not None else []
         problems = [*found.problems, *extra]
         if app is None or extra:
             self.report(rt, problems)
