@@ -135,6 +135,7 @@ def _rank(clause: Clause) -> tuple[Any, ...]:
     return (not clause.exact, clause.host is None, clause.host or "", clause.path or "", clause.prefix or "")
 
 
+@functools.lru_cache(maxsize=16384)
 def conflict(a: Rule | RuleNode, b: Rule | RuleNode) -> Overlap | None:
     """What two rules can both match, or None when they are provably disjoint. Symmetric."""
     met = [m for x in clauses(a) for y in clauses(b) if (m := x.meet(y)) is not None]
@@ -157,6 +158,12 @@ class Claim:
     rules: tuple[tuple[str, Rule], ...]  # (label, rule): the main rule and the preview rule
     routed: bool = False
     created: Any = None
+
+    @functools.cached_property
+    def hosts(self) -> frozenset[str] | None:
+        """Every host its rules can claim; None when one of them can claim any host."""
+        found = [c.host for _, rule in self.rules for c in clauses(rule)]
+        return None if None in found else frozenset(found)  # type: ignore[arg-type]
 
     @property
     def seniority(self) -> tuple[Any, ...]:
@@ -193,6 +200,8 @@ def _why(winner: Claim, loser: Claim) -> str:
 
 def contest(newcomer: Claim, established: Claim) -> list[Contest]:
     """Every pair of their rules that can match one request."""
+    if newcomer.hosts is not None and established.hosts is not None and not newcomer.hosts & established.hosts:
+        return []  # the common case, apps on hosts of their own, without comparing rule by rule
     found = []
     for label, rule in newcomer.rules:
         for other_label, other_rule in established.rules:
@@ -298,7 +307,14 @@ class Board:
 
     claims: Mapping[str, Claim] = field(default_factory=dict)
 
+    @functools.cached_property
+    def lost(self) -> dict[str, list[Contest]]:
+        # Every app's tick asks; the arbitration changes only with the board.
+        return arbitrate(self.claims.values())
+
     def contests(self, claim: Claim) -> list[Contest]:
         """The contests `claim` loses against the other apps on the board (its own entry replaced by it)."""
-        others = {name: c for name, c in self.claims.items() if name != claim.name}
-        return arbitrate([*others.values(), claim]).get(claim.name, [])
+        if self.claims.get(claim.name) == claim:
+            return self.lost.get(claim.name, [])
+        others = [c for name, c in self.claims.items() if name != claim.name]
+        return arbitrate([*others, claim]).get(claim.name, [])

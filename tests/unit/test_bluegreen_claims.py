@@ -403,3 +403,15 @@ def test_fuzz_conflict_never_misses_an_overlap_and_is_symmetric(a_text, b_text):
     for rule in (a, b):
         assert len(clauses(rule)) <= MAX_CLAUSES
 
+
+
+def test_the_board_answers_for_fresh_rules_too():
+    from bluegreen.claims import Board
+
+    shop = Claim("shop", SHOP, routed=True)
+    blog = Claim("blog", (("rule", R("Host(`blog.example.com`)")),), created=1)
+    board = Board({"shop": shop, "blog": blog})
+    assert board.contests(blog) == []
+    # blog's labels changed since the last discovery: its fresh rules are checked, not the board's.
+    [lost] = board.contests(Claim("blog", CATCH_ALL, created=1))
+    assert lost.established == "shop"
