@@ -7,7 +7,7 @@ from typing import Any
 
 from bluegreen import routers
 from bluegreen.apps import App, Labelled, discover
-from bluegreen.claims import Board, Claim, allowance_problems
+from bluegreen.claims import Board, Claim, allowance_problems, arbitrate
 from bluegreen.config import BlueGreenConfig
 from bluegreen.labels import APP_LABEL, K_GENERATION, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS
 from bluegreen.rules import Rule
@@ -21,13 +21,9 @@ def service_created(svc: Labelled) -> Any:
     return getattr(svc, "created_at", None)
 
 
-def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig, created: Created = service_created,
-                     everyone: Iterable[Labelled] | None = None) -> list[str]:
-    """Every problem with the blue-green labels of `services`, one line each (for `bluegreen check`).
-
-    `everyone`: every labelled service in the swarm, this controller's or not, whose apps' rules
-    `services`' apps must not overlap (default: `services`), as the controller checks them.
-    """
+def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig,
+                     created: Created = service_created) -> list[str]:
+    """Every problem with the blue-green labels of `services`, one line each (for `bluegreen check`)."""
     services = list(services)
     found = discover(services, config.app_defaults())
     problems = list(found.problems)
@@ -36,8 +32,8 @@ def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig, crea
             problems.extend(AppState.from_labels(svc.labels, svc.name)[1])
     for app in found.apps.values():
         problems.extend(app_problems(app, config))
-    lost = board(services if everyone is None else everyone, config, created).lost
-    problems.extend(c.problem() for name in sorted(lost) if name in found.apps for c in lost[name])
+    lost = arbitrate(board(services, config, created).claims.values())
+    problems.extend(c.problem() for name in sorted(lost) for c in lost[name])
     return problems
 
 

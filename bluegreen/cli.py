@@ -137,15 +137,14 @@ def check(config_path) -> None:
     with config_errors():
         cfg = load_config(config_path)
     try:
-        everyone = asyncio.run(_labelled_services(cfg))
-        services = [s for s in everyone if cfg.selects(s.labels)]
+        services = asyncio.run(_labelled_services(cfg))
     except DockerUnavailable as err:
         click.echo(f"cannot list services: {err}", err=True)
         sys.exit(EXIT_FAILED)
     from bluegreen.apps import discover
     from bluegreen.labels import APP_LABEL
 
-    problems = check_app_labels(services, cfg, everyone=everyone)  # other controllers' apps may not overlap ours
+    problems = check_app_labels(services, cfg)
     for line in problems:
         click.echo(line, err=True)
     if problems:
@@ -156,11 +155,11 @@ def check(config_path) -> None:
 
 
 async def _labelled_services(cfg: BlueGreenConfig) -> list:
-    """Every service with a blue-green label, within the selector or not."""
     swarm = Swarm(timeout=cfg.docker_timeout)
     try:
         # Every service: one with stray blue-green labels but no app label is a problem too.
-        return [s for s in await swarm.services() if any(k.startswith("swarmshift.bluegreen.") for k in s.labels)]
+        return [s for s in await swarm.services()
+                if any(k.startswith("swarmshift.bluegreen.") for k in s.labels) and cfg.selects(s.labels)]
     finally:
         await swarm.close()
 

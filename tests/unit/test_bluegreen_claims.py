@@ -415,15 +415,3 @@ def test_the_board_answers_for_fresh_rules_too():
     # blog's labels changed since the last discovery: its fresh rules are checked, not the board's.
     [lost] = board.contests(Claim("blog", CATCH_ALL, created=1))
     assert lost.established == "shop"
-
-
-def test_check_counts_other_controllers_apps_but_reports_only_its_own():
-    config = BlueGreenConfig.model_validate({"selector": "team=a"})
-    ours = services("web", "Host(`shop.example.com`) && PathPrefix(`/web`)", created=2.0)
-    theirs = services("shop", "Host(`shop.example.com`)", created=1.0)
-    for svc in ours:
-        svc.labels["team"] = "a"
-    [line] = check_app_labels(ours, config, everyone=[*ours, *theirs])
-    assert line.startswith("app web: ") and "overlaps app shop's" in line
-    # Seen from shop's controller, web is the newcomer: shop has nothing to report.
-    assert check_app_labels(theirs, BlueGreenConfig(), everyone=[*ours, *theirs]) == []
