@@ -7,7 +7,7 @@ from typing import Any
 
 from bluegreen import routers
 from bluegreen.apps import App, Labelled, discover
-from bluegreen.claims import Board, Claim, allowance_problems, arbitrate
+from bluegreen.claims import Board, Claim, allowance_problems
 from bluegreen.config import BlueGreenConfig
 from bluegreen.labels import APP_LABEL, K_GENERATION, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS
 from bluegreen.rules import Rule
@@ -32,7 +32,7 @@ def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig,
             problems.extend(AppState.from_labels(svc.labels, svc.name)[1])
     for app in found.apps.values():
         problems.extend(app_problems(app, config))
-    lost = arbitrate(board(services, config, created).claims.values())
+    lost = board(services, config, created).lost
     problems.extend(c.problem() for name in sorted(lost) for c in lost[name])
     return problems
 
@@ -62,12 +62,14 @@ def claim(app: App, services: Iterable[Labelled], created: Created = service_cre
 
 
 def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Created = service_created) -> Board:
-    """Every labelled app's claim, for the conflict check: the whole swarm, not only this controller's selector.
+    """Every app's claim, for the conflict check: the apps of this controller (its selector), which share its proxy.
 
-    An app this controller would not route anyway (problems with this config, never routed) claims
-    nothing. Another controller's app (outside the selector) always claims: its config is unknown.
+    Another controller's apps are not compared: it may drive another proxy (another stack's
+    Traefik), where they take nothing from ours; two controllers that share one proxy keep apart
+    by giving their apps disjoint `hosts`. An app this controller would not route anyway
+    (problems with this config, never routed) claims nothing.
     """
-    services = list(services)
+    services = [svc for svc in services if config.selects(svc.labels)]
     found = discover(services, config.app_defaults())
     members: dict[str, list[Labelled]] = {}
     for svc in services:
@@ -75,7 +77,6 @@ def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Create
     claims = {}
     for name, app in found.apps.items():
         c = claim(app, members[name], created)
-        ours = all(config.selects(svc.labels) for svc in members[name])
-        if c.routed or not ours or not app_problems(app, config):
+        if c.routed or not app_problems(app, config):
             claims[name] = c
     return Board(claims)

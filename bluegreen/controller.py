@@ -159,9 +159,8 @@ class Controller:
 
     async def _discover(self, remove: bool = True) -> list[str]:
         """Runtimes for every app a service is labelled with; apps whose services are all gone are dropped."""
-        labelled = await self.swarm.services(label=APP_LABEL)
-        self.observer.board = board(labelled, self.config)  # conflicts are checked against every app, ours or not
-        services = [s for s in labelled if self.config.selects(s.labels)]
+        services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
+        self.observer.board = board(services, self.config)  # what each app's rules are checked against
         names = sorted({svc.labels[APP_LABEL] for svc in services if svc.labels.get(APP_LABEL)})
         for name in names:
             if name not in self.apps:

@@ -415,3 +415,14 @@ def test_the_board_answers_for_fresh_rules_too():
     # blog's labels changed since the last discovery: its fresh rules are checked, not the board's.
     [lost] = board.contests(Claim("blog", CATCH_ALL, created=1))
     assert lost.established == "shop"
+
+
+def test_only_the_apps_of_one_controller_are_compared():
+    # Another controller's app (another selector) may sit behind another proxy: it takes nothing from ours.
+    config = BlueGreenConfig.model_validate({"selector": "team=a"})
+    ours = services("web", "Host(`shop.example.com`) && PathPrefix(`/web`)", created=2.0)
+    theirs = services("shop", "Host(`shop.example.com`)", created=1.0)
+    for svc in ours:
+        svc.labels["team"] = "a"
+    assert set(board([*ours, *theirs], config).claims) == {"web"}
+    assert set(board([*ours, *theirs], BlueGreenConfig()).lost) == {"web"}
