@@ -8,7 +8,7 @@ path), whose union holds every request the rule can match. The abstraction may o
 much, never too little:
 
 - Host, Path and PathPrefix are known exactly (hosts compared as Traefik does: case-folded, a
-  trailing dot ignored);
+  trailing dot ignored, `*.example.com` one label under example.com, `**.example.com` any);
 - HostRegexp, PathRegexp, Header, Query, Method, ClientIP and anything under a negation (`!`)
   constrain nothing: they are taken to match any request;
 - a rule whose clauses would exceed `MAX_CLAUSES` is taken to match any request.
@@ -46,9 +46,12 @@ class Clause:
 
     def meet(self, other: Clause) -> Clause | None:
         """The requests both clauses match, or None when provably none."""
-        if self.host is not None and other.host is not None and self.host != other.host:
-            return None
-        host = self.host if self.host is not None else other.host
+        if self.host is None or other.host is None:
+            host = self.host if self.host is not None else other.host
+        else:
+            host = _host_meet(self.host, other.host)
+            if host is None:
+                return None
         exact = self.exact and other.exact
         paths = {p for p in (self.path, other.path) if p is not None}
         prefixes = sorted({p for p in (self.prefix, other.prefix) if p is not None}, key=len)
@@ -75,6 +78,47 @@ ANYTHING = Clause(exact=False)
 def _host(name: str) -> str:
     # Traefik's Host matcher lower-cases the rule's host and ignores one trailing dot on either side.
     return name.lower().removesuffix(".")
+
+
+def _wildcard(host: str) -> tuple[str, str] | None:
+    """A host expression's wildcard ("*" or "**") and the domain after it, or None for an exact host.
+
+    Traefik v3's Host matcher takes `*.example.com` for one label before example.com and (newer
+    releases) `**.example.com` for one or more; neither matches example.com itself. Read this
+    way even by a Traefik that compares hosts literally, the expression only claims more.
+    """
+    for star in ("**.", "*."):
+        if host.startswith(star):
+            return star[:-1], host[len(star):]
+    return ("*", "") if host == "*" else None  # `*` alone: any host of a single label
+
+
+def _covers(host: str, star: str, rest: str) -> bool:
+    """Whether the wildcard `star`.`rest` matches the exact `host`."""
+    if not rest:
+        return "." not in host
+    if not host.endswith("." + rest):
+        return False
+    head = host[: -len(rest) - 1]
+    return bool(head) and (star == "**" or "." not in head)
+
+
+def _host_meet(a: str, b: str) -> str | None:
+    """A host expression holding every host both match, or None when provably none."""
+    if a == b:
+        return a
+    wa, wb = _wildcard(a), _wildcard(b)
+    if wa is None and wb is None:
+        return None
+    if wa is None or wb is None:
+        exact, (star, rest) = (a, wb) if wa is None else (b, wa)  # type: ignore[misc]
+        return exact if _covers(exact, star, rest) else None
+    # Two wildcards: the one whose domain lies within the other's, when the other can reach it.
+    for (s1, r1), (s2, r2), h in ((wa, wb, a), (wb, wa, b)):
+        inside = r1 == r2 or (bool(r2) and r1.endswith("." + r2))
+        if inside and (r1 == r2 and (s2 == "**" or s1 == "*") or r1 != r2 and s2 == "**"):
+            return h
+    return None
 
 
 def _clauses(node: RuleNode, positive: bool) -> list[Clause]:

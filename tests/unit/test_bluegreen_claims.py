@@ -62,6 +62,10 @@ OVERLAPPING = {
                                  False),
     "a method narrows nothing": ("Host(`a`) && Method(`GET`)", "Host(`a`) && Method(`POST`)", False),
     "query and client IP narrow nothing": ("Host(`a`) && Query(`v`, `1`)", "Host(`a`) && ClientIP(`10.0.0.1`)", False),
+    "a wildcard host covers one label": ("Host(`*.example.com`)", "Host(`shop.example.com`)", True),
+    "a double wildcard covers any depth": ("Host(`**.example.com`)", "Host(`a.shop.example.com`)", True),
+    "a wildcard within a double one": ("Host(`*.shop.example.com`)", "Host(`**.example.com`)", True),
+    "a lone star covers single-label hosts": ("Host(`*`)", "Host(`localhost`)", True),
     "a long catch-all alternative": ("PathPrefix(`/`) || Host(`x`) && Path(`/a/very/long/path/to/win/by/length`)",
                                      "Host(`shop.example.com`) && PathPrefix(`/cart`)", True),
 }
@@ -76,6 +80,10 @@ DISJOINT = {
     "a header does not make other hosts overlap": ("Host(`a`) && Header(`X`, `1`)", "Host(`b`)"),
     "a rule that can match nothing": ("Host(`a`) && Host(`b`)", "PathPrefix(`/`)"),
     "a negation beside a pinned host": ("Host(`a`) && !Path(`/x`)", "Host(`b`)"),
+    "a wildcard does not cover its own domain": ("Host(`*.example.com`)", "Host(`example.com`)"),
+    "a wildcard covers one label only": ("Host(`*.example.com`)", "Host(`a.shop.example.com`)"),
+    "wildcards of different domains": ("Host(`**.example.com`)", "Host(`*.example.org`)"),
+    "a wildcard vs a deeper one": ("Host(`*.example.com`)", "Host(`*.shop.example.com`)"),
 }
 
 
@@ -206,6 +214,13 @@ SHOP_SERVICES = ("shop_web-blue", "shop_web-green")
       "allows only *.shop.example.com, shop.example.com: pin every alternative of the rule with Host(`…`)"]),
     ("Host(`blog.example.com`)",
      ["app web: rule 'Host(`blog.example.com`)' routes host 'blog.example.com', which hosts['shop_*'] does not "
+      "allow (allowed: *.shop.example.com, shop.example.com)"]),
+    ("Host(`*.shop.example.com`) || Host(`**.cdn.shop.example.com`)", []),
+    ("Host(`*.example.com`)",
+     ["app web: rule 'Host(`*.example.com`)' routes host '*.example.com', which hosts['shop_*'] does not "
+      "allow (allowed: *.shop.example.com, shop.example.com)"]),
+    ("Host(`*`)",
+     ["app web: rule 'Host(`*`)' routes host '*', which hosts['shop_*'] does not "
       "allow (allowed: *.shop.example.com, shop.example.com)"]),
 ])
 def test_an_app_may_route_only_the_hosts_its_allowance_grants(rule, want):
@@ -339,7 +354,8 @@ def test_a_conflicting_newcomer_gets_no_routing_through_the_controller():
 
 # --- fuzz: the abstraction against a direct evaluation -------------------------------------------
 
-FUZZ_HOSTS = ["a.example.com", "A.example.com.", "b.example.com", "shop.example.com"]
+FUZZ_HOSTS = ["a.example.com", "A.example.com.", "b.example.com", "shop.example.com", "*.example.com",
+              "**.example.com", "*", "localhost", "example.com"]
 FUZZ_PATHS = ["/", "/x", "/x/", "/xy", "/y", "/x/1"]
 OTHERS = [r"HostRegexp(`^a\..+$`)", "PathRegexp(`^/x`)", "Header(`X-A`, `1`)", "Method(`GET`)", "Query(`q`)",
           "ClientIP(`10.0.0.0/8`)"]
@@ -357,8 +373,9 @@ rules = st.recursive(_leaf, lambda inner: st.one_of(
 ), max_leaves=10)
 
 # Concrete requests: every host and path the rules name, their neighbours, with and without extras.
-REQUEST_HOSTS = ["a.example.com", "b.example.com", "shop.example.com", "other.example.com", "aa.example.com"]
-REQUEST_PATHS = sorted({*FUZZ_PATHS, *(p + "z" for p in FUZZ_PATHS), "/q", "/x/1/2"})
+REQUEST_HOSTS = ["a.example.com", "b.example.com", "shop.example.com", "other.example.com", "aa.example.com",
+                 "x.a.example.com", "example.com", "localhost", "other.org"]
+REQUEST_PATHS = sorted({*FUZZ_PATHS, "/xz", "/x/z", "/q", "/x/1/2"})
 REQUESTS = [(h, p, extras) for h in REQUEST_HOSTS for p in REQUEST_PATHS for extras in (False, True)]
 
 
@@ -373,12 +390,21 @@ def matches(node: RuleNode, host: str, path: str, extras: bool) -> bool:
     assert isinstance(node, Matcher)
     arg = node.args[0]
     return {
-        "Host": lambda: host == arg.lower().removesuffix("."),
+        "Host": lambda: host_matches(host, arg.lower().removesuffix(".")),
         "HostRegexp": lambda: re.search(arg, host) is not None,
         "Path": lambda: path == arg,
         "PathPrefix": lambda: path.startswith(arg),
         "PathRegexp": lambda: re.search(arg, path) is not None,
     }.get(node.name, lambda: extras)()
+
+
+def host_matches(host: str, expr: str) -> bool:
+    """Traefik's DomainMatchHostExpression: `*.d` one label before d, `**.d` one or more, else the host itself."""
+    if expr.startswith("**."):
+        return host.endswith(expr[2:]) and len(host) > len(expr) - 2
+    if expr.startswith("*"):
+        return expr == ".".join(["*", *host.split(".")[1:]])
+    return host == expr
 
 
 def matched(rule: Rule) -> set[tuple[str, str, bool]]:
@@ -398,6 +424,7 @@ def test_fuzz_conflict_never_misses_an_overlap_and_is_symmetric(a_text, b_text):
         # A certain example is a request both rules really match.
         ex = there.example
         host = ex.host if ex.host is not None else "other.example.com"
+        host = {"*": "localhost", "*.example.com": "a.example.com", "**.example.com": "x.a.example.com"}.get(host, host)
         path = ex.path or ex.prefix or "/"
         assert matches(a.node, host, path, False) and matches(b.node, host, path, False)
     for rule in (a, b):
