@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bluegreen import routers
@@ -53,21 +53,31 @@ def app_problems(app: App, config: BlueGreenConfig) -> list[str]:
     return problems + routers.app_problems(config.router, app)
 
 
-def claim(app: App, services: Iterable[Labelled], created: Created = service_created) -> Claim:
-    """The app's claim: its rules; routed before when a service carries the state; as old as its oldest service."""
+def claim(app: App, services: Iterable[Labelled], created: Created = service_created,
+          last: App | None = None) -> Claim:
+    """The app's claim: its rules, whether it was routed with them, and its age (its oldest service's).
+
+    Routed: a service carries the state, and `last` (the app as this process last routed it, if
+    it did) had the same rules. An app routed before that changes its rules is a newcomer to
+    what the new ones claim: it cannot take over another app's route by age alone.
+    """
     services = list(services)
     ages = [age for svc in services if (age := created(svc)) is not None]
-    return Claim(app.name, app_rules(app), routed=any(K_GENERATION in svc.labels for svc in services),
+    rules = app_rules(app)
+    same = last is None or app_rules(last) == rules
+    return Claim(app.name, rules, routed=same and any(K_GENERATION in svc.labels for svc in services),
                  created=min(ages) if ages else None)
 
 
-def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Created = service_created) -> Board:
+def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Created = service_created,
+          last: Mapping[str, App] | None = None) -> Board:
     """Every app's claim, for the conflict check: the apps of this controller (its selector), which share its proxy.
 
     Another controller's apps are not compared: it may drive another proxy (another stack's
     Traefik), where they take nothing from ours; two controllers that share one proxy keep apart
     by giving their apps disjoint `hosts`. An app this controller would not route anyway
-    (problems with this config, never routed) claims nothing.
+    (problems with this config, never routed) claims nothing. `last`: the apps as this process
+    last routed them (see `claim`).
     """
     services = [svc for svc in services if config.selects(svc.labels)]
     found = discover(services, config.app_defaults())
@@ -76,7 +86,7 @@ def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Create
         members.setdefault(svc.labels.get(APP_LABEL, ""), []).append(svc)
     claims = {}
     for name, app in found.apps.items():
-        c = claim(app, members[name], created)
+        c = claim(app, members[name], created, (last or {}).get(name))
         if c.routed or not app_problems(app, config):
             claims[name] = c
     return Board(claims)

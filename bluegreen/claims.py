@@ -193,7 +193,8 @@ def conflict(a: Rule | RuleNode, b: Rule | RuleNode) -> Overlap | None:
 class Claim:
     """An app's rules, and what decides whether it keeps them when another app's overlap.
 
-    `routed`: its services carry a state generation, so it has been routed before. `created`:
+    `routed`: it has been routed before with these rules (its services carry a state generation,
+    and the controller has not seen it change its rules since). `created`:
     any value that orders apps by age, oldest first (when its first service was created), None
     when unknown (ranked after every known age).
     """
@@ -355,6 +356,13 @@ class Board:
     def lost(self) -> dict[str, list[Contest]]:
         # Every app's tick asks; the arbitration changes only with the board.
         return arbitrate(self.claims.values())
+
+    def updated(self, claim: Claim | None, name: str) -> Board:
+        """The board with the app's entry replaced by `claim` (None: the app claims nothing)."""
+        if self.claims.get(name) == claim:
+            return self
+        claims = {n: c for n, c in self.claims.items() if n != name}
+        return Board({**claims, name: claim} if claim is not None else claims)
 
     def contests(self, claim: Claim) -> list[Contest]:
         """The contests `claim` loses against the other apps on the board (its own entry replaced by it)."""

@@ -160,7 +160,8 @@ class Controller:
     async def _discover(self, remove: bool = True) -> list[str]:
         """Runtimes for every app a service is labelled with; apps whose services are all gone are dropped."""
         services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
-        self.observer.board = board(services, self.config)  # what each app's rules are checked against
+        # What each app's rules are checked against; rt.app is each app as last routed.
+        self.observer.board = board(services, self.config, last={n: rt.app for n, rt in self.apps.items() if rt.app})
         names = sorted({svc.labels[APP_LABEL] for svc in services if svc.labels.get(APP_LABEL)})
         for name in names:
             if name not in self.apps:

@@ -101,13 +101,22 @@ class Observer:
         self.clock = clock
         self.board = Board()  # every app's claim as the controller's discovery last saw them
 
-    def contests(self, rt: Runtime, app: App, services: list[Service]) -> list[str]:
+    def contests(self, rt: Runtime, app: App, services: list[Service], valid: bool = True) -> list[str]:
         """The app's problems as a newcomer whose rules overlap an established app's (bluegreen.claims).
 
-        The app's own rules are read fresh, the others' from the last discovery: a newcomer is
-        left alone like any invalid app, so it never gets a routing that takes another's traffic.
+        The app's own rules are read fresh, the others' from the board: the last discovery, with
+        each app's entry refreshed by its own reads. A newcomer is left alone like any invalid app,
+        so it never gets a routing that takes another's traffic.
         """
-        lost = self.board.contests(claim(app, services))
+        mine = claim(app, services, last=rt.app)
+        lost = self.board.contests(mine)
+        # A valid app that lost nothing is routed by this very tick: the others see it so at once,
+        # not at the next discovery. As board() counts apps, one that is not routed, and never
+        # was, claims nothing.
+        if valid and not lost:
+            self.board = self.board.updated(replace(mine, routed=True), app.name)
+        else:
+            self.board = self.board.updated(mine if mine.routed else None, app.name)
         for c in lost:
             if c.problem() not in rt.problems:
                 log.error("app_conflict", app=c.newcomer, established=c.established, rule=c.newcomer_rule.text,
@@ -121,7 +130,9 @@ class Observer:
                     if self.config.selects(s.labels)]
         found = discover(services, self.defaults)
         app = found.apps.get(rt.name)
-        extra = [*app_problems(app, self.config), *self.contests(rt, app, services)] if app is not None else []
+        extra = app_problems(app, self.config) if app is not None else []
+        if app is not None:
+            extra += self.contests(rt, app, services, valid=not extra)
         problems = [*found.problems, *extra]
         if app is None or extra:
             self.report(rt, problems)

@@ -465,3 +465,33 @@ def test_only_the_apps_of_one_controller_are_compared():
         svc.labels["team"] = "a"
     assert set(board([*ours, *theirs], config).claims) == {"web"}
     assert set(board([*ours, *theirs], BlueGreenConfig()).lost) == {"web"}
+
+
+def test_a_routed_app_that_changes_its_rule_into_another_s_is_the_newcomer():
+    # aaa would win by name; but shop holds the route with its rules, and aaa changed its own.
+    swarm = MemorySwarm()
+    for name, rule in (("shop", "Host(`shop.example.com`)"), ("aaa", "Host(`aaa.example.com`)")):
+        for svc in services(name, rule):
+            swarm.add(svc.name, image=f"{name}:1", replicas=1 if svc.name.endswith("blue") else 0, labels=svc.labels)
+    router = MemoryRouter()
+    controller = Controller(swarm, router, BlueGreenConfig(), prober=MemoryProber(), checks=Checks(None, []),
+                            clock=Clock())
+
+    async def tick(name: str) -> tuple[str, ...]:
+        rt = await controller.runtime(name)
+        async with rt.lock:
+            await controller.ticker.run(rt)
+        return rt.problems
+
+    async def scenario() -> None:
+        assert await tick("shop") == () and await tick("aaa") == ()
+        for color in ("blue", "green"):
+            swarm._write(swarm.get(f"aaa-{color}"),
+                         {"labels": {RULE_LABEL: "Host(`shop.example.com`) && PathPrefix(`/cart`)"}})
+        [problem] = await tick("aaa")
+        assert "overlaps app shop's" in problem and "shop was routed first" in problem
+        await controller._discover()
+        assert await tick("shop") == ()  # shop keeps its route, also once discovery has seen aaa's new rule
+        assert router.routes["aaa"] and not [r for name, r in router.applied[2:] if name == "aaa"]
+
+    asyncio.run(scenario())
