@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bluegreen.app_check import app_problems
+from bluegreen.app_check import app_problems, claim
 from bluegreen.apps import App, Color, Refusal, discover, split_key
+from bluegreen.claims import Board
 from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
@@ -98,6 +99,30 @@ class Observer:
         self.config = config
         self.defaults = config.app_defaults()
         self.clock = clock
+        self.board = Board()  # every app's claim as the controller's discovery last saw them
+
+    def contests(self, rt: Runtime, app: App, services: list[Service], valid: bool = True) -> list[str]:
+        """The app's problems as a newcomer whose rules overlap an established app's (bluegreen.claims).
+
+        The app's own rules are read fresh, the others' from the board: the last discovery, with
+        each app's entry refreshed by its own reads. A newcomer is left alone like any invalid app,
+        so it never gets a routing that takes another's traffic.
+        """
+        mine = claim(app, services, last=rt.app)
+        lost = self.board.contests(mine)
+        # A valid app that lost nothing is routed by this very tick: the others see it so at once,
+        # not at the next discovery. As board() counts apps, one that is not routed, and never
+        # was, claims nothing.
+        if valid and not lost:
+            self.board = self.board.updated(replace(mine, routed=True), app.name)
+        else:
+            self.board = self.board.updated(mine if mine.routed else None, app.name)
+        for c in lost:
+            if c.problem() not in rt.problems:
+                log.error("app_conflict", app=c.newcomer, established=c.established, rule=c.newcomer_rule.text,
+                          established_rule=c.established_rule.text, overlap=str(c.overlap),
+                          action=f"{c.established} keeps the route; {c.newcomer} is not routed")
+        return [c.problem() for c in lost]
 
     async def read(self, rt: Runtime) -> Reading | None:
         """Read the app; None (problems logged once) when its labels describe no usable app.
@@ -115,6 +140,9 @@ class Observer:
         self.report_refused(rt, found.refused.get(rt.name, []))
         app = found.apps.get(rt.name)
         extra = app_problems(app, self.config) if app is not None else []
+        if app is not None:
+            own = [s for s in services if s.name in (app.blue_service, app.green_service)]
+            extra += self.contests(rt, app, own, valid=not extra)
         problems = [*found.issues.get(rt.name, []), *extra]
         if app is None or extra:
             self.report(rt, problems or [f"app {rt.name}: no service carries its labels any more"])

@@ -117,6 +117,8 @@ def format_duration(seconds: float) -> str:
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a mapping's key (not its value): the path names the key already
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -125,6 +127,9 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _lookup(data: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    if loc[-1:] == ("[key]",):
+        found, _ = _lookup(data, loc[:-1])
+        return found, loc[-2]  # a bad mapping key: the key is the value
     for part in loc:
         if isinstance(data, Mapping) and part in data or isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
