@@ -94,8 +94,10 @@ def _accepted(state) -> web.Response:
 
 
 async def list_apps(request: web.Request) -> web.Response:
-    apps = await request.app[CONTROLLER].statuses()
-    return web.json_response({"apps": apps})
+    controller = request.app[CONTROLLER]
+    apps = await controller.statuses()
+    # Services that name no app cannot be shown as one; they are listed on their own, with why.
+    return web.json_response({"apps": apps, "unattached": controller.unattached})
 
 
 async def show_app(request: web.Request) -> web.Response:

@@ -220,7 +220,7 @@ def status(app, as_json, controller_url) -> None:
     if as_json:
         click.echo(json.dumps(body, indent=2))
     else:
-        click.echo(render_status(apps))
+        click.echo(render_status(apps, [] if app else body.get("unattached", [])))
     sys.exit(EXIT_FAILED if any(a.get("health") == "degraded" for a in apps) else EXIT_OK)
 
 
@@ -230,8 +230,8 @@ def _color_cell(view: dict[str, Any], color: str) -> str:
     return f"{c['image']} {c['running']}/{c['replicas']}{weight}"
 
 
-def render_status(apps: list[dict[str, Any]]) -> str:
-    """A table like `argo rollouts list`, then the reasons for each degraded app."""
+def render_status(apps: list[dict[str, Any]], unattached: list[str] = ()) -> str:
+    """A table like `argo rollouts list`, then the reasons for each degraded app, then services that name no app."""
     rows = [("APP", "ACTIVE", "PHASE", "HEALTH", "BLUE", "GREEN", "LAST")]
     notes = []
     for view in apps:
@@ -247,6 +247,7 @@ def render_status(apps: list[dict[str, Any]]) -> str:
         notes += [f"{view['app']}: {r['reason']}" for r in view.get("refused", [])]
         if view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
+    notes += [f"(no app) {line}" for line in unattached]
     return table(rows, empty="(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)",
                  notes=notes)
 

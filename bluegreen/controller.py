@@ -421,6 +421,11 @@ class Controller:
                 views.append(app_view(self.apps[name], None, error=str(err) or type(err).__name__))
         return views
 
+    @property
+    def unattached(self) -> list[str]:
+        """The problems of labelled services that name no app (a bad app or stack name), as the last discovery found them."""
+        return list(self._unattached)
+
     def traefik_document(self) -> dict[str, Any]:
         """The Traefik dynamic configuration for every app, as the router routes it: what `GET /v1/traefik` serves."""
         routes = [(rt.app, rt.state.routing()) for rt in sorted(self.apps.values(), key=lambda r: r.name)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bluegreen.labels import APP_LABEL, COLOR_LABEL, PORT_LABEL, RULE_LABEL
+from bluegreen.labels import APP_LABEL, COLOR_LABEL, PORT_LABEL, PREVIEW_RULE_LABEL, RULE_LABEL
 from tests.support import lab
 from tests.support.bluegreen import release_images
 from tests.support.traefik import SELECT, TraefikStack
@@ -31,19 +31,25 @@ def images(docker_client, demo_image) -> dict[str, str]:
 
 
 def hostile_apps(app: str) -> dict[str, tuple[dict[str, str], str]]:
-    """Each hostile app's labels (both colors get them) and a phrase its reason must hold."""
+    """Each hostile app's labels (both colors get them) and a phrase its reason must hold.
+
+    Each has a preview rule of its own, so that its one hostile label is its only problem.
+    """
     nested = "(" * 300 + "Host(`nested.localhost`)" + ")" * 300
-    plain = {PORT_LABEL: "8000"}
+
+    def labels(name: str, rule: str, port: str = "8000") -> dict[str, str]:
+        preview = "".join(c for c in name if c.isascii() and c.isalnum())
+        return {APP_LABEL: name, RULE_LABEL: rule, PORT_LABEL: port,
+                PREVIEW_RULE_LABEL: f"Host(`preview-{preview}.localhost`)"}
+
     return {
-        "escape": ({APP_LABEL: "../../escape", RULE_LABEL: "Host(`escape.localhost`)", **plain}, APP_LABEL),
-        "newline": ({APP_LABEL: "evil\n", RULE_LABEL: "Host(`evil.localhost`)", **plain}, APP_LABEL),
-        "catchall": ({APP_LABEL: "catchall", RULE_LABEL: "PathPrefix(`/`)", **plain}, app),
-        "thief": ({APP_LABEL: "thief", RULE_LABEL: "Host(`127.0.0.1`) && PathPrefix(`/`)", **plain}, app),
-        "superscript": ({APP_LABEL: "superscript", RULE_LABEL: "Host(`sup.localhost`)", PORT_LABEL: "8²"}, PORT_LABEL),
-        "fullwidth": ({APP_LABEL: "fullwidth", RULE_LABEL: "Host(`fw.localhost`)", PORT_LABEL: "８０００"}, PORT_LABEL),
-        "nested": ({APP_LABEL: "nested", RULE_LABEL: nested, **plain}, RULE_LABEL),
-        "badstate": ({APP_LABEL: "badstate", RULE_LABEL: "Host(`state.localhost`)",
-                      "swarmshift.bluegreen.state.generation": "²", **plain}, "generation"),
+        "escape": (labels("../../escape", "Host(`escape.localhost`)"), APP_LABEL),
+        "newline": (labels("evil\n", "Host(`evil.localhost`)"), APP_LABEL),
+        "catchall": (labels("catchall", "PathPrefix(`/`)"), f"overlaps app {app}'s"),
+        "thief": (labels("thief", "Host(`127.0.0.1`) && PathPrefix(`/`)"), f"overlaps app {app}'s"),
+        "superscript": (labels("superscript", "Host(`sup.localhost`)", port="8²"), PORT_LABEL),
+        "fullwidth": (labels("fullwidth", "Host(`fw.localhost`)", port="８０００"), PORT_LABEL),
+        "nested": (labels("nested", nested), "more than 16 deep"),
     }
 
 
@@ -68,6 +74,11 @@ def test_hostile_services_break_only_themselves_and_the_normal_app_deploys_switc
         for color in ("blue", "green"):
             swarm.service(f"{stem}-{color}", image=images["v1"], replicas=0, wait=False,
                           labels={**labels, COLOR_LABEL: color, SELECT: app})
+    for color in ("blue", "green"):
+        swarm.service(f"badstate-{color}", image=images["v1"], replicas=0, wait=False, labels={
+            APP_LABEL: "badstate", COLOR_LABEL: color, PORT_LABEL: "8000", RULE_LABEL: "Host(`state.localhost`)",
+            PREVIEW_RULE_LABEL: "Host(`preview.state.localhost`)", "swarmshift.bluegreen.state.generation": "²",
+            SELECT: app})
     # A third service claiming the normal app's green: refused, the app keeps its own green.
     normal = swarm.client.api.inspect_service(stack.services["green"])["Spec"]["Labels"]
     third = swarm.service("third", image=images["v1"], replicas=0, wait=False, labels=dict(normal)).name
@@ -76,9 +87,9 @@ def test_hostile_services_break_only_themselves_and_the_normal_app_deploys_switc
     for color in ("blue", "green"):
         swarm.service(f"scoped-{color}", image=images["v1"], replicas=0, wait=False, labels={
             APP_LABEL: app, COLOR_LABEL: color, PORT_LABEL: "8000", RULE_LABEL: "Host(`other.localhost`)",
-            STACK_LABEL: other_stack, SELECT: app})
+            PREVIEW_RULE_LABEL: "Host(`preview.other.localhost`)", STACK_LABEL: other_stack, SELECT: app})
 
-    basetemp = tmp_path.parent.parent
+    basetemp = tmp_path.parent  # this session's temp root: ../../ from the router directory lands here
     workdirs = (stack.dynamic_dir, tmp_path / "bluegreen", tmp_path / "health")
     before = tree(basetemp, workdirs)
 
@@ -92,12 +103,24 @@ def test_hostile_services_break_only_themselves_and_the_normal_app_deploys_switc
     scoped = f"{other_stack}_{app}"
     assert not views[app].get("broken") and not views[scoped].get("broken"), (views[app], views[scoped])
     assert third in str(views[app].get("refused")), views[app]
-    reasons = {key: " ".join(view.get("problems") or []) for key, view in views.items() if view.get("broken")}
-    for stem, (labels, phrase) in hostile.items():
-        found = [text for key, text in reasons.items() if key == labels[APP_LABEL] or stem in text]
-        assert found and phrase in found[0], f"{stem}: {reasons}"
-    # Each is reported once, not on every tick.
-    assert len(daemon.events("app_invalid", app="catchall")) == 1
+    # A broken app is listed with its reasons; a service whose app name is no name belongs to no
+    # app, and is listed on its own.
+    reasons = [" ".join(view["problems"]) for view in views.values() if view.get("broken")]
+    reasons += listed["unattached"]
+    for stem, (_, phrase) in hostile.items():
+        found = [text for text in reasons if f"-{stem}-" in text or f"app {stem}:" in text]
+        assert found and phrase in " ".join(found), f"{stem}: {found or reasons}"
+    assert sorted(key for key, view in views.items() if view.get("broken")) == sorted(
+        ["catchall", "thief", "superscript", "fullwidth", "nested"])
+    # A state label that does not parse is the controller's own state gone bad: the app's state is
+    # read from what the router has in effect instead, written back whole, and the problem logged once.
+    invalid = daemon.events("app_invalid", app="badstate")
+    assert len(invalid) == 1 and "generation" in " ".join(invalid[0]["problems"]), invalid
+    generations = {svc.attrs["Spec"]["Labels"].get("swarmshift.bluegreen.state.generation")
+                   for svc in swarm.client.services.list(filters={"label": f"{APP_LABEL}=badstate"})}
+    assert len(generations) == 1 and generations.pop().isascii(), generations
+    # Each is reported when its problems change, not on every tick (checked again at the end).
+    reported = len(daemon.events("app_invalid"))
 
     # The normal app: deploy (a switch to green), switch back, and roll back to v2.
     done = daemon.cli("deploy", app, "--image", images["v2"], "--wait", "--timeout", "90")
@@ -110,11 +133,13 @@ def test_hostile_services_break_only_themselves_and_the_normal_app_deploys_switc
     assert done.returncode == 0, done.stdout + done.stderr
     assert stack.serves("v2")
 
-    # Only the two valid apps have a file, and Traefik routes nothing else of ours.
-    assert sorted(p.name for p in stack.dynamic_dir.iterdir()) == sorted([f"{app}.yml", f"{scoped}.yml"])
+    # Only the valid apps have a file, and Traefik routes nothing else of ours.
+    valid = [app, scoped, "badstate"]
+    assert sorted(p.name for p in stack.dynamic_dir.iterdir()) == sorted(f"{key}.yml" for key in valid)
     routers = {r["name"] for r in stack.get_api("/api/http/routers") or []}
     ours = {name.split("@")[0] for name in routers if name.endswith("@file")}
-    assert ours == {app, f"{app}-preview", scoped}, routers
+    assert ours == {name for key in valid for name in (key, f"{key}-preview")}, routers
+    assert len(daemon.events("app_invalid")) == reported
     # Nothing outside the directory was written or removed.
     assert tree(basetemp, workdirs) == before
     assert not list(basetemp.glob("**/escape*"))

@@ -277,3 +277,26 @@ def test_a_newcomer_claiming_blue_is_refused_logged_once_and_the_app_keeps_worki
         assert swarm.get("web-evil").image == "evil:1"  # the controller never writes the newcomer
 
     run(scenario)
+
+
+def test_a_service_whose_app_name_is_no_name_is_listed_on_its_own_with_why():
+    swarm = MemorySwarm()
+    add_app(swarm, "web")
+    swarm.add("evil-blue", image="evil:1", replicas=1, labels={APP_LABEL: "../../escape", COLOR_LABEL: "blue"})
+    c = controller(swarm, MemoryRouter())
+
+    async def scenario() -> None:
+        await c.start()
+        client = await _client(c)
+        try:
+            answer = await client.get("/v1/apps")
+            body = await answer.json()
+            assert answer.status == 200 and [v["app"] for v in body["apps"]] == ["web"]
+            assert len(body["unattached"]) == 1 and body["unattached"][0].startswith("evil-blue: ")
+            assert "'../../escape'" in body["unattached"][0]
+            assert f"(no app) {body['unattached'][0]}" in render_status(body["apps"], body["unattached"])
+        finally:
+            await client.close()
+            await c.stop()
+
+    run(scenario)
