@@ -276,6 +276,14 @@ class NginxRouter:
         live, backup = self.path(app), self._backup(app)
         async with self._lock:
             step = "the swap"
+            reloaded = False
+
+            async def reload() -> None:
+                nonlocal reloaded
+                await self.reload()
+                reloaded = True
+
+            cancelled: asyncio.CancelledError | None = None
             try:
                 if not await finish_in_thread(self._swap_in, live, backup, text.encode()):
                     return
@@ -284,13 +292,14 @@ class NginxRouter:
                 step = "the reload failed"
                 # Once sent, a reload may already have nginx running the candidate: let it end, so
                 # that the file put back (or kept) is what nginx runs.
-                await finish(self.reload())
-            except BaseException as err:  # CancelledError too: the live file must stay the tested one
-                try:
-                    await finish_in_thread(_recover, live, backup)
-                except OSError as lost:
-                    raise RouterError(f"{app}: {step}, and the old config could not be put back from {backup}: "
-                                      f"{lost.strerror or lost}") from err
+                await finish(reload())
+            except asyncio.CancelledError as err:
+                if not reloaded:
+                    await self._put_back(app, live, backup, step, err)
+                    raise
+                cancelled = err  # cancelled during a reload that went through: nginx runs the candidate
+            except BaseException as err:  # anything else too: the live file must stay the one nginx runs
+                await self._put_back(app, live, backup, step, err)
                 if isinstance(err, RouterError):
                     raise RouterError(f"{app}: {step} the new config; the old one stays in effect: {err}") from err
                 if isinstance(err, OSError):
@@ -300,7 +309,19 @@ class NginxRouter:
                 await finish_in_thread(_commit, backup)
             except OSError as err:
                 # nginx runs the new config; a backup left over is put back by the next read, so it must go.
+                if cancelled is not None:
+                    raise cancelled from err
                 raise RouterError(f"{backup}: {err.strerror or err}") from err
+            if cancelled is not None:
+                raise cancelled
+
+    @staticmethod
+    async def _put_back(app: str, live: Path, backup: Path, step: str, cause: BaseException) -> None:
+        try:
+            await finish_in_thread(_recover, live, backup)
+        except OSError as lost:
+            raise RouterError(f"{app}: {step}, and the old config could not be put back from {backup}: "
+                              f"{lost.strerror or lost}") from cause
 
     async def apply(self, app: App, routing: Routing) -> None:
         await self._activate(app.name, self.render(app, routing))
