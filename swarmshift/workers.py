@@ -105,14 +105,19 @@ class Workers:
             if job is None:
                 return
             future, fn = job
-            try:
-                if future.set_running_or_notify_cancel():  # False: the caller gave up while it was queued
-                    try:
-                        future.set_result(fn())
-                    except BaseException as err:  # noqa: BLE001 - the caller gets it, on the loop
-                        future.set_exception(err)
-            finally:
+            if not future.set_running_or_notify_cancel():  # the caller gave up while it was queued
                 self._release()
+                continue
+            # The worker is released before the caller hears the outcome: a caller that calls
+            # again straight away finds it free.
+            try:
+                result = fn()
+            except BaseException as err:  # noqa: BLE001 - the caller gets it, on the loop
+                self._release()
+                future.set_exception(err)
+            else:
+                self._release()
+                future.set_result(result)
 
     def _release(self) -> None:
         with self._lock:

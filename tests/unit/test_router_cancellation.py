@@ -23,6 +23,7 @@ from bluegreen.routers.nginx import NginxRouter
 from bluegreen.routers.traefik_api import TraefikAPI
 from bluegreen.routers.traefik_doc import parse_file
 from bluegreen.routers.traefik_file import TraefikFileRouter
+from bluegreen.routers.traefik_http import TraefikHTTPRouter
 from bluegreen.state import Routing
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)")
@@ -244,12 +245,12 @@ def test_nginx_cancelled_at_any_moment_keeps_the_file_nginx_runs(tmp_path):
     asyncio.run(probe.router.apply(WEB, GREEN))
     length = time.monotonic() - started
     outcomes = set()
-    for i in range(60):
+    for i in range(40):
         directory = tmp_path / f"run{i}"
         directory.mkdir()
         nginx, blue = start_blue(directory)
 
-        async def scenario(nginx=nginx, delay=length * i / 40):
+        async def scenario(nginx=nginx, delay=length * i / 30):
             task = asyncio.create_task(nginx.router.apply(WEB, GREEN))
             asyncio.get_running_loop().call_later(delay, task.cancel)
             try:
@@ -297,13 +298,30 @@ def test_traefik_cancelled_while_its_trial_is_judged_withdraws_the_trial(tmp_pat
     assert names(tmp_path) == ["web.yml"] and (tmp_path / "web.yml").read_bytes() == blue
 
 
+def test_traefik_http_cancelled_while_its_trial_is_judged_serves_no_trial(silent_traefik):
+    async def scenario():
+        router = TraefikHTTPRouter(api=TraefikAPI(silent_traefik, provider="http", timeout=30))
+        try:
+            await router.apply(WEB, BLUE)  # before mark_ready: no trial
+            router.mark_ready()
+            task = asyncio.create_task(router.apply(WEB, GREEN))
+            await until(lambda: "web-trial" in router.document()["http"]["routers"])
+            await cancelled(task)
+            return router.document(), await router.written(WEB)
+        finally:
+            await router.close()
+
+    doc, written = asyncio.run(scenario())
+    assert sorted(doc["http"]["routers"]) == ["web"] and written == BLUE
+
+
 def block_writes_to(monkeypatch, name: str):
-    """Make the router's write of the file `name` block in its thread until released."""
+    """Make the router's write (not removal) of the file `name` block in its thread until released."""
     writing, release = threading.Event(), threading.Event()
     real = traefik_file_module._replace
 
     def slow(path, data):
-        if path.name == name:
+        if path.name == name and data is not None:
             writing.set()
             release.wait(5)
         real(path, data)
@@ -366,12 +384,12 @@ def test_traefik_cancelled_at_any_moment_leaves_one_whole_routing_file_and_no_tr
                                                                                     with_api):
     length = 0.02
     outcomes = set()
-    for i in range(50):
+    for i in range(30):
         directory = tmp_path / f"run{i}"
         directory.mkdir()
         blue = routes_with_blue(directory)
 
-        async def scenario(directory=directory, delay=length * i / 40):
+        async def scenario(directory=directory, delay=length * i / 25):
             api = TraefikAPI(silent_traefik, timeout=30) if with_api else None
             router = TraefikFileRouter(directory, api=api)
             task = asyncio.create_task(router.apply(WEB, GREEN))

@@ -188,3 +188,22 @@ def test_fuzz_a_name_maps_inside_the_directory_or_is_refused(tmp_path, name, pre
     assert path.parent == routes and inside(routes, path)
     assert os.path.dirname(os.path.realpath(path)) == os.path.realpath(routes)
     assert path.name == f"{prefix}{name}{suffix}" and not name.startswith(".")
+
+
+@fuzz
+@given(name=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/\\"), min_size=1, max_size=30),
+       target=st.sampled_from(["outside/victim.yml", "routes/other.yml", "routes", "..", "/etc/passwd", "outside"]))
+def test_fuzz_a_planted_symlink_is_followed_only_when_it_stays_in_the_directory(tmp_path_factory, name, target):
+    root = tmp_path_factory.mktemp("planted")
+    (root / "routes").mkdir()
+    (root / "outside").mkdir()
+    try:
+        path = confined(root / "routes", name, suffix=".yml")
+    except RouterError:
+        return  # refused on the name alone
+    path.symlink_to(target if target.startswith("/") else root / target)
+    stays = os.path.realpath(path).startswith(str(root / "routes") + os.sep)
+    try:
+        assert confined(root / "routes", name, suffix=".yml") == path and stays
+    except RouterError:
+        assert not stays
