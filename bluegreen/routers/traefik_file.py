@@ -42,6 +42,9 @@ class TraefikFileRouter(TraefikRouter):
         self.dir = Path(dynamic_dir)
         self._previous: dict[str, bytes | None] = {}  # the file before the last write, to put back
         self._live: dict[str, dict[str, Any]] = {}  # the document last written per app
+        # One file operation per app at a time: a cancelled apply whose write is still finishing
+        # would otherwise bring the file back after a remove that ran beside it.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def path(self, app: str) -> Path:
         """The app's file; RouterError for a name whose file would not be directly in the directory."""
@@ -49,6 +52,9 @@ class TraefikFileRouter(TraefikRouter):
 
     def trial_path(self, app: str) -> Path:
         return confined(self.dir, app, suffix=f"{TRIAL_SUFFIX}.yml")
+
+    def _lock(self, app: str) -> asyncio.Lock:
+        return self._locks.setdefault(app, asyncio.Lock())
 
     async def _write(self, path: Path, data: bytes | None) -> None:
         """Replace (or, for None, remove) `path`, to the end even if cancelled meanwhile."""
@@ -62,23 +68,24 @@ class TraefikFileRouter(TraefikRouter):
         check_document(doc, rules=False)  # the app's rules were parsed at discovery
         data = render(doc, routing)
         path, trial_path = self.path(app.name), self.trial_path(app.name)
-        try:
-            current = await asyncio.to_thread(_content, path)
-        except OSError as err:
-            raise RouterError(f"{path}: {err.strerror or err}") from err
-        # A trial is never running here (the controller applies one app at a time), so one on
-        # disk was left by a controller killed mid-trial: Traefik still loads it.
-        await self._write(trial_path, None)
-        if current == data:
+        async with self._lock(app.name):
+            try:
+                current = await asyncio.to_thread(_content, path)
+            except OSError as err:
+                raise RouterError(f"{path}: {err.strerror or err}") from err
+            # No trial of the app runs while its lock is held, so one on disk was left by a
+            # controller killed mid-trial: Traefik still loads it.
+            await self._write(trial_path, None)
+            if current == data:
+                self._live[app.name] = doc
+                return  # already in place: a rewrite would only make Traefik reload for nothing
+            if self.trials.needed(app, doc):
+                await self.trials.run(app, routing, self.app_document,
+                                      lambda trial: self._write(trial_path, render(trial, routing)),
+                                      lambda: self._write(trial_path, None))
+            self._previous[app.name] = current
             self._live[app.name] = doc
-            return  # already in place: a rewrite would only make Traefik reload for nothing
-        if self.trials.needed(app, doc):
-            await self.trials.run(app, routing, self.app_document,
-                                  lambda trial: self._write(trial_path, render(trial, routing)),
-                                  lambda: self._write(trial_path, None))
-        self._previous[app.name] = current
-        self._live[app.name] = doc
-        await self._write(path, data)
+            await self._write(path, data)
 
     async def written(self, app: App) -> Routing | None:
         """The routing in the app's file, or None when there is no readable file."""
@@ -93,8 +100,9 @@ class TraefikFileRouter(TraefikRouter):
         return await self._confirm_loaded(app, routing, self._live.get(app.name), self._put_back)
 
     async def _put_back(self, app: App) -> None:
-        previous = self._previous.pop(app.name, None)
-        await self._write(self.path(app.name), previous)
+        path = self.path(app.name)
+        async with self._lock(app.name):
+            await self._write(path, self._previous.pop(app.name, None))
 
     def mark_ready(self) -> None:
         """Nothing waits on start-up: Traefik reads each app's file as soon as it is written."""
@@ -118,8 +126,10 @@ class TraefikFileRouter(TraefikRouter):
         return self.merged()
 
     async def remove(self, app: str) -> None:
-        await self._write(self.path(app), None)
-        await self._write(self.trial_path(app), None)
+        path, trial_path = self.path(app), self.trial_path(app)
+        async with self._lock(app):
+            await self._write(path, None)
+            await self._write(trial_path, None)
 
 
 def _content(path: Path) -> bytes | None:

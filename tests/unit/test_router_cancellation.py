@@ -372,6 +372,27 @@ def test_traefik_cancelled_while_the_routing_file_is_written_leaves_it_whole(tmp
     assert parse_file((tmp_path / "web.yml").read_text(), "web") == GREEN  # the whole new file, which was checked
 
 
+def test_traefik_removing_an_app_whose_cancelled_apply_still_writes_waits_for_the_write(tmp_path, monkeypatch):
+    """The controller cancels an app's loop and removes its routing at once: the file must not come back."""
+    routes_with_blue(tmp_path)
+    writing, release = block_writes_to(monkeypatch, "web.yml")
+    router = TraefikFileRouter(tmp_path)
+
+    async def scenario():
+        task = asyncio.create_task(router.apply(WEB, GREEN))
+        await until(writing.is_set)
+        task.cancel()
+        remove = asyncio.create_task(router.remove("web"))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await remove
+
+    asyncio.run(scenario())
+    assert names(tmp_path) == []
+
+
 def test_traefik_removes_a_trial_file_a_killed_controller_left(tmp_path):
     routes_with_blue(tmp_path)
     (tmp_path / "web-trial.yml").write_text("http: {}\n")
