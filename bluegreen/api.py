@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bluegreen.apps import Color
-from bluegreen.controller import BrokenApp, Busy, UnknownApp
+from bluegreen.controller import AmbiguousApp, BrokenApp, Busy, UnknownApp
 from bluegreen.phases import Refused
 from bluegreen.routers import RouterError
 from swarmshift import alerts, logs
@@ -46,6 +46,8 @@ async def _domain_errors(request: web.Request, handler) -> web.StreamResponse:
     """The controller's refusals as HTTP answers; each names what is in the way."""
     try:
         return await handler(request)
+    except AmbiguousApp as err:
+        raise HTTPProblem(400, str(err), code="ambiguous", candidates=err.candidates) from err
     except UnknownApp as err:
         raise HTTPProblem(404, str(err)) from err
     except Busy as err:

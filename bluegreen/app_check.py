@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from bluegreen import routers
-from bluegreen.apps import App, Labelled, discover
+from bluegreen.apps import App, Labelled, app_key, discover, scope_of
+from bluegreen.claims import Board, Claim, allowance_problems
 from bluegreen.config import BlueGreenConfig
-from bluegreen.labels import PREVIEW_RULE_LABEL, STATE_KEYS
+from bluegreen.labels import APP_LABEL, K_GENERATION, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS
+from bluegreen.rules import Rule
 from bluegreen.state import AppState
 
+Created = Callable[[Labelled], Any]
 
-def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig) -> list[str]:
+
+def service_created(svc: Labelled) -> Any:
+    """When the service was created, or None: swarmshift.swarm.Service may carry `created_at`."""
+    return getattr(svc, "created_at", None)
+
+
+def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig,
+                     created: Created = service_created) -> list[str]:
     """Every problem with the blue-green labels of `services`, one line each (for `bluegreen check`)."""
     services = list(services)
     found = discover(services, config.app_defaults())
@@ -21,14 +32,61 @@ def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig) -> l
             problems.extend(AppState.from_labels(svc.labels, svc.name)[1])
     for app in found.apps.values():
         problems.extend(app_problems(app, config))
+    lost = board(services, config, created).lost
+    problems.extend(c.problem() for name in sorted(lost) for c in lost[name])
     return problems
 
 
+def app_rules(app: App) -> tuple[tuple[str, Rule], ...]:
+    """The app's rules, each with the label that sets it."""
+    return ((RULE_LABEL, app.rule),) + (((PREVIEW_RULE_LABEL, app.preview_rule),) if app.preview_rule else ())
+
+
 def app_problems(app: App, config: BlueGreenConfig) -> list[str]:
-    """What keeps a well-labelled app from working with this config's router and probes."""
+    """What keeps a well-labelled app from working with this config's router, probes and host allowances."""
     where = f"app {app.name}"
     problems = []
     if config.probe.via == "router" and app.preview_rule is None:
         problems.append(f"{where}: probe.via router reaches the idle color only through the preview "
                         f"route: set {PREVIEW_RULE_LABEL} or defaults.preview_rule")
+    problems += allowance_problems(app.name, app_rules(app), config.hosts, (app.blue_service, app.green_service))
     return problems + routers.app_problems(config.router, app)
+
+
+def claim(app: App, services: Iterable[Labelled], created: Created = service_created,
+          last: App | None = None) -> Claim:
+    """The app's claim: its rules, whether it was routed with them, and its age (its oldest service's).
+
+    Routed: a service carries the state, and `last` (the app as this process last routed it, if
+    it did) had the same rules. An app routed before that changes its rules is a newcomer to
+    what the new ones claim: it cannot take over another app's route by age alone.
+    """
+    services = list(services)
+    ages = [age for svc in services if (age := created(svc)) is not None]
+    rules = app_rules(app)
+    same = last is None or app_rules(last) == rules
+    return Claim(app.name, rules, routed=same and any(K_GENERATION in svc.labels for svc in services),
+                 created=min(ages) if ages else None)
+
+
+def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Created = service_created,
+          last: Mapping[str, App] | None = None) -> Board:
+    """Every app's claim, for the conflict check: the apps of this controller (its selector), which share its proxy.
+
+    Another controller's apps are not compared: it may drive another proxy (another stack's
+    Traefik), where they take nothing from ours; two controllers that share one proxy keep apart
+    by giving their apps disjoint `hosts`. An app this controller would not route anyway
+    (problems with this config, never routed) claims nothing. `last`: the apps as this process
+    last routed them (see `claim`).
+    """
+    services = [svc for svc in services if config.selects(svc.labels)]
+    found = discover(services, config.app_defaults())
+    members: dict[str, list[Labelled]] = {}
+    for svc in services:
+        members.setdefault(app_key(svc.labels.get(APP_LABEL, ""), scope_of(svc.labels)), []).append(svc)
+    claims = {}
+    for name, app in found.apps.items():
+        c = claim(app, members[name], created, (last or {}).get(name))
+        if c.routed or not app_problems(app, config):
+            claims[name] = c
+    return Board(claims)

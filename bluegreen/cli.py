@@ -141,7 +141,7 @@ def check(config_path) -> None:
     except DockerUnavailable as err:
         click.echo(f"cannot list services: {err}", err=True)
         sys.exit(EXIT_FAILED)
-    from bluegreen.apps import discover
+    from bluegreen.apps import app_key, discover, scope_of
     from bluegreen.labels import APP_LABEL
 
     problems = check_app_labels(services, cfg)
@@ -150,7 +150,7 @@ def check(config_path) -> None:
     if problems:
         sys.exit(EXIT_USAGE)
     apps = discover(services, cfg.app_defaults()).apps
-    labelled = len({s.labels.get(APP_LABEL) for s in services if s.labels.get(APP_LABEL)})
+    labelled = len({app_key(s.labels[APP_LABEL], scope_of(s.labels)) for s in services if s.labels.get(APP_LABEL)})
     click.echo(f"ok: {len(apps)} app(s) of {labelled} labelled, no problems")
 
 
@@ -236,13 +236,15 @@ def render_status(apps: list[dict[str, Any]]) -> str:
     notes = []
     for view in apps:
         if "colors" not in view:
-            rows.append((view["app"], "-", "-", view["health"], "-", "-", "-"))
+            phase = "Broken" if view.get("broken") else "-"
+            rows.append((view["app"], "-", phase, view["health"], "-", "-", "-"))
         else:
             d = view.get("deploy")
             last = f"{d['operation']} {view['result'] or d['id']}" if d else "-"
             rows.append((view["app"], view["active"], view["phase"], view["health"], _color_cell(view, "blue"),
                          _color_cell(view, "green"), last))
         notes += [f"{view['app']}: {line}" for line in view.get("degraded", [])]
+        notes += [f"{view['app']}: {r['reason']}" for r in view.get("refused", [])]
         if view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
     return table(rows, empty="(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)",

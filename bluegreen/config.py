@@ -14,10 +14,12 @@ import shlex
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from bluegreen.apps import AppDefaults, Color, Strategy
+from bluegreen.claims import allowance_key_problem, host_pattern_problem
 from bluegreen.phases import CheckResult, Settings
+from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
 from bluegreen.rules import Rule
 from bluegreen.state import validate_steps
 from swarmshift.config import CommaList, Duration, IntList, LabelSelector, Strict, selects
@@ -31,6 +33,25 @@ def _command(value: Any) -> Any:
 
 
 Command = Annotated[list[str], BeforeValidator(_command)]
+
+
+def _allowance_key(value: str) -> str:
+    problem = allowance_key_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _host_pattern(value: str) -> str:
+    # Host names are case-insensitive, and Traefik's Host matcher folds them: so do the patterns.
+    problem = host_pattern_problem(value.lower())
+    if problem:
+        raise ValueError(problem)
+    return value.lower()
+
+
+AllowanceKey = Annotated[str, AfterValidator(_allowance_key)]
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]*)\s*\}\}")
 PLACEHOLDERS = ("app", "color", "service")
@@ -102,6 +123,10 @@ class TraefikSettings(Strict):
     # whose Traefik, after polls that failed while the controller was away, backs off up to 60 s
     # (±50 %) before it polls again (docs/benchmarks.md, "Traefik HTTP provider").
     confirm_timeout: Duration | None = None
+    # Every router's explicit priority (see bluegreen.routers.traefik_doc): main routers P, preview
+    # routers P + 1, trial routers P + 2 and P + 3. Traefik ranks a router without one by the
+    # length of its rule, so the default outranks every such router with a rule shorter than it.
+    priority: int = Field(DEFAULT_PRIORITY, ge=1, le=MAX_PRIORITY)
 
     def confirm_seconds(self, kind: str) -> float:
         if self.confirm_timeout is not None:
@@ -277,6 +302,11 @@ class BlueGreenConfig(Strict):
     selector: LabelSelector | None = None
     router: RouterSettings = RouterSettings()
     defaults: DefaultsSettings = DefaultsSettings()
+    # The hosts each app may route: app name, or glob over app or service names (`shop_*`) ->
+    # host patterns (`shop.example.com`, `*.shop.example.com`, `*`). The first key that matches
+    # an app, in the order written, is its allowance; with `hosts` set, an app no key matches may
+    # route nothing. Unset: any app may route any host. Only this file widens it, never a label.
+    hosts: dict[AllowanceKey, Annotated[list[HostPattern], Field(min_length=1)]] | None = None
     probe_interval: Duration = 2.0
     probe_timeout: Duration | None = None  # default: 2s, or probe_interval when that is shorter
     probe: ProbeSettings = ProbeSettings()

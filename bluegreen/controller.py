@@ -23,7 +23,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from bluegreen.apps import App, Color
+from bluegreen.app_check import board
+from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
 from bluegreen.execute import Executor
 from bluegreen.labels import APP_LABEL
@@ -51,10 +52,19 @@ from swarmshift.swarm import DockerUnavailable, SwarmAccess, SwarmError, Version
 log = logs.get("bluegreen")
 
 _HURRY_LIMIT = 5  # immediate re-ticks in a row, so that no phase can spin the loop
+_START_ROUNDS = 3  # start-up rounds an app's failing first tick may hold every other app's routing for
 
 
 class UnknownApp(Exception):
     """No service carries the app's label."""
+
+
+class AmbiguousApp(UnknownApp):
+    """A bare app name that more than one stack uses: the request must name the app's key."""
+
+    def __init__(self, name: str, candidates: list[str]) -> None:
+        super().__init__(f"{name}: more than one stack has an app of this name; name one of {', '.join(candidates)}")
+        self.candidates = candidates
 
 
 class Busy(Exception):
@@ -98,6 +108,7 @@ class Controller:
         self._stop = asyncio.Event()
         self._started = False  # the apps' loops run only once start() has reconciled every app
         self._discovery: asyncio.Task | None = None
+        self._unattached: tuple[str, ...] = ()  # problems of services that name no app, as last logged
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -105,9 +116,13 @@ class Controller:
         """Reconcile every app once (regenerating its routing), then run each app's loop.
 
         Until every app has been reconciled, the HTTP provider's document is refused: Traefik
-        would drop the routes of any app missing from it. Docker being down holds the start.
+        would drop the routes of any app missing from it. Docker being down holds the start; an
+        app whose labels are broken does not (there is nothing of it to reconcile), and one whose
+        first tick keeps failing holds it for `_START_ROUNDS` rounds only, then its own loop
+        retries: one app must not keep every other from being served.
         """
         pending: list[str] | None = None
+        rounds = 0
         while pending is None or pending:
             try:
                 names = await self._discover(remove=False)
@@ -117,7 +132,13 @@ class Controller:
                 continue
             todo = names if pending is None else [n for n in pending if n in names]
             done = await asyncio.gather(*(self._first_tick(self.apps[name]) for name in todo))
-            pending = [name for name, ok in zip(todo, done, strict=True) if not ok]
+            pending = [name for name, outcome in zip(todo, done, strict=True) if outcome != "done"]
+            if "docker" not in done and pending:
+                rounds += 1
+                if rounds >= _START_ROUNDS:
+                    log.error("start_without", apps=pending, rounds=rounds,
+                              action="serving the other apps; these apps' loops keep retrying")
+                    break
             if pending:
                 await asyncio.sleep(self.settings.probe_interval)
         self.router.mark_ready()  # a document served for every app (Traefik's HTTP provider) is complete only now
@@ -125,7 +146,8 @@ class Controller:
         for rt in self.apps.values():
             self._launch(rt)
         self._discovery = asyncio.create_task(self._discover_loop(), name="bluegreen-discovery")
-        log.info("controller_reconciled", apps=sorted(self.apps))
+        log.info("controller_reconciled", apps=sorted(self.apps),
+                 broken=sorted(name for name, rt in self.apps.items() if rt.problems and rt.state is None))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -137,29 +159,45 @@ class Controller:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.prober.close()
 
-    async def _first_tick(self, rt: Runtime) -> bool:
+    async def _first_tick(self, rt: Runtime) -> str:
+        """Reconcile one app: "done" (or broken: nothing to reconcile), "docker" (Docker is down) or "failed"."""
         try:
             async with rt.lock:
                 steps = await self.ticker.run(rt)
+        except DockerUnavailable as err:
+            log.error("docker_unavailable", app=rt.name, error=str(err), action="retrying the start-up reconciliation")
+            return "docker"
         except Exception as err:  # noqa: BLE001 - one app must not keep the others from starting
             log.error("app_reconcile_failed", app=rt.name, error=str(err) or type(err).__name__,
                       action="retrying before serving any routing document")
-            return False
+            return "failed"
         if steps:
             state = steps[-1].state
             log.info("app_reconciled", app=rt.name, active=state.active.value, phase=state.phase.value,
                      generation=state.generation, routing=str(state.routing()),
                      deploy=state.deploy.id if state.deploy else None)
-        return True
+        return "done"
 
     def _launch(self, rt: Runtime) -> None:
         if rt.task is None and self._started and not self._stop.is_set():
             rt.task = asyncio.create_task(self._app_loop(rt), name=f"bluegreen-{rt.name}")
 
     async def _discover(self, remove: bool = True) -> list[str]:
-        """Runtimes for every app a service is labelled with; apps whose services are all gone are dropped."""
+        """Runtimes for every app key the labels name (working or broken); apps whose services are all gone are dropped.
+
+        Keys come from `discover`, which checks every name first: a service with a bad app or
+        stack name gets no runtime (no key, no router file, no metric), only a logged problem.
+        """
         services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
-        names = sorted({svc.labels[APP_LABEL] for svc in services if svc.labels.get(APP_LABEL)})
+        # What each app's rules are checked against; rt.app is each app as last routed.
+        self.observer.board = board(services, self.config, last={n: rt.app for n, rt in self.apps.items() if rt.app})
+        found = discover(services, self.observer.defaults)
+        names = sorted({*found.apps, *found.broken})
+        if tuple(found.unattached) != self._unattached:
+            self._unattached = tuple(found.unattached)
+            if found.unattached:
+                log.error("labels_invalid", problems=found.unattached,
+                          action="these services belong to no app; the controller leaves them alone")
         for name in names:
             if name not in self.apps:
                 self.apps[name] = Runtime(name)
@@ -225,20 +263,34 @@ class Controller:
     # -- operator requests -------------------------------------------------------------------
 
     async def runtime(self, name: str) -> Runtime:
-        """The app's runtime, discovering once more for an app not seen yet; UnknownApp otherwise."""
-        if name not in self.apps:
+        """The app's runtime by key, or by bare name when one scope alone uses it; discovering once more if unseen.
+
+        UnknownApp when no service carries the name, AmbiguousApp when several stacks do.
+        """
+        key = self._resolve(name)
+        if key is None:
             await self._discover(remove=False)
-            if name in self.apps:
-                self._launch(self.apps[name])
-        if name not in self.apps:
+            key = self._resolve(name)
+            if key is not None:
+                self._launch(self.apps[key])
+        if key is None:
             raise UnknownApp(f"no service is labelled {APP_LABEL}={name}")
-        return self.apps[name]
+        return self.apps[key]
+
+    def _resolve(self, name: str) -> str | None:
+        """The key `name` means: itself when it is a key, else the one key whose app is named `name`."""
+        if name in self.apps:
+            return name
+        candidates = sorted(key for key in self.apps if split_key(key)[1] == name)
+        if len(candidates) > 1:
+            raise AmbiguousApp(name, candidates)
+        return candidates[0] if candidates else None
 
     @contextlib.asynccontextmanager
     async def _request(self, name: str, what: str) -> AsyncIterator[Runtime]:
         rt = await self.runtime(name)
         if rt.request is not None:
-            raise Busy(f"{name}: {rt.request} is running; try again when it has finished")
+            raise Busy(f"{rt.name}: {rt.request} is running; try again when it has finished")
         rt.request = what
         try:
             async with rt.lock:
@@ -272,7 +324,7 @@ class Controller:
         """Begin deploying `image` to the idle color. Refused (busy) while an operation is in flight."""
         async with self._request(name, f"deploy {image}") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
-                return start_deploy(name, state, obs, image=image, deploy_id=new_deploy_id(name, obs.now),
+                return start_deploy(rt.name, state, obs, image=image, deploy_id=new_deploy_id(rt.name, obs.now),
                                     settings=self.settings, strategy=app.strategy)
 
             step = await self._operate(rt, begin, lambda state, colors: None)
@@ -282,7 +334,7 @@ class Controller:
         """Move all traffic to the other color; its health is probed first and must pass unless `force`."""
         async with self._request(name, f"switch to {to or 'the other color'}") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
-                return start_switch(name, state, obs, deploy_id=new_deploy_id(name, obs.now), settings=self.settings,
+                return start_switch(rt.name, state, obs, deploy_id=new_deploy_id(rt.name, obs.now), settings=self.settings,
                                     to=to, force=force)
 
             def target(state: AppState, colors: Mapping[Color, ColorStatus]) -> Color | None:
@@ -296,7 +348,8 @@ class Controller:
         """Return to the previous color: abort a deploy in flight, or go back to the last release."""
         async with self._request(name, "rollback") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
-                return start_rollback(name, state, obs, deploy_id=new_deploy_id(name, obs.now), settings=self.settings)
+                return start_rollback(rt.name, state, obs, deploy_id=new_deploy_id(rt.name, obs.now),
+                                      settings=self.settings)
 
             def previous(state: AppState, colors: Mapping[Color, ColorStatus]) -> Color | None:
                 # The machine switches back only to a previous color still up, after a health check.
@@ -355,8 +408,18 @@ class Controller:
         return app_view(rt, reading)
 
     async def statuses(self) -> list[dict[str, Any]]:
+        """Every app's view; one app that cannot be read is shown with the error, the others as they are."""
         await self._discover(remove=False)
-        return [await self.status(name) for name in sorted(self.apps)]
+        views = []
+        for name in sorted(self.apps):
+            try:
+                views.append(await self.status(name))
+            except DockerUnavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - one app must not hide the others
+                log.warning("status_failed", app=name, error=str(err) or type(err).__name__)
+                views.append(app_view(self.apps[name], None, error=str(err) or type(err).__name__))
+        return views
 
     def traefik_document(self) -> dict[str, Any]:
         """The Traefik dynamic configuration for every app, as the router routes it: what `GET /v1/traefik` serves."""

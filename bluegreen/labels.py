@@ -18,6 +18,8 @@ RULE_LABEL = f"{PREFIX}.rule"
 HEALTH_PATH_LABEL = f"{PREFIX}.health.path"
 PREVIEW_RULE_LABEL = f"{PREFIX}.preview.rule"
 STRATEGY_LABEL = f"{PREFIX}.strategy"
+# Docker's own: the stack a service was deployed in. It scopes the app label (see bluegreen.apps).
+STACK_LABEL = "com.docker.stack.namespace"
 # The autoscaler leaves alone every service that carries this label. Its value is the deploy id
 # while a deploy runs (both colors), and IDLE_LOCK on the color that takes no traffic.
 LOCK_LABEL = BLUEGREEN_LOCK_LABEL

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bluegreen.app_check import app_problems
-from bluegreen.apps import App, Color, discover
+from bluegreen.app_check import app_problems, claim
+from bluegreen.apps import App, Color, Refusal, discover, split_key
+from bluegreen.claims import Board
 from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
@@ -98,17 +99,53 @@ class Observer:
         self.config = config
         self.defaults = config.app_defaults()
         self.clock = clock
+        self.board = Board()  # every app's claim as the controller's discovery last saw them
+
+    def contests(self, rt: Runtime, app: App, services: list[Service], valid: bool = True) -> list[str]:
+        """The app's problems as a newcomer whose rules overlap an established app's (bluegreen.claims).
+
+        The app's own rules are read fresh, the others' from the board: the last discovery, with
+        each app's entry refreshed by its own reads. A newcomer is left alone like any invalid app,
+        so it never gets a routing that takes another's traffic.
+        """
+        mine = claim(app, services, last=rt.app)
+        lost = self.board.contests(mine)
+        # A valid app that lost nothing is routed by this very tick: the others see it so at once,
+        # not at the next discovery. As board() counts apps, one that is not routed, and never
+        # was, claims nothing.
+        if valid and not lost:
+            self.board = self.board.updated(replace(mine, routed=True), app.name)
+        else:
+            self.board = self.board.updated(mine if mine.routed else None, app.name)
+        for c in lost:
+            if c.problem() not in rt.problems:
+                log.error("app_conflict", app=c.newcomer, established=c.established, rule=c.newcomer_rule.text,
+                          established_rule=c.established_rule.text, overlap=str(c.overlap),
+                          action=f"{c.established} keeps the route; {c.newcomer} is not routed")
+        return [c.problem() for c in lost]
 
     async def read(self, rt: Runtime) -> Reading | None:
-        """Read the app; None (problems logged once) when its labels describe no usable app."""
-        services = [s for s in await self.swarm.services(label=f"{APP_LABEL}={rt.name}")
+        """Read the app; None (problems logged once) when its labels describe no usable app.
+
+        Only the services of the app's own scope count (`bluegreen.apps.app_key`): another
+        stack's services with the same app label are another app, and their problems are theirs.
+        """
+        services = [s for s in await self.swarm.services(label=f"{APP_LABEL}={split_key(rt.name)[1]}")
                     if self.config.selects(s.labels)]
-        found = discover(services, self.defaults)
+        try:
+            found = discover(services, self.defaults)
+        except Exception as err:  # noqa: BLE001 - a parser's bug must break only this app, never the loop
+            self.report(rt, [f"app {rt.name}: the labels could not be read: {err!r}"])
+            return None
+        self.report_refused(rt, found.refused.get(rt.name, []))
         app = found.apps.get(rt.name)
         extra = app_problems(app, self.config) if app is not None else []
-        problems = [*found.problems, *extra]
+        if app is not None:
+            own = [s for s in services if s.name in (app.blue_service, app.green_service)]
+            extra += self.contests(rt, app, own, valid=not extra)
+        problems = [*found.issues.get(rt.name, []), *extra]
         if app is None or extra:
-            self.report(rt, problems)
+            self.report(rt, problems or [f"app {rt.name}: no service carries its labels any more"])
             return None
         rt.app = app
         by_name = {svc.name: svc for svc in services}
@@ -125,8 +162,12 @@ class Observer:
                 lock=svc.labels.get(LOCK_LABEL),
             )
         rt.routed = routed
-        loaded = load_state(app, {c: chosen[c].labels for c in Color}, {c: colors[c].replicas for c in Color},
-                            routed, self.clock())
+        try:
+            loaded = load_state(app, {c: chosen[c].labels for c in Color}, {c: colors[c].replicas for c in Color},
+                                routed, self.clock())
+        except Exception as err:  # noqa: BLE001 - as above: a state label must break only its own app
+            self.report(rt, [f"app {rt.name}: the state labels could not be read: {err!r}"])
+            return None
         self.report(rt, [*problems, *loaded.problems])
         if loaded.adopted:
             log.warning("state_adopted", app=app.name, active=loaded.state.active.value, why=loaded.adopted)
@@ -166,6 +207,16 @@ class Observer:
         else:
             log.info("app_valid", app=rt.name)
         rt.problems = now
+
+    def report_refused(self, rt: Runtime, refusals: list[Refusal]) -> None:
+        """Log each service refused a color once, when it first is: the app goes on without it."""
+        now = {r.service: r.line(rt.name) for r in refusals}
+        for refusal in refusals:
+            if rt.refused.get(refusal.service) != now[refusal.service]:
+                log.warning("service_refused", app=rt.name, service=refusal.service, color=refusal.color.value,
+                            kept=refusal.kept, reason=refusal.reason,
+                            action="the app goes on with the established service; remove or relabel the newcomer")
+        rt.refused = now
 
     def early_probe(self, rt: Runtime) -> EarlyProbe | None:
         """Start the probe the state in memory will ask for, while the tick reads Swarm.

@@ -4,6 +4,11 @@ Traefik drops a router whose rule does not parse, and with it the app's traffic;
 is still valid, so Traefik would not even keep the old config. Rules are therefore checked here,
 with Traefik v3's grammar: matchers joined by &&, || and !, with parentheses. Probes, routers and
 the config check read a `Rule`'s hosts; nothing parses an app's rule again.
+
+Rules come from service labels, which anyone who deploys a stack writes, so the parser is
+bounded: a rule has at most `MAX_RULE_CHARS` characters and nests `!` and parentheses at most
+`MAX_DEPTH` deep, and holds no control characters but whitespace. `parse_rule` raises only RuleError, whatever
+the text: a hostile rule breaks its own app, never the parser (no RecursionError).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ _MATCHER_ARITY = {
     "Method": (1, 1), "Header": (2, 2), "HeaderRegexp": (2, 2), "Query": (1, 2), "QueryRegexp": (1, 2),
     "ClientIP": (1, 1),
 }
+MAX_RULE_CHARS = 1000  # Traefik's own examples are a few dozen characters; a label is not a program
+MAX_DEPTH = 16  # nested `!` and parentheses: far below Python's recursion limit, far above any real rule
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # whitespace between tokens is fine
 _TOKEN = re.compile(r"\s*(?:(?P<op>&&|\|\||!|\(|\)|,)|(?P<name>[A-Za-z]+)|`(?P<bq>[^`]*)`|\"(?P<dq>(?:[^\"\\]|\\.)*)\")")
 
 
@@ -53,6 +61,12 @@ def parse_rule(text: str) -> RuleNode:
     `{{` and `}}` are refused anywhere: Traefik's file provider reads every file as a Go
     template, so a rule holding them would be rendered (or break the whole file) there.
     """
+    if not isinstance(text, str):
+        raise RuleError(f"expected the rule as text (got {type(text).__name__})")
+    if len(text) > MAX_RULE_CHARS:
+        raise RuleError(f"the rule has {len(text)} characters; at most {MAX_RULE_CHARS} are allowed")
+    if (control := _CONTROL.search(text)) is not None:
+        raise RuleError(f"control character {control.group()!r} at character {control.start() + 1}")
     for delimiter in ("{{", "}}"):
         if delimiter in text:
             raise RuleError(f"{delimiter!r} is a Go template delimiter, which Traefik's file provider would expand")
@@ -83,6 +97,12 @@ def parse_rule(text: str) -> RuleNode:
 class _RuleParser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens, self.pos = tokens, 0
+        self.depth = 0  # `!` and parentheses open around the current position
+
+    def _deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise RuleError(f"the rule nests ! and parentheses more than {MAX_DEPTH} deep")
 
     def _peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -113,11 +133,16 @@ class _RuleParser:
     def _unary(self) -> RuleNode:
         if self._peek() == ("op", "!"):
             self.pos += 1
-            return Not(self._unary())
+            self._deeper()
+            node: RuleNode = Not(self._unary())
+            self.depth -= 1
+            return node
         if self._peek() == ("op", "("):
             self.pos += 1
+            self._deeper()
             node = self.expression()
             self._take("op", ")")
+            self.depth -= 1
             return node
         name = self._take("name")
         if name not in _MATCHER_ARITY:

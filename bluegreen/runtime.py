@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Runtime:
     """What the controller keeps in memory per app; none of it is needed to resume after a restart."""
 
-    name: str
+    name: str  # the app's key (bluegreen.apps.app_key)
     app: App | None = None  # as last read from the labels
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -28,6 +28,7 @@ class Runtime:
     request: str | None = None  # the operator request running now
     reason: str = ""  # why the app entered its phase, as the last transition said
     problems: tuple[str, ...] = ()
+    refused: dict[str, str] = field(default_factory=dict)  # service -> why it was refused a color the app has
     probe: dict[str, Any] | None = None  # the last probe round, for status
     unreachable: str | None = None  # the unreachable probe already logged
     alerts_acted: set[str] = field(default_factory=set)

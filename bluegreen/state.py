@@ -49,9 +49,12 @@ from bluegreen.labels import (
     STATE_KEYS,
     problem,
 )
+from bluegreen.numbers import whole_number
 
 _REASON_MAX = 400  # labels are not a log: keep the reason readable in `docker service inspect`
-_ROUTING = re.compile(r"^blue=(\d+) green=(\d+) preview=(blue|green)$")
+# ASCII digits and fullmatch: `\d` takes any Unicode digit, `$` a trailing newline.
+_ROUTING = re.compile(r"blue=([0-9]{1,3}) green=([0-9]{1,3}) preview=(blue|green)", re.ASCII)
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class Routing:
     @classmethod
     def parse(cls, text: str) -> Routing:
         """The routing `str(routing)` wrote; ValueError for any other text."""
-        match = _ROUTING.match(text.strip())
+        match = _ROUTING.fullmatch(text.strip())
         if not match:
             raise ValueError(f"not a routing such as blue=100 green=0 preview=green (got {text!r})")
         return cls(blue=int(match.group(1)), green=int(match.group(2)), preview=Color(match.group(3)))
@@ -290,10 +293,11 @@ class _LabelReader:
         value = self._raw(key, required)
         if value is None:
             return None
-        if not value.isdigit() or int(value) < minimum:
+        try:
+            return whole_number(value, minimum=minimum)
+        except ValueError:
             self.problems.append(problem(self.service, key, f"expected a whole number >= {minimum}", value))
             return None
-        return int(value)
 
     def enum(self, key: str, kind: type[StrEnum], *, required: bool = False):  # noqa: ANN201 - the enum given
         value = self._raw(key, required)
@@ -330,7 +334,7 @@ class _LabelReader:
         if value is None:
             return None
         try:
-            steps = tuple(int(part) for part in value.split(","))
+            steps = tuple(whole_number(part, minimum=1, maximum=100) for part in value.split(",", 100))
             validate_steps(steps)
         except ValueError as err:
             message = str(err) if "step" in str(err) else "expected percentages such as 10,50,100"
@@ -355,8 +359,9 @@ def format_time(ts: float) -> str:
 
 
 def parse_time(text: str) -> float:
-    if not text.endswith("Z"):
-        raise ValueError("expected a UTC time ending in Z")
+    """The time `format_time` wrote (ISO 8601 in UTC, ASCII digits); ValueError for anything else."""
+    if not _TIME.fullmatch(text):
+        raise ValueError("expected a UTC time such as 2025-01-31T12:00:00.000Z")
     return round(datetime.fromisoformat(text[:-1] + "+00:00").timestamp(), 3)
 
 

@@ -10,11 +10,17 @@ from bluegreen.runtime import Runtime
 from bluegreen.state import Operation, Result, format_time
 
 
-def app_view(rt: Runtime, reading: Reading | None) -> dict[str, Any]:
-    """The app as status and `GET /v1/apps/<app>` show it: health, phase, colors, routing and the last deploy."""
+def app_view(rt: Runtime, reading: Reading | None, error: str | None = None) -> dict[str, Any]:
+    """The app as status and `GET /v1/apps/<app>` show it: health, phase, colors, routing and the last deploy.
+
+    `broken` is true when the labels describe no app the controller can work with (or the read
+    failed: `error`); such an app has only its problems, which say why, and the services refused.
+    """
+    refused = [{"service": service, "reason": line} for service, line in sorted(rt.refused.items())]
     if reading is None:
-        return {"app": rt.name, "health": "degraded", "degraded": list(rt.problems), "problems": list(rt.problems),
-                "request": rt.request}
+        problems = [*rt.problems, *([f"the app could not be read: {error}"] if error else [])]
+        return {"app": rt.name, "broken": True, "health": "degraded", "degraded": problems, "problems": problems,
+                "refused": refused, "request": rt.request}
     state, app = reading.loaded.state, reading.app
     wanted = state.routing()
     colors = {}
@@ -41,6 +47,7 @@ def app_view(rt: Runtime, reading: Reading | None) -> dict[str, Any]:
     d = state.deploy
     return {
         "app": app.name,
+        "broken": False,
         "health": health,
         "degraded": degraded,
         "active": state.active.value,
@@ -61,7 +68,8 @@ def app_view(rt: Runtime, reading: Reading | None) -> dict[str, Any]:
         "route_error": rt.route_error,
         "probe": rt.probe,
         "problems": [*reading.problems, *reading.loaded.problems],
-        "app_config": {"port": app.port, "rule": str(app.rule),
+        "refused": refused,
+        "app_config": {"name": app.label, "stack": app.stack, "port": app.port, "rule": str(app.rule),
                        "preview_rule": str(app.preview_rule) if app.preview_rule else None,
                        "health_path": app.health_path, "strategy": app.strategy.value},
     }

@@ -41,6 +41,7 @@ from lab.stack import (
 
 DEMO = "swarmshift.demo"
 STACK = "swarmshift-demo"
+APP = f"{STACK}_demo"  # the demo app's key in the controller: the stack scopes the app label
 WORKDIR = Path(os.environ.get("SWARMSHIFT_DEMO_DIR", "/tmp/swarmshift-demo"))
 # Present while the router label on the node is the demo's doing, so `make demo-down` takes it off.
 ROUTER_MARK = WORKDIR / "router-label-added"
@@ -102,8 +103,8 @@ def served(result: LoadResult) -> str:
 
 
 def weights(stack: LabStack) -> str:
-    """What Traefik's API says it has loaded for the app: `demo-green 100, ...`."""
-    answer = stack.traefik_api("/api/http/services/demo@file") or {}
+    """What Traefik's API says it has loaded for the app: `swarmshift-demo_demo-green 100, ...`."""
+    answer = stack.traefik_api(f"/api/http/services/{APP}@file") or {}
     services = (answer.get("weighted") or {}).get("services") or []
     return ", ".join(f"{s['name']} {s.get('weight', 1)}" for s in services) or "nothing"
 
@@ -176,7 +177,7 @@ def main() -> int:
     if v2_result.failed:
         say(f"clients saw failures during the v2 deploy: {served(v2_result)}")
         return 1
-    v2_switch = stack.events("bluegreen", "switched", app="demo")[-1]
+    v2_switch = stack.events("bluegreen", "switched", app=APP)[-1]
     v2_weights = weights(stack)
 
     # 3. A broken v3: it goes live on blue, fails its checks and is rolled back by the controller.
@@ -189,9 +190,9 @@ def main() -> int:
     if v3.returncode != 1 or "RolledBack" not in v3.stdout:
         say(f"the broken v3 was not rolled back (exit {v3.returncode}): {v3.stderr.strip()}")
         return 1
-    v3_switch = stack.events("bluegreen", "switched", app="demo")[-1]
-    [rollback_start, *_] = stack.events("bluegreen", "rollback_started", app="demo")
-    [rolled_back, *_] = stack.events("bluegreen", "rolled_back", app="demo")
+    v3_switch = stack.events("bluegreen", "switched", app=APP)[-1]
+    [rollback_start, *_] = stack.events("bluegreen", "rollback_started", app=APP)
+    [rolled_back, *_] = stack.events("bluegreen", "rolled_back", app=APP)
     now = stack.serves() or {}
     status = stack.cli("status")
 

@@ -342,7 +342,7 @@ class LabStack:
         return _http_json(self.url(f"{service.upper()}_PORT") + path)
 
     def traefik_api(self, path: str) -> Any:
-        """GET `path` from Traefik's API (e.g. /api/http/services/demo@file), or None if it answers no JSON."""
+        """GET `path` from Traefik's API (e.g. /api/http/services/<stack>_demo@file), or None if it answers no JSON."""
         try:
             return _http_json(self.traefik_api_url + path)
         except (OSError, ValueError):

@@ -35,21 +35,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only (`\d` and float() take "١٢" and "1_0"), and a bounded text: durations come from
+# service labels too, which anyone who deploys a stack writes.
+_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)", re.ASCII)
+_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?", re.ASCII)
+_DURATION_MAX_CHARS = 64
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a Go-style duration such as `90s`, `5m` or `1h30m`."""
+    """Seconds from a number or a Go-style duration such as `90s`, `5m` or `1h30m`; ValueError for anything else."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s or 5m")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError("a duration must be finite") from None
     elif isinstance(value, str):
         text = value.strip()
-        try:
+        if len(text) > _DURATION_MAX_CHARS:
+            raise ValueError(f"expected a duration such as 30s or 5m, at most {_DURATION_MAX_CHARS} characters")
+        if _SECONDS.fullmatch(text):
             seconds = float(text)
-        except ValueError:
+        else:
             pos, seconds = 0, 0.0
             for match in _DURATION.finditer(text):
                 if match.start() != pos:
@@ -57,11 +66,11 @@ def parse_duration(value: Any) -> float:
                 seconds += float(match.group(1)) * _UNITS[match.group(2)]
                 pos = match.end()
             if pos != len(text) or not text:
-                raise ValueError("expected a duration such as 30s, 5m or 1h30m") from None
+                raise ValueError("expected a duration such as 30s, 5m or 1h30m")
     else:
         raise ValueError("expected a duration such as 30s or 5m")
     if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError("a duration must be zero or positive")
+        raise ValueError("a duration must be zero or positive, and finite")
     return seconds
 
 
@@ -108,6 +117,8 @@ def format_duration(seconds: float) -> str:
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a mapping's key (not its value): the path names the key already
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -116,6 +127,9 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _lookup(data: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    if loc[-1:] == ("[key]",):
+        found, _ = _lookup(data, loc[:-1])
+        return found, loc[-2]  # a bad mapping key: the key is the value
     for part in loc:
         if isinstance(data, Mapping) and part in data or isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]

@@ -13,6 +13,7 @@ import copy
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import docker
@@ -106,6 +107,9 @@ class Service:
     reservations: Resources
     update_status: UpdateStatus | None
     spec: Mapping[str, Any] = field(repr=False, compare=False)
+    # When Docker created the service (seconds since the epoch), None when unknown: which of two
+    # services claiming one blue-green color came first.
+    created_at: float | None = None
 
     @property
     def mode(self) -> str:
@@ -148,7 +152,18 @@ def parse_service(raw: Mapping[str, Any]) -> Service:
         if update
         else None,
         spec=spec,
+        created_at=parse_created(raw.get("CreatedAt")),
     )
+
+
+def parse_created(text: Any) -> float | None:
+    """Docker's `CreatedAt` (RFC 3339 in UTC, nanoseconds) as seconds since the epoch; None if absent or unreadable."""
+    if not isinstance(text, str) or len(text) > 40:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def parse_task(raw: Mapping[str, Any], health: str | None = None) -> Task:

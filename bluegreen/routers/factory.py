@@ -24,7 +24,8 @@ def build(settings: RouterSettings, *, swarm: Swarm | None = None) -> Router:
         provider = "file" if settings.kind == "traefik-file" else "http"
         api = TraefikAPI(t.api_url, provider=provider) if t.api_url else None
         common = dict(entrypoints=tuple(t.entrypoints), health_interval=t.health_interval,
-                      health_timeout=t.health_timeout, api=api, confirm_timeout=t.confirm_seconds(settings.kind))
+                      health_timeout=t.health_timeout, api=api, confirm_timeout=t.confirm_seconds(settings.kind),
+                      priority=t.priority)
         if settings.kind == "traefik-file":
             return TraefikFileRouter(t.dynamic_dir, **common)  # type: ignore[arg-type]
         return TraefikHTTPRouter(**common)  # type: ignore[arg-type]
@@ -34,7 +35,8 @@ def build(settings: RouterSettings, *, swarm: Swarm | None = None) -> Router:
 
         # With nginx, GET /v1/traefik serves the document a Traefik would need for the same routing.
         traefik_document = functools.partial(merged_document, entrypoints=tuple(t.entrypoints),
-                                              health_interval=t.health_interval, health_timeout=t.health_timeout)
+                                              health_interval=t.health_interval, health_timeout=t.health_timeout,
+                                              priority=t.priority)
         return NginxRouter.from_settings(settings.nginx, swarm=swarm, traefik_document=traefik_document)
     raise ValueError(f"unknown router kind {settings.kind!r}")
 

@@ -21,6 +21,8 @@ import aiohttp
 from bluegreen.apps import App, Color
 from bluegreen.routers.base import RouterError, poll_until
 from bluegreen.routers.traefik_doc import (
+    DEFAULT_PRIORITY,
+    TRIAL_RAISE,
     check_document,
     color_service,
     document,
@@ -123,7 +125,7 @@ class Trials:
     async def run(self, app: App, routing: Routing, make, publish, withdraw) -> None:
         """Publish the app's trial document, let Traefik judge it, withdraw it; RouterError if refused."""
         assert self.api is not None
-        trial = make(trial_app(app), routing)
+        trial = make(trial_app(app), routing, trial=True)
         check_document(trial)
         try:
             # Inside the try: a publication cancelled halfway (its write still finishing) is
@@ -178,17 +180,21 @@ class TraefikRouter:
     kind: str
 
     def __init__(self, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
-                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 10.0) -> None:
+                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 10.0,
+                 priority: int = DEFAULT_PRIORITY) -> None:
         self.entrypoints = tuple(entrypoints)
+        self.priority = priority
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.api = api
         self.confirm_timeout = confirm_timeout
         self.trials = Trials(api, confirm_timeout)
 
-    def app_document(self, app: App, routing: Routing) -> dict[str, Any]:
+    def app_document(self, app: App, routing: Routing, *, trial: bool = False) -> dict[str, Any]:
+        """The app's document; a trial's routers rank above the live ones (see traefik_doc)."""
         return document(app, routing, entrypoints=self.entrypoints, health_interval=self.health_interval,
-                        health_timeout=self.health_timeout)
+                        health_timeout=self.health_timeout,
+                        priority=self.priority + (TRIAL_RAISE if trial else 0))
 
     async def written(self, app: App) -> Routing | None:
         raise NotImplementedError

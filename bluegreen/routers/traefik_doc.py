@@ -4,8 +4,8 @@ Both Traefik routers (file and HTTP provider) hand Traefik these documents. An a
 
     http:
       routers:
-        <app>:          rule -> service <app>, on the configured entrypoints
-        <app>-preview:  preview rule -> <app>-<preview color>      (only with a preview rule)
+        <app>:          rule -> service <app>, on the configured entrypoints, priority P
+        <app>-preview:  preview rule -> <app>-<preview color>, priority P + 1   (only with a preview rule)
       services:
         <app>:          weighted (WRR) over <app>-blue and <app>-green, healthCheck: {}
         <app>-blue:     loadBalancer -> http://<blue service>:<port>, healthCheck on the health path
@@ -22,6 +22,14 @@ down and up again it counts as an available server that is not in the heap, and 
 weighted colors down, the balancer's pick loops forever: requests hang. Left out, the idle color
 can never take traffic nor keep a request waiting; the lab test "health checks in every order"
 proves it.
+
+Every router carries an explicit priority (`router.traefik.priority`, P): without one Traefik
+ranks routers by the length of their rule, and an app with a long rule would outrank another
+app, or the operator's routers, on the requests both match. All apps' main routers share P (no
+two apps may overlap: bluegreen.claims refuses the newcomer); a preview router gets P + 1, so it
+wins where it narrows its own app's main rule (a preview header, say), and the trial routers
+P + 2 and P + 3: their rules are the live ones narrowed by a header only the controller sends,
+so they win exactly for the controller's own trial requests and for nothing else.
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ _SERVER_URL = re.compile(r"^http://[A-Za-z0-9][A-Za-z0-9_.-]*:[0-9]{1,5}$")
 
 go_duration = duration  # the format Traefik reads
 
+DEFAULT_PRIORITY = 10_000  # above every length-ranked router whose rule is shorter than 10,000 characters
+PREVIEW_RAISE = 1  # a preview router over its app's main router
+TRIAL_RAISE = 2  # a trial's routers over the live ones
+# Traefik reserves the top 1,000 priorities for its internal routers (api@internal, ACME), and
+# refuses a user router above them; on a 32-bit build the top is 2^31 - 1.
+MAX_PRIORITY = 2**31 - 1 - 1000 - TRIAL_RAISE - PREVIEW_RAISE
+_TOP_PRIORITY = MAX_PRIORITY + TRIAL_RAISE + PREVIEW_RAISE  # a trial's preview router, at the highest P
+
+
 def color_service(app: str, color: Color) -> str:
     return f"{app}-{color}"
 
@@ -53,18 +70,20 @@ def preview_router(app: str) -> str:
 
 
 def document(app: App, routing: Routing, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
-             health_timeout: float = 2.0) -> dict[str, Any]:
-    """The dynamic-configuration document that routes `app` as `routing` says."""
+             health_timeout: float = 2.0, priority: int = DEFAULT_PRIORITY) -> dict[str, Any]:
+    """The dynamic-configuration document that routes `app` as `routing` says; its main router at `priority`."""
     entrypoints = tuple(entrypoints)
     # Each router gets its own list: a shared one would come out as a YAML anchor and alias.
     routers: dict[str, Any] = {
-        app.name: {"rule": str(app.rule), "entryPoints": list(entrypoints), "service": app.name},
+        app.name: {"rule": str(app.rule), "entryPoints": list(entrypoints), "service": app.name,
+                   "priority": priority},
     }
     if app.preview_rule:
         routers[preview_router(app.name)] = {
             "rule": str(app.preview_rule),
             "entryPoints": list(entrypoints),
             "service": color_service(app.name, routing.preview),
+            "priority": priority + PREVIEW_RAISE,
         }
     services: dict[str, Any] = {
         app.name: {
@@ -145,8 +164,12 @@ def check_document(doc: Mapping[str, Any], *, rules: bool = True) -> None:
     routers = doc["http"].get("routers") or {}
     services = doc["http"].get("services") or {}
     for name, router in routers.items():
-        if set(router) != {"rule", "entryPoints", "service"}:
+        if set(router) != {"rule", "entryPoints", "service", "priority"}:
             fail(f"router {name}: unexpected keys {sorted(router)}")
+        rank = router["priority"]
+        # 0 would mean "rank by rule length", the very thing the explicit priority prevents.
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= _TOP_PRIORITY:
+            fail(f"router {name}: priority must be a whole number from 1 to {_TOP_PRIORITY}, got {rank!r}")
         if rules:
             try:
                 parse_rule(router["rule"])

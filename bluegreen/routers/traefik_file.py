@@ -28,7 +28,14 @@ import yaml
 from bluegreen.apps import App
 from bluegreen.routers.base import HEADER, RouterError, confined, finish_in_thread, inside, write_atomic
 from bluegreen.routers.traefik_api import TraefikAPI, TraefikRouter
-from bluegreen.routers.traefik_doc import TRIAL_SUFFIX, check_document, merge, parse_file, render
+from bluegreen.routers.traefik_doc import (
+    DEFAULT_PRIORITY,
+    TRIAL_SUFFIX,
+    check_document,
+    merge,
+    parse_file,
+    render,
+)
 from bluegreen.state import Routing
 
 
@@ -36,9 +43,10 @@ class TraefikFileRouter(TraefikRouter):
     kind = "traefik-file"
 
     def __init__(self, dynamic_dir: str | Path, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
-                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 10.0) -> None:
+                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 10.0,
+                 priority: int = DEFAULT_PRIORITY) -> None:
         super().__init__(entrypoints=entrypoints, health_interval=health_interval, health_timeout=health_timeout,
-                         api=api, confirm_timeout=confirm_timeout)
+                         api=api, confirm_timeout=confirm_timeout, priority=priority)
         self.dir = Path(dynamic_dir)
         self._previous: dict[str, bytes | None] = {}  # the file before the last write, to put back
         self._live: dict[str, dict[str, Any]] = {}  # the document last written per app

@@ -17,7 +17,7 @@ from typing import Any
 from bluegreen.apps import App
 from bluegreen.routers.base import RouterError
 from bluegreen.routers.traefik_api import TraefikAPI, TraefikRouter
-from bluegreen.routers.traefik_doc import TRIAL_SUFFIX, check_document, merge
+from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, TRIAL_SUFFIX, check_document, merge
 from bluegreen.state import Routing
 
 
@@ -25,9 +25,10 @@ class TraefikHTTPRouter(TraefikRouter):
     kind = "traefik-http"
 
     def __init__(self, *, entrypoints: Iterable[str] = ("web",), health_interval: float = 5.0,
-                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 15.0) -> None:
+                 health_timeout: float = 2.0, api: TraefikAPI | None = None, confirm_timeout: float = 15.0,
+                 priority: int = DEFAULT_PRIORITY) -> None:
         super().__init__(entrypoints=entrypoints, health_interval=health_interval, health_timeout=health_timeout,
-                         api=api, confirm_timeout=confirm_timeout)
+                         api=api, confirm_timeout=confirm_timeout, priority=priority)
         self._routes: dict[str, tuple[App, Routing]] = {}
         self._documents: dict[str, dict[str, Any]] = {}
         self._previous: dict[str, tuple[tuple[App, Routing], dict[str, Any]] | None] = {}

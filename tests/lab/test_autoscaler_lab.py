@@ -411,3 +411,40 @@ def update_reservation(swarm, name: str, memory: int) -> dict:
     return {"service": raw["ID"], "version": raw["Version"]["Index"], "task_template": spec["TaskTemplate"],
             "name": spec["Name"], "labels": spec["Labels"], "mode": spec["Mode"],
             "endpoint_spec": spec.get("EndpointSpec")}
+
+
+def test_an_alert_re_sent_ten_times_across_a_restart_scales_exactly_once_with_cooldown_zero(
+    swarm, demo_image, autoscaler_proc, tmp_path
+):
+    # Alertmanager re-sends a firing alert every repeat_interval, and retries a delivery it saw
+    # fail: the same alert (fingerprint and startsAt) arrives again and again. With the default
+    # cooldown of 0 only the deduplication stands between it and a scale per delivery.
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    svc = swarm.service("once", image=demo_image, labels={
+        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "5", "swarmshift.autoscale.mode": "alert"})
+    daemon = autoscaler_proc({"interval": 2, "token_file": str(token), "source": "docker"})
+    auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+
+    def notification(starts_at: str) -> bytes:
+        return json.dumps({"version": "4", "status": "firing", "receiver": "swarmshift", "alerts": [{
+            "status": "firing", "startsAt": starts_at, "fingerprint": "0a1b2c3d4e5f",
+            "labels": {"alertname": "NeedsMore", "swarmshift_action": "scale_up", "service": svc.name}}]}).encode()
+
+    first = notification("2026-12-01T10:00:00.000Z")
+    answers = []
+    for delivery in range(10):
+        if delivery == 5:
+            daemon.kill()  # SIGKILL: nothing in memory survives, only what is on the service
+            daemon.start()
+        status, reply = daemon.request("POST", "/v1/alerts", first, auth)
+        assert status == 200, reply
+        answers.append(json.loads(reply)["results"][0]["outcome"])
+    assert answers[0] == "scaled" and "scaled" not in answers[1:], answers
+    stays(swarm, svc.name, 2, 3)
+    assert [(e["from"], e["to"]) for e in scaled(daemon, svc.name)] == [(1, 2)]
+
+    # The same alert firing anew (a new startsAt) is a new alert, and acts.
+    status, reply = daemon.request("POST", "/v1/alerts", notification("2026-12-01T11:00:00.000Z"), auth)
+    assert status == 200 and json.loads(reply)["results"][0]["outcome"] == "scaled", reply
+    assert swarm.replicas(svc.name) == 3

@@ -51,9 +51,14 @@ def releases(docker_client, demo_image) -> dict[str, str]:
     return {name: derived_image(docker_client, tag, env) for name, (tag, env) in RELEASES.items()}
 
 
+def demo_key(stack) -> str:
+    """The demo app's key in the controller: the stack scopes the app label (`<stack>_demo`, like Swarm's names)."""
+    return f"{stack.name}_demo"
+
+
 def traefik_weights(stack) -> dict[str, int]:
-    """The demo app's weights as Traefik's API reports them loaded."""
-    answer = stack.traefik_api("/api/http/services/demo@file") or {}
+    """The demo app's weights as Traefik's API reports them loaded (children `<stack>_demo-blue`, `…-green`)."""
+    answer = stack.traefik_api(f"/api/http/services/{demo_key(stack)}@file") or {}
     return {s["name"]: s.get("weight", 1) for s in (answer.get("weighted") or {}).get("services") or []}
 
 
@@ -79,7 +84,7 @@ def test_the_production_stack_runs_both_daemons_and_traefik_routes_the_demo_app(
         assert "node.labels.swarmshift.router == true" in services[short]["TaskTemplate"]["Placement"]["Constraints"]
     # Traefik routes the demo app: the controller's file, loaded, all weight on blue.
     assert (stack.serves() or {}).get("color") == "blue"
-    assert traefik_weights(stack) == {"demo-blue": 100}
+    assert traefik_weights(stack) == {f"{demo_key(stack)}-blue": 100}
 
 
 def test_the_cli_deploys_v2_live_through_a_blue_to_green_switch_without_a_failed_request(stack, releases):
@@ -102,13 +107,13 @@ def test_the_cli_deploys_v2_live_through_a_blue_to_green_switch_without_a_failed
     assert (versions[0], versions[-1]) == ("v1", "v2") and set(versions) == {"v1", "v2"}
     answer = stack.serves()
     assert (answer["version"], answer["color"]) == ("v2", "green")
-    assert traefik_weights(stack) == {"demo-green": 100}
-    phases = [e["to"] for e in stack.events("bluegreen", "phase_changed", app="demo")]
+    assert traefik_weights(stack) == {f"{demo_key(stack)}-green": 100}
+    phases = [e["to"] for e in stack.events("bluegreen", "phase_changed", app=demo_key(stack))]
     assert phases == ["Preparing", "Waiting", "PreChecks", "Switching", "Verifying", "Stable"]
-    assert stack.events("bluegreen", "switched", app="demo")
-    status = stack.cli("status", "demo")
+    assert stack.events("bluegreen", "switched", app=demo_key(stack))
+    status = stack.cli("status", "demo")  # the bare name: only this stack has an app `demo`
     assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.split("\n")[1].split()[:3] == ["demo", "green", "Stable"]
+    assert status.stdout.split("\n")[1].split()[:3] == [demo_key(stack), "green", "Stable"]
 
 
 def test_a_broken_v3_is_rolled_back_automatically(stack, releases):
@@ -125,13 +130,13 @@ def test_a_broken_v3_is_rolled_back_automatically(stack, releases):
           f"{dict(result.statuses)}")
     # It did go live on blue first: users saw its 5xx for a moment, then v2 from green again.
     assert result.statuses[500] > 0 and not result.errors
-    phases = [e["to"] for e in stack.events("bluegreen", "phase_changed", app="demo")]
+    phases = [e["to"] for e in stack.events("bluegreen", "phase_changed", app=demo_key(stack))]
     phases = phases[len(phases) - 1 - phases[::-1].index("Preparing"):]
     assert phases == ["Preparing", "Waiting", "PreChecks", "Switching", "Verifying", "RollingBack", "RolledBack"]
     after = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=10, max_requests=40, workers=2).start().wait()
     assert after.statuses == {200: 40} and set(after.colors) == {"green"}, (after.statuses, after.colors)
     assert {version for _, _, version in after.bodies} == {"v2"}
-    assert traefik_weights(stack) == {"demo-green": 100}
+    assert traefik_weights(stack) == {f"{demo_key(stack)}-green": 100}
     status = stack.cli("status", "demo")
     assert status.returncode == 1 and "rolled-back" in status.stdout, status.stdout
 
@@ -151,7 +156,7 @@ def test_prometheus_scrapes_cadvisor_traefik_and_both_daemons_with_the_stack_rul
     # Traefik's metrics, which the controller's error-ratio check and BlueGreenColorErrors read,
     # counted the broken v3's 5xx answers on blue.
     lab.wait_for("Traefik's 5xx count of demo-blue", lambda: stack.query(
-        'traefik_service_requests_total{service="demo-blue@file",code="500"} > 0'), 30, interval=1)
+        f'traefik_service_requests_total{{service="{demo_key(stack)}-blue@file",code="500"}} > 0'), 30, interval=1)
 
 
 def test_the_autoscaler_service_scales_the_active_color_under_load_through_traefik(stack):
@@ -173,7 +178,7 @@ def test_the_autoscaler_service_scales_the_active_color_under_load_through_traef
     except AssertionError:
         pytest.fail("the replica count changed, but not by the autoscaler: "
                     f"{[e for e in stack.logs('autoscaler') if isinstance(e, dict) and e.get('service') == service]} "
-                    f"{[e for e in stack.logs('bluegreen') if isinstance(e, dict) and e.get('app') == 'demo'][-12:]}")
+                    f"{[e for e in stack.logs('bluegreen') if isinstance(e, dict) and e.get('app') == demo_key(stack)][-12:]}")
     first = scaled[0]
     assert first["from"] == before and first["to"] > before and "alert" not in first
     [cpu] = [m for m in first["metrics"] if m["metric"] == "cpu"]
@@ -185,7 +190,8 @@ def test_alertmanager_reaches_both_daemons_with_the_token_from_the_secret(stack)
     service = stack.service("demo-green")
     post_alert(stack.alertmanager_url, {"alertname": "StackE2EScaleUp", "swarmshift_action": "scale_up",
                                         "service": service})
-    post_alert(stack.alertmanager_url, {"alertname": "StackE2EAppAlert", "swarmshift_app": "demo"})
+    # The key, as the stack's Prometheus rules derive swarmshift_app from Traefik's `<key>-<color>@file`.
+    post_alert(stack.alertmanager_url, {"alertname": "StackE2EAppAlert", "swarmshift_app": demo_key(stack)})
 
     def autoscaler_acted():  # scaled, or held at max after the load test: either way it was heard
         return (stack.events("autoscaler", "service_scaled", alert="StackE2EScaleUp")
@@ -194,6 +200,6 @@ def test_alertmanager_reaches_both_daemons_with_the_token_from_the_secret(stack)
     lab.wait_for("the autoscaler to act on the alert", autoscaler_acted, 30, interval=1)
     # At rest, with rollback_on_alert: verification, the controller hears the alert and leaves the app be.
     lab.wait_for("the controller to receive the alert", lambda: stack.events(
-        "bluegreen", "alert_received", app="demo", alert="StackE2EAppAlert"), 30, interval=1)
+        "bluegreen", "alert_received", app=demo_key(stack), alert="StackE2EAppAlert"), 30, interval=1)
     assert not stack.events("autoscaler", "http_unauthorized") and not stack.events("bluegreen", "http_unauthorized")
     assert (stack.serves() or {}).get("version") == "v2"

@@ -95,5 +95,5 @@ def test_the_stack_file_deploys_with_the_lab_override_and_every_service_runs(doc
     answer = stack.serves()
     assert (answer["version"], answer["color"]) == ("v1", "blue")
     assert stack.serves(host="elsewhere.localhost") is None
-    router = stack.traefik_api("/api/http/routers/demo@file")
+    router = stack.traefik_api(f"/api/http/routers/{stack.name}_demo@file")  # the app's key: <stack>_<app>
     assert router["rule"] == "Host(`127.0.0.1`)" and router["status"] == "enabled" and router["entryPoints"] == ["web"]

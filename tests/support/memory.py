@@ -48,10 +48,13 @@ class MemorySwarm:
     # -- set-up ---------------------------------------------------------------------------------
 
     def add(self, name: str, *, image: str, replicas: int = 1, labels: Mapping[str, str] | None = None,
-            limits: Resources | None = None) -> Service:
-        service = Service(id=f"id{next(self._ids)}", name=name, version=1, labels=dict(labels or {}), image=image,
+            limits: Resources | None = None, created_at: float | None = None) -> Service:
+        number = next(self._ids)
+        # Created one second apart in the order added, unless a test says when.
+        created = created_at if created_at is not None else 1_700_000_000.0 + number
+        service = Service(id=f"id{number}", name=name, version=1, labels=dict(labels or {}), image=image,
                           replicas=replicas, running=replicas, limits=limits or Resources(), reservations=Resources(),
-                          update_status=None, spec={})
+                          update_status=None, spec={}, created_at=created)
         self._services[service.id] = service
         return service
 

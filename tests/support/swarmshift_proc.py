@@ -159,7 +159,7 @@ def event_time(event: dict[str, Any]) -> float:
 
 
 def start_bluegreen(workdir: Path, config: dict[str, Any], *, name: str = "bluegreen",
-                    token: str = "lab-token-0") -> BlueGreenDaemon:
+                    token: str = "lab-token-0", env: dict[str, str] | None = None) -> BlueGreenDaemon:
     """Start `swarmshift bluegreen run` on a free port of 127.0.0.1, with a token file, in `workdir`."""
     port = lab.free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +168,8 @@ def start_bluegreen(workdir: Path, config: dict[str, Any], *, name: str = "blueg
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "token_file": str(token_file), **config}))
     daemon = BlueGreenDaemon(name, ["bluegreen", "run", "--config", str(path)], workdir, port, token)
+    if env:
+        daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]
     daemon.config_path = path
     daemon.token_file = token_file
     daemon.start()
@@ -182,8 +184,9 @@ def bluegreen_proc(tmp_path) -> Iterator:
     """
     started: list[BlueGreenDaemon] = []
 
-    def start(config: dict[str, Any], *, name: str = "bluegreen", token: str = "lab-token-0") -> BlueGreenDaemon:
-        daemon = start_bluegreen(tmp_path / name, config, name=name, token=token)
+    def start(config: dict[str, Any], *, name: str = "bluegreen", token: str = "lab-token-0",
+              env: dict[str, str] | None = None) -> BlueGreenDaemon:
+        daemon = start_bluegreen(tmp_path / name, config, name=name, token=token, env=env)
         started.append(daemon)
         return daemon
 

@@ -127,9 +127,6 @@ def test_an_app_is_two_labelled_services_with_defaults_filled_in():
      ["app web: swarmshift.bluegreen.port differs between the colors: web-blue='8000', web-green='8001'"]),
     ([color_service("web-blue", "web", "blue", port="8000", rule="Host(`w`)")],
      ["app web: no green service: label one with swarmshift.bluegreen.app=web and swarmshift.bluegreen.color=green"]),
-    ([color_service("web-blue", "web", "blue", port="8000", rule="Host(`w`)"),
-      color_service("web-blue2", "web", "blue"), color_service("web-green", "web", "green")],
-     ["app web: 2 blue services: web-blue, web-blue2; exactly one may carry swarmshift.bluegreen.color=blue"]),
     ([color_service("web-blue", "web", "purple", port="8000", rule="Host(`w`)"),
       color_service("web-green", "web", "green")],
      ["web-blue: swarmshift.bluegreen.color: expected blue or green (got 'purple')",
@@ -158,7 +155,7 @@ def test_an_app_is_two_labelled_services_with_defaults_filled_in():
     ([color_service("web-blue", "web", "blue"), color_service("web-green", "web", "green")],
      ["app web: no port: set swarmshift.bluegreen.port or defaults.port",
       "app web: no routing rule: set swarmshift.bluegreen.rule or defaults.rule"]),
-], ids=["bad-port", "bad-rule", "template-in-rule", "colors-disagree", "missing-color", "two-blues", "bad-color", "no-app-label",
+], ids=["bad-port", "bad-rule", "template-in-rule", "colors-disagree", "missing-color", "bad-color", "no-app-label",
         "bad-app-name", "reserved-suffix", "unknown-label", "bad-health-path", "preview-is-main", "bad-strategy",
         "no-port-no-rule"])
 def test_bad_labels_give_one_line_each_naming_service_label_and_value(services, problems):

@@ -11,14 +11,28 @@ import time
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_doc import check_document, document, merge
+from bluegreen.routers.traefik_api import Trials, loaded_routing
+from bluegreen.routers.traefik_doc import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    check_document,
+    document,
+    merge,
+    parse_file,
+    render,
+    routing_of,
+    shape,
+)
 from bluegreen.routers.traefik_file import TraefikFileRouter
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
 from bluegreen.state import Routing
 from tests.conftest import ROOT, shared_file
+from tests.support.fuzz import fuzz
 
 WEB = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)",
           preview_rule="Host(`preview.web.example.com`)")
@@ -127,6 +141,11 @@ def _mutations():
             servers=[{"url": "http://web-blue:70000"}])),
         "newer loadBalancer key": mutate(lambda d: services(d)["web-blue"].update(failover={})),
         "serversTransports section": mutate(lambda d: d["http"].update(serversTransports={})),
+        "no priority (ranked by rule length)": mutate(lambda d: d["http"]["routers"]["web"].pop("priority")),
+        "priority 0 (ranked by rule length)": mutate(lambda d: d["http"]["routers"]["web"].update(priority=0)),
+        "priority in Traefik's reserved range": mutate(lambda d: d["http"]["routers"]["web"].update(
+            priority=2**31 - 1)),
+        "priority not a number": mutate(lambda d: d["http"]["routers"]["web"].update(priority="10")),
     }
 
 
@@ -197,3 +216,99 @@ def test_a_reader_polling_the_directory_during_200_switches_never_sees_a_partial
     durations.sort()
     print(f"\ntraefik-file write+fsync+rename: median {durations[100] * 1000:.2f} ms, "
           f"p95 {durations[190] * 1000:.2f} ms over 200 switches; {seen['reads']} reads")
+
+
+# --- priorities ----------------------------------------------------------------------------------
+
+LONG = App("grab", "grab-blue", "grab-green", 80, "PathPrefix(`/`) || Host(`x`) && Path(`/" + "a" * 200 + "`)",
+           preview_rule="Host(`preview.grab.example.com`)")
+
+
+def priorities(doc) -> dict[str, int]:
+    return {name: router["priority"] for name, router in doc["http"]["routers"].items()}
+
+
+def test_every_router_carries_a_priority_that_does_not_depend_on_its_rule_length(dynamic_schema):
+    doc = merge([document(WEB, Routing.all_to(Color.BLUE)), document(API, Routing.all_to(Color.BLUE)),
+                 document(LONG, Routing.all_to(Color.BLUE))])
+    dynamic_schema.validate(doc)
+    check_document(doc)
+    p = DEFAULT_PRIORITY
+    # Traefik would rank grab's 230-character catch-all above web and api by length; not with these.
+    assert priorities(doc) == {"web": p, "web-preview": p + 1, "api": p, "grab": p, "grab-preview": p + 1}
+    assert priorities(document(WEB, Routing.all_to(Color.BLUE), priority=7)) == {"web": 7, "web-preview": 8}
+
+
+def test_the_configured_priority_reaches_every_router(tmp_path):
+    from bluegreen.config import BlueGreenConfig
+    from bluegreen.routers import build
+
+    config = BlueGreenConfig.model_validate({"router": {"traefik": {"priority": 500, "dynamic_dir": str(tmp_path)}}})
+    for kind in ("traefik-file", "traefik-http", "nginx"):
+        router = build(config.router.model_copy(update={"kind": kind}))
+        if kind == "nginx":
+            doc = router.traefik_document([(WEB, Routing.all_to(Color.BLUE))])
+        else:
+            doc = router.app_document(WEB, Routing.all_to(Color.BLUE))
+        assert priorities(doc) == {"web": 500, "web-preview": 501}, kind
+    assert BlueGreenConfig().router.traefik.priority == DEFAULT_PRIORITY
+
+
+class JudgingAPI:
+    """Traefik's API as far as a trial needs it: it records the document it judged, and accepts it."""
+
+    def __init__(self) -> None:
+        self.judged: list[dict] = []
+
+    async def judge(self, doc, within: float) -> None:
+        self.judged.append(doc)
+
+
+def test_trial_routers_outrank_the_live_ones(dynamic_schema):
+    router = TraefikHTTPRouter(priority=100)
+    api = JudgingAPI()
+    trials = Trials(api, within=1)  # type: ignore[arg-type]
+    published: list[dict] = []
+
+    async def publish(doc) -> None:
+        published.append(doc)
+
+    async def withdraw() -> None:
+        pass
+
+    asyncio.run(trials.run(WEB, Routing.all_to(Color.BLUE), router.app_document, publish, withdraw))
+    [trial] = api.judged
+    assert published == [trial]
+    dynamic_schema.validate(trial)
+    # Narrowed by a header only the controller sends, the trial wins exactly the controller's own
+    # requests: above the live main (100) and preview (101) routers.
+    assert priorities(trial) == {"web-trial": 102, "web-trial-preview": 103}
+    assert all("X-Swarmshift-Trial" in r["rule"] for r in trial["http"]["routers"].values())
+
+
+def test_documents_with_priorities_read_back():
+    routing = Routing.toward(Color.GREEN, 10)
+    doc = document(WEB, routing, priority=42)
+    assert routing_of(doc, "web") == routing
+    assert parse_file(render(doc, routing).decode(), "web") == routing
+    # Traefik's API answers with the priority among the router's fields.
+    live = doc["http"]["routers"]["web-preview"]
+    preview = {**live, "service": f"{live['service']}@file", "status": "enabled"}
+    service = {**doc["http"]["services"]["web"], "status": "enabled"}
+    assert loaded_routing("web", service, preview) == routing
+    # A new priority is a new shape: Traefik is asked to try it before it goes live.
+    assert shape(doc) == shape(document(WEB, Routing.toward(Color.GREEN, 50), priority=42))
+    assert shape(doc) != shape(document(WEB, routing, priority=43))
+
+
+@fuzz
+@given(st.integers(1, MAX_PRIORITY), st.booleans(), st.sampled_from([r for _, r in routings()]),
+       st.sampled_from(["Host(`a.example.com`)", "PathPrefix(`/`) || Host(`x`) && Path(`/long`)",
+                        "HostRegexp(`^.+$`) && !Header(`X`, `1`)"]))
+def test_fuzz_documents_with_any_priority_validate(dynamic_schema, priority, preview, routing, rule):
+    app = App("fz", "fz-blue", "fz-green", 8000, rule, preview_rule="Host(`p.example.com`)" if preview else None)
+    router = TraefikHTTPRouter(priority=priority)
+    for trial in (False, True):
+        doc = router.app_document(app, routing, trial=trial)
+        dynamic_schema.validate(doc)
+        check_document(doc)
