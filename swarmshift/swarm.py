@@ -1,7 +1,8 @@
 """The Swarm access layer: every Docker call of both daemons goes through `Swarm`.
 
-Each call runs off the event loop with a timeout, and connection errors are retried with
-bounded backoff. Writes carry the service version they were decided on (optimistic
+Each call runs off the event loop with a timeout, on a few threads of its own (`Workers`): a
+hung engine then fails Docker calls fast instead of starving the loop's default executor, and
+connection errors are retried with bounded backoff. Writes carry the service version they were decided on (optimistic
 concurrency): a conflict raises `VersionConflict`, and `Swarm.modify` re-reads and re-decides.
 """
 
@@ -20,6 +21,7 @@ import docker.errors
 import requests.exceptions
 
 from swarmshift import logs
+from swarmshift.workers import Saturated, Workers
 
 log = logs.get("swarmshift.swarm")
 T = TypeVar("T")
@@ -229,7 +231,9 @@ class Swarm:
     """Async access to one Docker engine that is a Swarm manager.
 
     `client` may be given (tests, benchmarks); otherwise one is made from the environment
-    (DOCKER_HOST, or the local socket) on first use.
+    (DOCKER_HOST, or the local socket) on first use. `workers` is how many Docker calls may be
+    in flight at once, each on a thread of this client's own; waiting for one to come free
+    counts against the call's timeout.
     """
 
     def __init__(
@@ -240,6 +244,7 @@ class Swarm:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.5,
+        workers: int = 4,
     ) -> None:
         self._client = client
         self._base_url = base_url
@@ -248,6 +253,7 @@ class Swarm:
         self.backoff = backoff
         self.calls = 0  # Docker API requests made, for benchmarks and loop-cost logging
         self._local_node: str | None = None
+        self._workers = Workers(workers, name="swarmshift-docker")
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -261,13 +267,21 @@ class Swarm:
         return self._client.api
 
     async def _call(self, what: str, fn: Callable[[], T], *, within: float | None = None) -> T:
-        """Run one blocking SDK call off the loop; retry connection errors with backoff."""
+        """Run one blocking SDK call on this client's workers; retry connection errors with backoff.
+
+        Each attempt has `within` (default the client's timeout) plus a second, the wait for a
+        free worker included. When every worker is stuck in a call that has not returned, the
+        call fails with DockerUnavailable without a retry: a retry would wait for the same threads.
+        """
         delay = self.backoff
         limit = (within if within is not None else self.timeout) + 1
         for attempt in range(1, self.retries + 1):
             try:
                 self.calls += 1
-                return await asyncio.wait_for(asyncio.to_thread(fn), timeout=limit)
+                return await self._workers.run(fn, limit)
+            except Saturated as err:
+                log.warning("docker_workers_busy", call=what, workers=self._workers.size, error=str(err))
+                raise DockerUnavailable(f"{what}: {err}") from err
             except docker.errors.NotFound as err:
                 raise NotFound(f"{what}: {err.explanation or err}") from err
             except docker.errors.APIError as err:
@@ -283,6 +297,8 @@ class Swarm:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        """Close the client and the workers; threads stuck in hung calls are left to end on their own."""
+        self._workers.close()
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
 

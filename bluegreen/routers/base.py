@@ -1,4 +1,4 @@
-"""The router interface the deploy machine drives, and what every router shares: RouterError, polling, file writes.
+"""The router interface the deploy machine drives, and what every router shares: RouterError, polling, file paths and writes.
 
 Like Flagger's routers, each proxy lives in one module and implements the same small interface;
 the controller never knows which proxy it drives:
@@ -12,26 +12,41 @@ the controller never knows which proxy it drives:
   serves one document for all apps (Traefik's HTTP provider) serves it only from then on.
 - `traefik_document(routes)` is the Traefik dynamic configuration for the apps as this router
   routes them: what `GET /v1/traefik` serves.
+
+App names come from service labels and become file names. Discovery checks them, but a router
+does not rely on that: every path it writes, reads or removes is built by `confined`, which
+refuses a name whose file would not be directly inside the router's directory. And a step
+that must not stop halfway (a file swap, a reload already sent) runs under `finish`, so that a
+cancellation (SIGTERM) waits for its end and the caller's cleanup sees a known state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bluegreen.apps import App
 from bluegreen.state import Routing
+from swarmshift import logs
+
+log = logs.get("bluegreen.routers")
+T = TypeVar("T")
 
 # The first line of every file a router writes; a file without it belongs to the operator.
 HEADER = "# Managed by swarmshift (blue-green controller): rewritten on every switch; do not edit.\n"
 _ROUTING_LINE = re.compile(r"^# routing: (.*)$", re.MULTILINE)
+
+# The longest name a file may be built from, in UTF-8 bytes: NAME_MAX (255) less the most a
+# router adds around it (nginx's `.<app>.conf.bak`, then write_atomic's `.` and `.XXXXXXXX.tmp`).
+NAME_BYTES = 200
 
 
 class RouterError(Exception):
@@ -115,3 +130,87 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def inside(directory: str | Path, path: str | Path) -> bool:
+    """Whether `path`, symlinks resolved, names an entry directly inside `directory` (also resolved)."""
+    try:
+        return os.path.dirname(os.path.realpath(path)) == os.path.realpath(directory)
+    except (OSError, ValueError):  # a NUL byte, a name the file system cannot encode
+        return False
+
+
+def _unfit(name: object) -> str | None:
+    """Why `name` cannot be (part of) a file name in a router's directory, or None."""
+    if not isinstance(name, str):
+        return f"not a string ({type(name).__name__})"
+    if not name:
+        return "empty"
+    if name.startswith("."):
+        # `.`, `..`, and hidden files: the names of backups and temp files, which nginx and
+        # Traefik skip; an app named like one would be overwritten by another's.
+        return "starts with a dot"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if not name.isprintable():  # NUL, newline, other controls, unassigned and surrogate code points
+        return "contains a character that is not printable"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > NAME_BYTES:
+        return f"is longer than {NAME_BYTES} bytes ({size})"
+    return None
+
+
+def confined(directory: str | Path, name: str, *, prefix: str = "", suffix: str = "") -> Path:
+    """`directory/<prefix><name><suffix>`, once it is sure to resolve to a file directly inside `directory`.
+
+    RouterError, logged as `router_path_refused` with the name, for anything else: an empty
+    name, one starting with a dot, holding a separator, a control character (NUL, newline) or
+    too many bytes, and a path that resolves elsewhere (a symlink in the directory pointing out).
+    `prefix` and `suffix` are the router's own (`.`, `.conf.bak`), never from a label.
+    """
+    directory = Path(directory)
+    reason = _unfit(name)
+    path = directory / f"{prefix}{name}{suffix}" if reason is None else None
+    if path is not None and not inside(directory, path):
+        reason = f"{path.name} resolves to {os.path.realpath(path)}, outside the directory"
+    if reason is not None:
+        log.warning("router_path_refused", name=name, directory=str(directory), reason=reason)
+        raise RouterError(f"app name {name!r}: {reason}; no file is written, read or removed for it in {directory}")
+    assert path is not None
+    return path
+
+
+async def finish(aw: Awaitable[T]) -> T:
+    """Await `aw` to its end even when the caller is cancelled meanwhile, then raise that cancellation.
+
+    A file swap or a reload cut off halfway leaves the proxy with a configuration that nobody
+    tested or recorded, and a thread cannot be stopped from the loop at all: a restore run on
+    the cancellation would race the thread still writing. So the step ends first; the caller's
+    `except`/`finally` then runs with the files in a known state, and the task still ends
+    cancelled. Every step run this way must bound itself (a command's own timeout).
+    """
+    fut = asyncio.ensure_future(aw)
+    cancelled: asyncio.CancelledError | None = None
+    while not fut.done():
+        try:
+            # wait() never cancels what it waits on: a cancellation stops only this await.
+            await asyncio.wait([fut])
+        except asyncio.CancelledError as err:
+            cancelled = err
+    if cancelled is not None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is what the caller hears
+        raise cancelled
+    return fut.result()
+
+
+async def finish_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread, awaited with `finish`: cancelling the caller never leaves it running unseen.
+
+    A plain executor future, not a task: the loop's shutdown, which cancels every task left,
+    cannot cut the wait short while the thread still works.
+    """
+    return await finish(asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args)))

@@ -26,7 +26,14 @@ How a config is activated: the live file is kept as a backup, the candidate repl
 rename), `nginx -t` tests the whole configuration, and only then is nginx reloaded; when the test
 or the reload fails, the backup is renamed back and nginx keeps running the old config, never
 having read the new one. A controller killed between the swap and the restore leaves the
-backup; the next `read` or `apply` of that app restores it first. The nginx.conf that includes
+backup; the next `read` or `apply` of that app restores it first.
+
+A cancelled activation (SIGTERM) ends the same way as a failed one, by `finally`-style cleanup
+that cannot be cut short: each file step runs to its end (`finish_in_thread`), a cancellation
+before the reload puts the backup back, and a reload already started runs to its end (it bounds
+itself), after which the backup is put back only if it failed. So the live file is always what
+nginx was last reloaded with, or what it will be once the reload in flight ends. Every file
+name is built by `confined`: a name that would leave `conf_dir` is refused. The nginx.conf that includes
 `<conf_dir>/*.conf` should define a `default_server` of its own: otherwise nginx hands requests
 for unknown hosts to the first app.
 
@@ -50,7 +57,17 @@ import aiohttp
 
 from bluegreen.apps import App, Color, Strategy
 from bluegreen.labels import PREVIEW_RULE_LABEL, RULE_LABEL, STRATEGY_LABEL
-from bluegreen.routers.base import HEADER, RouterError, duration, routing_comment, routing_in, write_atomic
+from bluegreen.routers.base import (
+    HEADER,
+    RouterError,
+    confined,
+    duration,
+    finish,
+    finish_in_thread,
+    routing_comment,
+    routing_in,
+    write_atomic,
+)
 from bluegreen.routers.nginx_actions import Action, command, docker_exec, docker_signal, signal_pid_file
 from bluegreen.rules import Rule
 from bluegreen.state import Routing
@@ -173,11 +190,12 @@ class NginxRouter:
         )
 
     def path(self, app: str) -> Path:
-        return self.dir / f"{app}.conf"
+        """The app's live file; RouterError for a name whose file would not be directly in `conf_dir`."""
+        return confined(self.dir, app, suffix=".conf")
 
     def _backup(self, app: str) -> Path:
-        # Not matched by the `*.conf` include: nginx never reads it.
-        return self.dir / f".{app}.conf.bak"
+        # Hidden and not matched by the `*.conf` include: nginx never reads it.
+        return confined(self.dir, app, prefix=".", suffix=".conf.bak")
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -240,71 +258,97 @@ class NginxRouter:
 
     # -- activation --------------------------------------------------------------------------
 
-    def _recover(self, app: str) -> None:
-        """Put back the backup a killed activation left: nginx may never have tested the live file."""
-        backup = self._backup(app)
-        if backup.exists():
-            os.replace(backup, self.path(app))
-
-    def _swap_in(self, app: str, text: str) -> bytes | None:
-        """Keep the live file as the backup and put the candidate in its place; returns the old content."""
-        live = self.path(app)
+    def _swap_in(self, live: Path, backup: Path, data: bytes) -> bool:
+        """Keep the live file as the backup and put the candidate in its place; False when it is live already."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._recover(app)
+        _recover(live, backup)
         try:
             old = live.read_bytes()
         except FileNotFoundError:
             old = None
-        if old == text.encode():
-            return old
-        write_atomic(self._backup(app), old if old is not None else _NO_CONFIG.encode())
-        write_atomic(live, text.encode())
-        return old
-
-    def _restore(self, app: str) -> None:
-        os.replace(self._backup(app), self.path(app))
-
-    def _commit(self, app: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._backup(app))
+        if old == data:
+            return False
+        write_atomic(backup, old if old is not None else _NO_CONFIG.encode())
+        write_atomic(live, data)
+        return True
 
     async def _activate(self, app: str, text: str) -> None:
+        live, backup = self.path(app), self._backup(app)
         async with self._lock:
+            step = "the swap"
+            reloaded = False
+
+            async def reload() -> None:
+                nonlocal reloaded
+                await self.reload()
+                reloaded = True
+
+            cancelled: asyncio.CancelledError | None = None
             try:
-                old = await asyncio.to_thread(self._swap_in, app, text)
-            except OSError as err:
-                raise RouterError(f"{self.path(app)}: {err.strerror or err}") from err
-            if old == text.encode():
-                return
-            for step, action in (("nginx -t refused", self.test), ("the reload failed", self.reload)):
-                try:
-                    await action()
-                except RouterError as err:
-                    await asyncio.to_thread(self._restore, app)
+                if not await finish_in_thread(self._swap_in, live, backup, text.encode()):
+                    return
+                step = "nginx -t refused"
+                await self.test()  # cancelled here, nginx has not read the candidate: it is put back below
+                step = "the reload failed"
+                # Once sent, a reload may already have nginx running the candidate: let it end, so
+                # that the file put back (or kept) is what nginx runs.
+                await finish(reload())
+            except asyncio.CancelledError as err:
+                if not reloaded:
+                    await self._put_back(app, live, backup, step, err)
+                    raise
+                cancelled = err  # cancelled during a reload that went through: nginx runs the candidate
+            except BaseException as err:  # anything else too: the live file must stay the one nginx runs
+                await self._put_back(app, live, backup, step, err)
+                if isinstance(err, RouterError):
                     raise RouterError(f"{app}: {step} the new config; the old one stays in effect: {err}") from err
-            await asyncio.to_thread(self._commit, app)
+                if isinstance(err, OSError):
+                    raise RouterError(f"{live}: {err.strerror or err}; the old config stays in effect") from err
+                raise
+            try:
+                await finish_in_thread(_commit, backup)
+            except OSError as err:
+                # nginx runs the new config; a backup left over is put back by the next read, so it must go.
+                if cancelled is not None:
+                    raise cancelled from err
+                raise RouterError(f"{backup}: {err.strerror or err}") from err
+            if cancelled is not None:
+                raise cancelled
+
+    @staticmethod
+    async def _put_back(app: str, live: Path, backup: Path, step: str, cause: BaseException) -> None:
+        try:
+            await finish_in_thread(_recover, live, backup)
+        except OSError as lost:
+            raise RouterError(f"{app}: {step}, and the old config could not be put back from {backup}: "
+                              f"{lost.strerror or lost}") from cause
 
     async def apply(self, app: App, routing: Routing) -> None:
         await self._activate(app.name, self.render(app, routing))
 
     async def remove(self, app: str) -> None:
         """Stop routing `app`: its file becomes a stub, tested and reloaded like any change."""
-        if self.path(app).exists():
+        self._backup(app)  # refused like the live file: the activation would use it
+        if await asyncio.to_thread(self.path(app).exists):
             await self._activate(app, _NO_CONFIG)
 
     # -- reading back ------------------------------------------------------------------------
 
     async def written(self, app: App) -> Routing | None:
         """The routing in the app's live file: only a tested and reloaded config stays there."""
+        live, backup = self.path(app.name), self._backup(app.name)
+
         def load() -> str | None:
-            self._recover(app.name)
+            _recover(live, backup)
             try:
-                return self.path(app.name).read_text()
+                return live.read_text()
             except OSError:
                 return None
 
-        async with self._lock:  # between activations only: a running one owns the backup
-            text = await asyncio.to_thread(load)
+        # Between activations only: a running one owns the backup. And to the end even when
+        # cancelled: a recovery still running after the lock is released would race the next swap.
+        async with self._lock:
+            text = await finish_in_thread(load)
         return routing_in(text) if text else None
 
     async def read(self, app: App) -> Routing | None:
@@ -367,6 +411,17 @@ class NginxRouter:
 
     async def close(self) -> None:
         """Nothing to release: each confirmation opens and closes its own HTTP session."""
+
+
+def _recover(live: Path, backup: Path) -> None:
+    """Put back the backup an activation left (killed, cancelled, failed): nginx never ran the file beside it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(backup, live)
+
+
+def _commit(backup: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(backup)
 
 
 def _status_session() -> aiohttp.ClientSession:

@@ -127,8 +127,10 @@ class Trials:
         assert self.api is not None
         trial = make(trial_app(app), routing, trial=True)
         check_document(trial)
-        await publish(trial)
         try:
+            # Inside the try: a publication cancelled halfway (its write still finishing) is
+            # withdrawn too, and withdrawing what was never published is harmless.
+            await publish(trial)
             await self.api.judge(trial, self.within)
         except RouterError as err:
             raise RouterError(f"{app.name}: the new Traefik configuration was tried first and {err}; "

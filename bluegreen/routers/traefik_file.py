@@ -6,6 +6,12 @@ router or service it refuses (a rule it rejects, an unknown entrypoint, a name d
 is left out of what it runs while the rest of the file is served. So a document is checked
 before it is written, and written by rename: Traefik (or any reader) sees the old file or the
 new one, never a part. Temp files end in `.tmp`, an extension the provider skips.
+
+Every file name is built from the app's name by `confined`, which refuses one that would leave
+the directory. A cancelled apply (SIGTERM) leaves no trial file behind, and the routing file
+whole: each write runs to its end (`finish_in_thread`) before the cancellation goes on, and the
+trial is withdrawn in a `finally` that covers its own publication. A trial file left by a
+killed controller is removed by the app's next apply.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import yaml
 
 from bluegreen.apps import App
-from bluegreen.routers.base import HEADER, RouterError, write_atomic
+from bluegreen.routers.base import HEADER, RouterError, confined, finish_in_thread, inside, write_atomic
 from bluegreen.routers.traefik_api import TraefikAPI, TraefikRouter
 from bluegreen.routers.traefik_doc import (
     DEFAULT_PRIORITY,
@@ -44,17 +50,24 @@ class TraefikFileRouter(TraefikRouter):
         self.dir = Path(dynamic_dir)
         self._previous: dict[str, bytes | None] = {}  # the file before the last write, to put back
         self._live: dict[str, dict[str, Any]] = {}  # the document last written per app
+        # One file operation per app at a time: a cancelled apply whose write is still finishing
+        # would otherwise bring the file back after a remove that ran beside it.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def path(self, app: str) -> Path:
-        return self.dir / f"{app}.yml"
+        """The app's file; RouterError for a name whose file would not be directly in the directory."""
+        return confined(self.dir, app, suffix=".yml")
+
+    def trial_path(self, app: str) -> Path:
+        return confined(self.dir, app, suffix=f"{TRIAL_SUFFIX}.yml")
+
+    def _lock(self, app: str) -> asyncio.Lock:
+        return self._locks.setdefault(app, asyncio.Lock())
 
     async def _write(self, path: Path, data: bytes | None) -> None:
+        """Replace (or, for None, remove) `path`, to the end even if cancelled meanwhile."""
         try:
-            if data is None:
-                with contextlib.suppress(FileNotFoundError):
-                    await asyncio.to_thread(os.unlink, path)
-            else:
-                await asyncio.to_thread(write_atomic, path, data)
+            await finish_in_thread(_replace, path, data)
         except OSError as err:
             raise RouterError(f"{path}: {err.strerror or err}") from err
 
@@ -62,28 +75,31 @@ class TraefikFileRouter(TraefikRouter):
         doc = self.app_document(app, routing)
         check_document(doc, rules=False)  # the app's rules were parsed at discovery
         data = render(doc, routing)
-        path = self.path(app.name)
-        try:
-            current: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            current = None
-        except OSError as err:
-            raise RouterError(f"{path}: {err.strerror or err}") from err
-        self._live[app.name] = doc
-        if current == data:
-            return  # already in place: a rewrite would only make Traefik reload for nothing
-        if self.trials.needed(app, doc):
-            trial_path = self.path(f"{app.name}{TRIAL_SUFFIX}")
-            await self.trials.run(app, routing, self.app_document,
-                                  lambda trial: self._write(trial_path, render(trial, routing)),
-                                  lambda: self._write(trial_path, None))
-        self._previous[app.name] = current
-        await self._write(path, data)
+        path, trial_path = self.path(app.name), self.trial_path(app.name)
+        async with self._lock(app.name):
+            try:
+                current = await asyncio.to_thread(_content, path)
+            except OSError as err:
+                raise RouterError(f"{path}: {err.strerror or err}") from err
+            # No trial of the app runs while its lock is held, so one on disk was left by a
+            # controller killed mid-trial: Traefik still loads it.
+            await self._write(trial_path, None)
+            if current == data:
+                self._live[app.name] = doc
+                return  # already in place: a rewrite would only make Traefik reload for nothing
+            if self.trials.needed(app, doc):
+                await self.trials.run(app, routing, self.app_document,
+                                      lambda trial: self._write(trial_path, render(trial, routing)),
+                                      lambda: self._write(trial_path, None))
+            self._previous[app.name] = current
+            self._live[app.name] = doc
+            await self._write(path, data)
 
     async def written(self, app: App) -> Routing | None:
         """The routing in the app's file, or None when there is no readable file."""
+        path = self.path(app.name)
         try:
-            text = await asyncio.to_thread(self.path(app.name).read_text)
+            text = await asyncio.to_thread(path.read_text)
         except OSError:
             return None
         return parse_file(text, app.name)
@@ -92,8 +108,9 @@ class TraefikFileRouter(TraefikRouter):
         return await self._confirm_loaded(app, routing, self._live.get(app.name), self._put_back)
 
     async def _put_back(self, app: App) -> None:
-        previous = self._previous.pop(app.name, None)
-        await self._write(self.path(app.name), previous)
+        path = self.path(app.name)
+        async with self._lock(app.name):
+            await self._write(path, self._previous.pop(app.name, None))
 
     def mark_ready(self) -> None:
         """Nothing waits on start-up: Traefik reads each app's file as soon as it is written."""
@@ -102,9 +119,12 @@ class TraefikFileRouter(TraefikRouter):
         """Every app file this router wrote, as one document."""
         docs = []
         for path in sorted(self.dir.glob("*.yml")):
-            if path.stem.endswith(TRIAL_SUFFIX):
-                continue
-            text = path.read_text()
+            if path.stem.endswith(TRIAL_SUFFIX) or path.name.startswith(".") or not inside(self.dir, path):
+                continue  # a trial, a hidden file, or a symlink pointing out of the directory
+            try:
+                text = path.read_text()
+            except OSError:
+                continue  # removed since the listing, or not a file
             if text.startswith(HEADER):  # other files in the directory belong to the operator
                 docs.append(yaml.safe_load(text))
         return merge(docs)
@@ -114,5 +134,22 @@ class TraefikFileRouter(TraefikRouter):
         return self.merged()
 
     async def remove(self, app: str) -> None:
+        path, trial_path = self.path(app), self.trial_path(app)
+        async with self._lock(app):
+            await self._write(path, None)
+            await self._write(trial_path, None)
+
+
+def _content(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _replace(path: Path, data: bytes | None) -> None:
+    if data is None:
         with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.unlink, self.path(app))
+            os.unlink(path)
+    else:
+        write_atomic(path, data)
