@@ -57,7 +57,8 @@ def load_config(config_path: str | None, **flags: Any) -> tuple[AutoscalerConfig
     if raw is not None:
         try:
             policy_file = load_policy_file(
-                {"defaults": raw.get("defaults") or {}, "services": raw.get("services") or {}}, config_path or "config"
+                {"defaults": raw.get("defaults") or {}, "services": raw.get("services") or {}}, config_path or "config",
+                queries=cfg.queries if cfg else None, allow_label_queries=cfg.allow_label_queries if cfg else False,
             )
         except ConfigError as err:
             problems += [p for p in err.problems if p not in problems]
