@@ -40,7 +40,7 @@ class Prometheus:
         # The client's own urllib3 retries would hide outages behind long waits; ours are bounded.
         self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
 
-    def _query(self, promql: str) -> list[Sample]:
+    def _query(self, promql: str, keep_nan: bool = False) -> list[Sample]:
         self.requests += 1
         raw = self._client.custom_query(query=promql)
         if len(raw) == 2 and not isinstance(raw[0], dict):
@@ -51,17 +51,20 @@ class Prometheus:
             if not value:
                 continue
             number = float(value[1])
-            if math.isnan(number):
+            if math.isnan(number) and not keep_nan:
                 continue  # NaN (0/0 in PromQL) means "no data" here, never a value to act on
             samples.append(Sample(labels=dict(item.get("metric", {})), value=number))
         return samples
 
-    async def query(self, promql: str) -> list[Sample]:
-        """An instant vector; QueryError for a bad expression, PrometheusUnavailable after the retries."""
+    async def query(self, promql: str, *, keep_nan: bool = False) -> list[Sample]:
+        """An instant vector; QueryError for a bad expression, PrometheusUnavailable after the retries.
+
+        NaN samples are dropped unless `keep_nan`; +Inf and -Inf are kept: what they mean is the caller's.
+        """
         delay = self.backoff
         for attempt in range(1, self.retries + 2):
             try:
-                return await asyncio.wait_for(asyncio.to_thread(self._query, promql), timeout=self.timeout + 1)
+                return await asyncio.wait_for(asyncio.to_thread(self._query, promql, keep_nan), timeout=self.timeout + 1)
             except PrometheusApiClientException as err:
                 if str(err).startswith(("HTTP Status Code 400", "HTTP Status Code 422")):
                     raise QueryError(str(err)[:300]) from err
