@@ -37,6 +37,8 @@ class Prometheus:
         self.retries = retries
         self.backoff = backoff
         self.requests = 0  # HTTP queries made, for benchmarks and loop-cost logging
+        # What errors (and so logs) show of the URL: never a user:password@ in it.
+        self._shown = logs.redact_url(self.url) if "@" in self.url else self.url
         # The client's own urllib3 retries would hide outages behind long waits; ours are bounded.
         self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
 
@@ -69,10 +71,11 @@ class Prometheus:
                 if str(err).startswith(("HTTP Status Code 400", "HTTP Status Code 422")):
                     raise QueryError(str(err)[:300]) from err
                 if attempt > self.retries:
-                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300]}") from err
+                    raise PrometheusUnavailable(f"{self._shown}: {logs.redact(str(err), self.url)[:300]}") from err
             except (TimeoutError, requests.RequestException, ValueError) as err:
                 if attempt > self.retries:
-                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300] or type(err).__name__}") from err
+                    detail = logs.redact(str(err), self.url)[:300] or type(err).__name__
+                    raise PrometheusUnavailable(f"{self._shown}: {detail}") from err
             await asyncio.sleep(delay + random.uniform(0, delay / 2))
             delay *= 2
         raise AssertionError("unreachable")
