@@ -80,7 +80,9 @@ def decode_seen(text: str | None) -> tuple[str, ...]:
     """
     if not text:
         return ()
-    return tuple(part for part in text.split(",") if _KEY.fullmatch(part))
+    keys = [part for part in text.split(",") if _KEY.fullmatch(part)]
+    # A key written twice (by hand, or by two old writers) counts once, where it was written last.
+    return tuple(k for i, k in enumerate(keys) if k not in keys[i + 1:])
 
 
 def encode_seen(keys: tuple[str, ...] | list[str]) -> str:
