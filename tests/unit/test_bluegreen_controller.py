@@ -372,3 +372,19 @@ def test_an_app_whose_services_go_leaves_no_telemetry():
     w = run(scenario)
     series = [s for m in w.controller.telemetry.registry.collect() for s in m.samples if s.labels.get("app") == "web"]
     assert series == [] and "web" not in w.controller.apps
+
+
+def test_two_controllers_given_the_same_alert_roll_back_once():
+    results = []
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        other = restarted(w)  # a second controller by mistake, over the same services
+        await other.tick()
+        answers = await asyncio.gather(w.controller.on_alerts(_alert()), other.controller.on_alerts(_alert()))
+        results.extend(r for answer in answers for r in answer)
+
+    w = run(scenario)
+    outcomes = sorted(r["outcome"] for r in results)
+    assert outcomes.count("rolling_back") == 1, outcomes
+    assert w.controller.telemetry.rollbacks.labels("web", "alert")._value.get() <= 1
