@@ -39,7 +39,7 @@ from bluegreen.phases import (
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import Runtime
-from bluegreen.state import AppState, Result, new_deploy_id
+from bluegreen.state import AppState, Result, alerts_seen, new_deploy_id
 from bluegreen.telemetry import Telemetry
 from bluegreen.tick import ATTEMPTS, Ticker, hurry
 from bluegreen.views import app_view
@@ -349,7 +349,9 @@ class Controller:
         if not alert.firing:
             log.info("alert_resolved", app=app, alert=name)
             return {**result, "outcome": "resolved", "detail": "resolved alerts are logged, not acted on"}
-        if key in rt.alerts_acted:  # the cheap check; the one that counts is on the services (AlertRepeat)
+        # The cheap check, on the labels as this process last read or wrote them; the one that
+        # counts is made on the services read for the step itself (AlertRepeat).
+        if rt.reading is not None and key in alerts_seen({c: s.labels for c, s in rt.reading.services.items()}):
             return repeat
         log.info("alert_received", app=app, alert=name, policy=self.settings.rollback_on_alert)
         async with rt.lock:
@@ -357,7 +359,6 @@ class Controller:
             try:
                 steps = await self.ticker.run(rt, alert=name)
             except AlertRepeat:
-                rt.alerts_acted.add(key)
                 return repeat
             finally:
                 rt.alert_key = None
@@ -365,7 +366,6 @@ class Controller:
             return {**result, "status": 409, "outcome": "held", "detail": "; ".join(rt.problems) or "no tick ran"}
         step, state = steps[0], steps[0].state  # the step that weighed the alert
         if rolls_back(step):
-            rt.alerts_acted.add(key)
             rt.schedule(time.monotonic())
             return {**result, "outcome": "rolling_back", "detail": step.reason}
         why = (f"{app} is {state.phase}: with rollback_on_alert {self.settings.rollback_on_alert}, an alert rolls "

@@ -30,7 +30,6 @@ class Runtime:
     problems: tuple[str, ...] = ()
     probe: dict[str, Any] | None = None  # the last probe round, for status
     unreachable: str | None = None  # the unreachable probe already logged
-    alerts_acted: set[str] = field(default_factory=set)
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.
     alert_key: str | None = None
