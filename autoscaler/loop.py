@@ -213,8 +213,9 @@ class Autoscaler:
             query = policy.query_for(svc.name) if "query" in targets else None
         except ValueError as err:
             ev.skipped, ev.problems = "invalid policy", [f"service {svc.name}: {err}"]
-            self._report(svc.name, ev.problems)
+            self._report(svc.name, ev.problems, "service_query_invalid")
             return None
+        self._report(svc.name, (), "service_query_invalid")
         return Target(
             service=svc.name,
             tasks=frozenset(t.id for t in running),

@@ -212,3 +212,14 @@ def test_recording_an_event_does_not_wait_for_the_disk(tmp_path, monkeypatch):
     release.set()
     log.close()
     assert (tmp_path / "events.jsonl").read_text() == '{"n":1}\n'
+
+
+def test_a_name_that_cannot_be_substituted_into_promql_is_reported_once():
+    swarm = MemorySwarm()
+    swarm.add('web"x', image="web:1", replicas=2, labels=QUERY)  # no Docker would take it; a fake might
+    daemon = Autoscaler(swarm, Values({}), PolicyFile(queries={"rps": 'sum(x{s="{{service}}"})'}), clock=Clock())
+    with structlog.testing.capture_logs() as logged:
+        for _ in range(3):
+            [ev] = asyncio.run(daemon.evaluate())
+    assert ev.skipped == "invalid policy" and "not a Docker service name" in ev.problems[0]
+    assert [e["event"] for e in logged if e["log_level"] == "error"] == ["service_query_invalid"]
