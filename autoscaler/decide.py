@@ -273,7 +273,9 @@ class Decision:
             "reason": str(self.reason),
             "detail": self.detail,
             "metrics": [
-                {"metric": m.metric, "value": m.value, "target": m.target, "proposed": m.proposed, "missing": m.missing}
+                # JSON has no infinity: finite values that overflow in a sum are shown as none.
+                {"metric": m.metric, "value": m.value if m.value is None or math.isfinite(m.value) else None,
+                 "target": m.target, "proposed": m.proposed, "missing": m.missing}
                 for m in self.metrics
             ],
         }

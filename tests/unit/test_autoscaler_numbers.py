@@ -64,6 +64,7 @@ def test_finite_values_that_overflow_in_a_sum_are_clamped_to_max():
     obs = Observation("web", 2, (MetricSample("cpu", 50, values=(1e308, 1e308)),))
     decision = decide(obs, Policy(max=10, cpu=50), OPEN, NOW)
     assert (decision.desired, decision.reason) == (6, Reason.RATE_LIMITED)  # 2 + max(4 pods, 100 %)
+    json.dumps(decision.as_dict(), allow_nan=False)  # what /v1/events and the events file serve
 
 
 # --- The loop: one service's trouble stays with it ----------------------------------------------

@@ -6,6 +6,7 @@ to the smallest input that shows it.
 
 from __future__ import annotations
 
+import json
 import math
 import string
 
@@ -104,7 +105,7 @@ def test_policy_labels_give_problems_never_an_exception(service, labels, policy_
 
 anything_float = st.floats(allow_nan=True, allow_infinity=True)
 sane_float = st.floats(min_value=0, max_value=1e6)
-values = st.lists(st.one_of(sane_float, anything_float), max_size=6)
+values = st.lists(st.one_of(sane_float, anything_float, st.just(1e308)), max_size=6)  # 1e308: sums overflow
 samples = st.builds(
     MetricSample,
     metric=st.sampled_from(["cpu", "memory", "query"]),
@@ -158,6 +159,7 @@ def test_the_decision_never_raises_and_never_scales_down_on_bad_numbers(current,
     if policy.min <= current <= policy.max and any(_bad(m) for m in metrics):
         assert decision.desired >= current, decision
     assert all(m.value is None or not math.isnan(m.value) for m in decision.metrics)
+    json.dumps(decision.as_dict(), allow_nan=False)  # strict JSON, as /v1/events serves it
 
 
 @st.composite
