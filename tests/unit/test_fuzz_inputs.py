@@ -220,3 +220,37 @@ def test_a_malformed_key_is_refused_by_name(key):
     assume(not (len(key) == 12 and set(key) <= set("0123456789abcdef")))
     with pytest.raises(ValueError, match="alert key"):
         alerts.append_seen("", key)
+
+
+# --- Alerts through the autoscaler ---------------------------------------------------------------
+
+alert_labels = st.fixed_dictionaries({}, optional={
+    "alertname": st.text(max_size=8), "service": st.sampled_from(["web", "nope", ""]) | st.text(max_size=8),
+    "swarmshift_action": st.sampled_from(["scale_up", "scale_down", "explode", ""]),
+    "step": st.sampled_from(["1", "3", "0", "-1", "x", "99999999999999999999", "٣"]) | st.text(max_size=4)})
+
+
+@fuzz
+@given(st.lists(st.tuples(st.sampled_from(["firing", "resolved"]), alert_labels, st.text(max_size=6)),
+                min_size=1, max_size=6))
+def test_every_alert_gets_an_answer_and_scales_at_most_once(items):
+    import asyncio
+
+    from autoscaler.loop import Autoscaler
+    from tests.support.memory import Clock, MemorySwarm
+
+    swarm = MemorySwarm()
+    swarm.add("web", image="web:1", replicas=2, labels={"swarmshift.autoscale": "true", "swarmshift.autoscale.max": "9",
+                                                        "swarmshift.autoscale.mode": "alert"})
+    body = {"version": "4", "status": "firing", "alerts": [
+        {"status": status, "labels": labels, "fingerprint": fp} for status, labels, fp in items]}
+    daemon = Autoscaler(swarm, source=None, clock=Clock(), max_alerts=4)  # type: ignore[arg-type] - alerts only
+    notification = alerts.parse(body)
+    first = asyncio.run(daemon.on_alerts(notification))
+    again = asyncio.run(daemon.on_alerts(notification))
+    assert len(first) == len(again) == len(items)
+    assert {r.status for r in first + again} <= {200, 404, 409, 422, 429}
+    # A retried notification repeats no scale: each firing (key) scales at most once over both.
+    scaled = [alerts.alert_key(a) for a, r in zip(notification.alerts * 2, first + again, strict=True)
+              if r.outcome == "scaled"]
+    assert len(scaled) == len(set(scaled))
