@@ -57,7 +57,8 @@ def load_config(config_path: str | None, **flags: Any) -> tuple[AutoscalerConfig
     if raw is not None:
         try:
             policy_file = load_policy_file(
-                {"defaults": raw.get("defaults") or {}, "services": raw.get("services") or {}}, config_path or "config"
+                {"defaults": raw.get("defaults") or {}, "services": raw.get("services") or {}}, config_path or "config",
+                queries=cfg.queries if cfg else None, allow_label_queries=cfg.allow_label_queries if cfg else False,
             )
         except ConfigError as err:
             problems += [p for p in err.problems if p not in problems]
@@ -82,7 +83,7 @@ def _raw_policies(config_path: str | None) -> dict[str, Any] | None:
 
 def make_source(cfg: AutoscalerConfig, swarm: Swarm) -> MetricsSource:
     if cfg.effective_source == "docker":
-        return DockerStatsSource(swarm)
+        return DockerStatsSource(swarm, interval=cfg.interval)
     p = cfg.prometheus
     assert p.url is not None
     return PrometheusSource(
@@ -128,11 +129,15 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
 
     swarm = Swarm(timeout=cfg.docker_timeout)
     notifier = Notifier.from_settings(cfg.notify)
+    events = EventLog(cfg.events_kept, cfg.events_file, max_bytes=cfg.events_max_bytes)
     scaler = Autoscaler(
         swarm, make_source(cfg, swarm), policy_file,
-        telemetry=Telemetry(), events=EventLog(cfg.events_kept, cfg.events_file), notifier=notifier,
-        dry_run=cfg.dry_run, selector=cfg.selector,
+        telemetry=Telemetry(), events=events, notifier=notifier,
+        dry_run=cfg.dry_run, selector=cfg.selector, max_alerts=cfg.max_alerts_per_request,
     )
+
+    async def close_events() -> None:
+        await asyncio.to_thread(events.close)  # the lines still queued reach the file
 
     async def work(stop: asyncio.Event) -> None:
         if token is None:
@@ -144,7 +149,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
         finally:
             log.info("autoscaler_stopping")
 
-    await serve(make_app(scaler, token), cfg.listen, notifier, work, close=[swarm.close])
+    await serve(make_app(scaler, token), cfg.listen, notifier, work, close=[close_events, swarm.close])
 
 
 @autoscaler.command()

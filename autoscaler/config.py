@@ -33,12 +33,21 @@ class AutoscalerConfig(Strict):
     dry_run: bool = False
     events_file: str | None = None
     events_kept: int = Field(500, ge=1, le=100_000)
+    # The events file is rotated past this size (one `.1` kept), so it cannot fill the disk.
+    events_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
     token_file: str | None = None
     # Scale only services that also carry this label (KEY or KEY=VALUE): one autoscaler per
     # stack, team or environment. Unset: every opted-in service in the swarm.
     selector: LabelSelector | None = None
     docker_timeout: Duration = 10.0
     prometheus: PrometheusSettings = PrometheusSettings()
+    # Named PromQL templates: the label swarmshift.autoscale.query=NAME picks one; `{{service}}`
+    # is the service's name. Anyone who can label a service cannot make the daemon run other PromQL
+    # unless allow_label_queries is true. Checked by autoscaler.policy.query_problems.
+    queries: dict[str, str] = {}
+    allow_label_queries: bool = False
+    # Alerts acted on per POST /v1/alerts; the rest of a bigger notification is answered 429.
+    max_alerts_per_request: int = Field(50, ge=1, le=1000)
     notify: NotifySettings = NotifySettings()
     # Policies: validated by autoscaler.policy, which reports their problems with the same format.
     defaults: dict[str, Any] = {}

@@ -9,7 +9,8 @@ The pipeline, in order:
 1. bounds: a service outside [min, max] is brought inside at once (as HPA does), and one that
    someone scaled to 0 is left alone (HPA's "autoscaling disabled" at 0 replicas);
 2. per metric: proportional `ceil(tasks × value / target)`, or step thresholds; missing series
-   are handled as HPA does; the maximum over metrics is the recommendation;
+   are handled as HPA does; a metric with a non-finite or negative value has no data this time
+   (it can hold a scale-down back, never cause one); the maximum over metrics is the recommendation;
 3. stabilization: scale up to at most the lowest, and down to at least the highest, of the
    recommendations inside the up and down windows;
 4. rate limits: HPA's pods/percent per period policies, counting the scale events in each period;
@@ -228,6 +229,7 @@ class MetricResult:
     proposed: int | None
     missing: int = 0
     reason: Reason | None = None
+    invalid: int = 0  # non-finite or negative values the source gave, which void the metric
 
 
 Direction = Literal["up", "down", "none"]
@@ -271,7 +273,9 @@ class Decision:
             "reason": str(self.reason),
             "detail": self.detail,
             "metrics": [
-                {"metric": m.metric, "value": m.value, "target": m.target, "proposed": m.proposed, "missing": m.missing}
+                # JSON has no infinity: finite values that overflow in a sum are shown as none.
+                {"metric": m.metric, "value": m.value if m.value is None or math.isfinite(m.value) else None,
+                 "target": m.target, "proposed": m.proposed, "missing": m.missing}
                 for m in self.metrics
             ],
         }
@@ -280,8 +284,32 @@ class Decision:
 # --- Per metric ----------------------------------------------------------------------------------
 
 
+# Far above any max: what a ratio that overflowed to infinity asks for, before the max clamps it.
+_HUGE = 2**31
+
+
 def _ceil(x: float) -> int:
-    return math.ceil(x - _EPSILON)
+    # Finite inputs can still overflow to inf in a sum; math.ceil(inf) would raise.
+    return math.ceil(x - _EPSILON) if math.isfinite(x) else _HUGE
+
+
+def _valid(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _void_invalid(sample: MetricSample) -> tuple[MetricSample, int]:
+    """The sample with no data if any of its values is non-finite or negative, and how many were.
+
+    +Inf, NaN or a negative utilisation is a broken exporter or query, not a load: counting it as
+    no data lets it hold a scale-down back (the loop's rule for a metric without data), never
+    cause a scale in either direction.
+    """
+    bad = sum(1 for v in sample.values if not _valid(v))
+    if sample.total is not None and not _valid(sample.total):
+        bad += 1
+    if not bad:
+        return sample, 0
+    return replace(sample, values=(), total=None, missing=sample.missing + tuple("?" * len(sample.values))), bad
 
 
 def _within(ratio: float, tolerance: float) -> bool:
@@ -373,6 +401,15 @@ def _step(sample: MetricSample, current: int, not_running: int, policy: Policy) 
     return result(current, Reason.WITHIN_THRESHOLDS)
 
 
+def _metric(sample: MetricSample, current: int, not_running: int, policy: Policy) -> MetricResult:
+    sample, invalid = _void_invalid(sample)
+    if policy.mode == "step":
+        result = _step(sample, current, not_running, policy)
+    else:
+        result = _proportional(sample, current, not_running, policy.tolerance)
+    return replace(result, invalid=invalid) if invalid else result
+
+
 # --- Behaviour: stabilization and rate limits ----------------------------------------------------
 
 
@@ -433,6 +470,8 @@ def _down_limit(current: int, events: tuple[ScaleEvent, ...], rules: Rules, now:
 
 def _describe(metric: MetricResult) -> str:
     unit = "%" if metric.metric in ("cpu", "memory") else ""
+    if metric.invalid:
+        return f"{metric.metric}: no data ({metric.invalid} non-finite or negative value(s) from the source)"
     if metric.value is None:
         return f"{metric.metric}: no data"
     text = f"{metric.metric} {metric.value:.4g}{unit}/{metric.target:g}{unit} -> {metric.proposed}"
@@ -471,12 +510,7 @@ def decide(observation: Observation, policy: Policy, history: History, now: floa
     if policy.mode == "alert":
         return Decision(service, current, current, Reason.ALERT_ONLY, "mode alert: only alerts scale this service")
 
-    if policy.mode == "step":
-        results = tuple(_step(s, current, observation.not_running, policy) for s in observation.metrics)
-    else:
-        results = tuple(
-            _proportional(s, current, observation.not_running, policy.tolerance) for s in observation.metrics
-        )
+    results = tuple(_metric(s, current, observation.not_running, policy) for s in observation.metrics)
     summary = "; ".join(_describe(m) for m in results)
 
     def hold(reason: Reason, detail: str, recommendation: int | None = None) -> Decision:

@@ -2,8 +2,9 @@
 
 Per loop it makes a constant number of requests whatever the number of services: one service
 list, one task list, and one query per metric (plus one per custom PromQL policy). The state
-that must survive a restart (scale events, last scale time) is a label written in the same
-service update as the replica change; writes carry the version they were decided on.
+that must survive a restart (scale events, last scale time, the alerts that scaled) is in labels
+written in the same service update as the replica change; writes carry the version they were
+decided on. A failure while evaluating one service is logged once and never stops the others.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autoscaler.decide import (
 )
 from autoscaler.events import EventLog
 from autoscaler.policy import (
+    ALERTS_LABEL,
     STATE_LABEL,
     PolicyFile,
     Resolved,
@@ -37,7 +39,7 @@ from autoscaler.policy import (
 from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.alerts import Alert, Notification
+from swarmshift.alerts import Alert, Notification, alert_key, append_seen, seen
 from swarmshift.config import selects
 from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
@@ -60,7 +62,12 @@ NO_SUITABLE_NODE = "no suitable node"
 
 
 def no_series_message(service: str) -> str:
+    """What a source that gives no reason of its own (Usage.missing) says about a metric without data."""
     return f"no series for service {service}: is cAdvisor scraped, and are its labels kept?"
+
+
+# Alerts looked at per notification: each costs Swarm reads and maybe a write, under the request.
+MAX_ALERTS = 50
 
 
 @dataclass
@@ -117,6 +124,7 @@ class Autoscaler:
         dry_run: bool = False,
         selector: str | None = None,
         clock: Callable[[], float] = time.time,
+        max_alerts: int = MAX_ALERTS,
     ) -> None:
         self.swarm = swarm
         self.source = source
@@ -129,10 +137,13 @@ class Autoscaler:
         self.clock = clock
         self._histories: dict[str, History] = {}  # by service id; recommendations live only here
         self._reported: dict[str, tuple[str, ...]] = {}  # problems already logged, per service
-        self._alerts_acted: dict[tuple[str, str], float] = {}  # (service, fingerprint) -> time
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._recovered: set[str] = set()  # services whose label events were checked against the log
-        self._in_scope: set[str] = set()
+        self.max_alerts = max_alerts
+        # Per service, and pruned when it leaves scope (_track_scope): memory stays bounded.
+        self._locks: dict[str, asyncio.Lock] = {}  # by service id
+        self._recovered: set[str] = set()  # service ids whose label events were checked against the log
+        self._dry_run_alerts: set[str] = set()  # a dry run writes no seen-list; bounded by _DRY_RUN_ALERTS
+        self._in_scope: set[str] = set()  # names
+        self._in_scope_ids: set[str] = set()
         self.source_up: bool | None = None
         self.docker_up: bool | None = None
 
@@ -149,30 +160,25 @@ class Autoscaler:
 
         evaluations: dict[str, Evaluation] = {}
         candidates: list[tuple[Service, Resolved, Target]] = []
+        ids: set[str] = set()
         for svc in services:
-            resolved = resolve(svc.name, svc.labels, self.policy_file)
-            if resolved is None:
+            try:
+                resolved = resolve(svc.name, svc.labels, self.policy_file)
+                if resolved is None:
+                    continue
+                ids.add(svc.id)
+                running = [t for t in by_service.get(svc.id, []) if t.running]
+                ev = Evaluation(svc.name, svc.replicas, len(running), source=resolved.source)
+                evaluations[svc.name] = ev
+                target = self._target(svc, resolved, running, ev)
+            except Exception as err:  # noqa: BLE001 - one service's failure must not stop the others
+                ev = evaluations.setdefault(svc.name, Evaluation(svc.name, svc.replicas, 0))
+                ids.add(svc.id)
+                self._failed(svc.name, "reading its policy", err, ev)
                 continue
-            running = [t for t in by_service.get(svc.id, []) if t.running]
-            ev = Evaluation(svc.name, svc.replicas, len(running), source=resolved.source)
-            evaluations[svc.name] = ev
-            skip = self._skip_reason(svc, resolved)
-            if skip:
-                ev.skipped, ev.problems = skip
-                continue
-            assert resolved.policy is not None
-            policy = resolved.policy
-            targets = policy.targets()
-            candidates.append((svc, resolved, Target(
-                service=svc.name,
-                tasks=frozenset(t.id for t in running),
-                cpu_basis=utilisation_base(svc.limits.cpus, svc.reservations.cpus) or 0.0,
-                memory_basis=int(utilisation_base(svc.limits.memory, svc.reservations.memory) or 0),
-                cpu="cpu" in targets,
-                memory="memory" in targets,
-                query=policy.query_for(svc.name) if "query" in targets else None,
-            )))
-        self._track_scope(evaluations)
+            if target is not None:
+                candidates.append((svc, resolved, target))
+        self._track_scope(evaluations, ids)
 
         usage = await self._collect([target for _, _, target in candidates])
         for svc, resolved, target in candidates:
@@ -183,8 +189,54 @@ class Autoscaler:
             unschedulable = sum(
                 1 for t in by_service.get(svc.id, []) if t.state == "pending" and NO_SUITABLE_NODE in (t.error + t.message)
             )
-            await self._decide_and_act(svc, resolved, target, usage.get(svc.name, Usage()), unschedulable, ev, now, act)
+            try:
+                await self._decide_and_act(svc, resolved, target, usage.get(svc.name, Usage()), unschedulable, ev,
+                                           now, act)
+            except DockerUnavailable:
+                raise  # every service is held: the loop logs the outage once
+            except Exception as err:  # noqa: BLE001 - one service's failure must not stop the others
+                self._failed(svc.name, "deciding", err, ev)
+            else:
+                self._report(svc.name, (), "service_evaluation_failed")
         return list(evaluations.values())
+
+    def _target(self, svc: Service, resolved: Resolved, running: list[Task], ev: Evaluation) -> Target | None:
+        """What to measure for the service, or None (with `ev` saying why) when it is skipped."""
+        skip = self._skip_reason(svc, resolved)
+        if skip:
+            ev.skipped, ev.problems = skip
+            return None
+        assert resolved.policy is not None
+        policy = resolved.policy
+        targets = policy.targets()
+        try:
+            query = policy.query_for(svc.name) if "query" in targets else None
+        except ValueError as err:
+            ev.skipped, ev.problems = "invalid policy", [f"service {svc.name}: {err}"]
+            self._report(svc.name, ev.problems, "service_query_invalid")
+            return None
+        self._report(svc.name, (), "service_query_invalid")
+        return Target(
+            service=svc.name,
+            tasks=frozenset(t.id for t in running),
+            cpu_basis=utilisation_base(svc.limits.cpus, svc.reservations.cpus) or 0.0,
+            memory_basis=int(utilisation_base(svc.limits.memory, svc.reservations.memory) or 0),
+            cpu="cpu" in targets,
+            memory="memory" in targets,
+            query=query,
+        )
+
+    def _failed(self, service: str, doing: str, err: Exception, ev: Evaluation | None) -> None:
+        """A bug or a surprise while evaluating one service: hold it, say so once, go on with the others."""
+        problem = f"service {service}: evaluation failed while {doing}: {type(err).__name__}: {err}"
+        if ev is not None:
+            ev.skipped, ev.decision, ev.scaled = "evaluation failed: holding", None, False
+            ev.problems.append(problem)
+        key = f"{service}#service_evaluation_failed"
+        if self._reported.get(key) != (problem,):
+            log.error("service_evaluation_failed", service=service, error=problem, action="holding this service",
+                      exc_info=err)
+        self._reported[key] = (problem,)
 
     def _skip_reason(self, svc: Service, resolved: Resolved) -> tuple[str, list[str]] | None:
         if not resolved.ok:
@@ -218,13 +270,20 @@ class Autoscaler:
         elif before:
             log.info(f"{event}_cleared", service=service)
 
-    def _track_scope(self, evaluations: dict[str, Evaluation]) -> None:
+    def _track_scope(self, evaluations: dict[str, Evaluation], ids: set[str]) -> None:
+        """Forget what is kept per service for those no longer in scope (removed, opted out, out of the selector)."""
         scope = set(evaluations)
         for gone in self._in_scope - scope:
             self.telemetry.forget(gone)
-            for key in [k for k in self._reported if k.startswith(f"{gone}#")]:
-                del self._reported[key]
-        self._in_scope = scope
+        for key in [k for k in self._reported if k.split("#", 1)[0] not in scope]:
+            del self._reported[key]
+        for gone_id in self._in_scope_ids - ids:
+            self._histories.pop(gone_id, None)
+            self._recovered.discard(gone_id)
+            lock = self._locks.get(gone_id)
+            if lock is not None and not lock.locked():
+                del self._locks[gone_id]
+        self._in_scope, self._in_scope_ids = scope, ids
         self.telemetry.services.set(len(scope))
 
     async def _collect(self, targets: list[Target]) -> dict[str, Usage] | None:
@@ -259,8 +318,10 @@ class Autoscaler:
             if target.tasks and not values:
                 no_series.append(metric)
             samples.append(MetricSample(metric, goal, values=tuple(values[t] for t in sorted(values)), missing=missing))
-        if no_series:
-            ev.problems.append(no_series_message(svc.name))
+        # Each source knows why it has nothing (the docker source's first CPU sample, say); the
+        # default message is about cAdvisor, which only the Prometheus source reads.
+        reasons = list(dict.fromkeys(usage.missing.get(m) or no_series_message(svc.name) for m in no_series))
+        ev.problems.extend(reasons)
         self._report(svc.name, ev.problems, "service_metrics_missing")
         return Observation(svc.name, svc.replicas or 0, tuple(samples), running=len(target.tasks))
 
@@ -341,7 +402,7 @@ class Autoscaler:
             return cap_to_capacity(decide(fresh_obs, policy, fresh_history, now), unschedulable)
 
         written = await self._write(svc, redecide, now, policy)
-        if written is None:
+        if written is None or isinstance(written, str):
             ev.skipped = "locked or updating since it was read"
             return
         ev.decision, ev.scaled = written
@@ -349,15 +410,21 @@ class Autoscaler:
             self._scaled(ev.decision, resolved.source, dry_run=False)
 
     async def _write(self, read: Service, decide_on: Callable[[Service, History], Decision], now: float,
-                     policy) -> tuple[Decision, bool] | None:
+                     policy, alert: str | None = None) -> tuple[Decision, bool] | str | None:
         """Write a decision at the version it was made on; re-read and re-decide on a conflict.
 
         Returns the decision that stands and whether it was written; None when the service was
         found locked or updating (nothing was decided). `read` is the service as the caller saw it.
+
+        `alert` is the key of the alert asking (swarmshift.alerts.alert_key): one the service's
+        seen-list holds returns "repeat" and writes nothing, and a scale it makes adds the key to
+        the list in the same update, so that no re-send, retry or second daemon scales again.
         """
         tried: list[_Attempt] = []  # the attempts made, for when the write fails
 
         def attempt(fresh: Service) -> Edit[_Attempt]:
+            if alert is not None and seen(fresh.labels.get(ALERTS_LABEL), alert):
+                return Edit(_Attempt(None, repeat=True))
             if LOCK_LABEL in fresh.labels or fresh.updating:
                 return Edit(_Attempt(None))
             history = self._history(fresh, now)  # the state label, decoded once per attempt
@@ -367,7 +434,10 @@ class Autoscaler:
                 return Edit(replace(tried[-1], history=_held(history, decision, now, policy)))
             new_history = history.record(decision, now, policy)
             tried.append(_Attempt(decision, new_history, fresh.id, written=True))
-            return Edit(tried[-1], {"replicas": decision.desired, "labels": {STATE_LABEL: new_history.encode()}})
+            labels = {STATE_LABEL: new_history.encode()}
+            if alert is not None:
+                labels[ALERTS_LABEL] = append_seen(fresh.labels.get(ALERTS_LABEL), alert)
+            return Edit(tried[-1], {"replicas": decision.desired, "labels": labels})
 
         lock = self._locks.setdefault(read.id, asyncio.Lock())
         async with lock:
@@ -380,6 +450,8 @@ class Autoscaler:
                 # Nothing was written: the last attempt's decision stands, held.
                 last = tried[-1]
                 done = replace(last, written=False, history=_held(last.history, last.decision, now, policy))
+        if done.repeat:
+            return "repeat"
         if done.decision is None:
             return None
         self._histories[done.service_id] = done.history
@@ -441,7 +513,26 @@ class Autoscaler:
     # -- alerts ------------------------------------------------------------------------------
 
     async def on_alerts(self, notification: Notification) -> list[AlertResult]:
-        return [await self._on_alert(alert) for alert in notification.alerts]
+        """One result per alert, in order: a bad alert gets its own error, and the good ones still act.
+
+        At most `max_alerts` are looked at; the rest are answered 429 without any Swarm call.
+        """
+        results = []
+        for index, alert in enumerate(notification.alerts):
+            name, service = alert.labels.get("alertname", alert.identity), alert.labels.get("service")
+            if index >= self.max_alerts:
+                results.append(AlertResult(429, name, service, "rejected",
+                                           f"over the cap of {self.max_alerts} alerts per notification: not looked at "
+                                           f"(alert {index + 1} of {len(notification.alerts)})"))
+                continue
+            try:
+                results.append(await self._on_alert(alert))
+            except DockerUnavailable as err:
+                results.append(AlertResult(503, name, service, "error", f"Docker does not answer: {err}"))
+            except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
+                log.exception("alert_failed", alert=name, service=service)
+                results.append(AlertResult(500, name, service, "error", f"internal error: {type(err).__name__}"))
+        return results
 
     async def _on_alert(self, alert: Alert) -> AlertResult:
         name = alert.labels.get("alertname", alert.identity)
@@ -472,11 +563,12 @@ class Autoscaler:
         assert resolved.policy is not None
         policy = resolved.policy
         now = self.clock()
-        key = (svc.id, alert.identity)
-        acted = self._alerts_acted.get(key)
-        if acted is not None and now - acted < policy.cooldown:
-            return AlertResult(200, name, svc.name, "repeat",
-                               f"this alert already acted {now - acted:.0f}s ago; cooldown is {policy.cooldown:g}s")
+        key = alert_key(alert)
+        repeat = AlertResult(200, name, svc.name, "repeat",
+                             "this alert (same fingerprint and startsAt) has already scaled the service")
+        # The cheap check first; the one that counts is in the write, at the version written.
+        if seen(svc.labels.get(ALERTS_LABEL), key) or (self.dry_run and key in self._dry_run_alerts):
+            return repeat
         if LOCK_LABEL in svc.labels or svc.updating:
             return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
 
@@ -487,18 +579,25 @@ class Autoscaler:
             decision = alert_decision(svc, self._history(svc, now))
             if decision.changed:
                 self._scaled(decision, resolved.source, dry_run=True, alert=name)
+                self._dry_run_alerts.add(key)
+                while len(self._dry_run_alerts) > _DRY_RUN_ALERTS:
+                    self._dry_run_alerts.pop()
             return AlertResult(200, name, svc.name, "dry_run", decision.detail)
-        written = await self._write(svc, alert_decision, now, policy)
-        if written is None:
+        written = await self._write(svc, alert_decision, now, policy, alert=key)
+        if written == "repeat":
+            return repeat
+        if written is None or isinstance(written, str):
             return AlertResult(409, name, svc.name, "held", "the service is being deployed or updated")
         decision, scaled = written
         if scaled:
-            self._alerts_acted[key] = now
             self._export(decision)
             self._scaled(decision, resolved.source, dry_run=False, alert=name)
             return AlertResult(200, name, svc.name, "scaled", decision.detail)
         log.info("alert_held", alert=name, service=svc.name, reason=str(decision.reason), detail=decision.detail)
         return AlertResult(200, name, svc.name, "held", f"{decision.reason}: {decision.detail}")
+
+
+_DRY_RUN_ALERTS = 1000  # keys a dry-run daemon remembers in memory, where a real one writes a label
 
 
 def _iso(seconds: float) -> str:
@@ -521,7 +620,8 @@ def _held(history: History, decision: Decision, now: float, policy) -> History:
 class _Attempt:
     """One read-decide-write attempt of `Autoscaler._write`: what `Swarm.modify` hands back."""
 
-    decision: Decision | None  # None: the service was locked or updating, so nothing was decided
+    decision: Decision | None  # None: the service was locked or updating, or the alert a repeat
     history: History | None = None  # what memory keeps for the service after this attempt
     service_id: str = ""
     written: bool = False
+    repeat: bool = False  # the alert asking is in the service's seen-list: it has scaled already

@@ -11,6 +11,12 @@ Every tunable has the same name in both places. Labels are flat, under `swarmshi
 `swarmshift.autoscale.query` is `query.expr` in the file, because YAML cannot make `query`
 both a string and the parent of `query.target`.
 
+PromQL is the operator's: the label names one of the config's `queries:` templates
+(`swarmshift.autoscale.query=rps`), since anyone who can label a service could otherwise make
+the daemon run any query against Prometheus. Free-form PromQL in a label is a problem unless
+the config sets `allow_label_queries: true`; the policy file, being the operator's own, may
+hold either a template's name or free-form PromQL.
+
 A service is in scope if it carries `swarmshift.autoscale=true` or matches an entry of the
 file's `services:`; `swarmshift.autoscale=false` opts it out of both. A `null` in the file or
 the label value `none` resets a key to its built-in default, so that an entry can, for
@@ -38,6 +44,21 @@ LABEL_PREFIX = "swarmshift.autoscale"
 # Written by the daemon in the same service update as a replica change (see decide.History);
 # reserved here so that it is never mistaken for a policy key.
 STATE_LABEL = f"{LABEL_PREFIX}.state"
+# The alerts that scaled the service (swarmshift.alerts' seen-list), written with the scale they made.
+ALERTS_LABEL = f"{STATE_LABEL}.alerts"
+
+# Docker's own rule for service names: what `{{service}}` may be replaced with in a query.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+QUERY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+
+
+def _is_state_label(name: str) -> bool:
+    return name == STATE_LABEL or name.startswith(f"{STATE_LABEL}.")
+
+
+def promql_string(text: str) -> str:
+    """`text` escaped for the inside of a PromQL string literal ("..." or '...')."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
 
 Path = tuple[str, ...]
 
@@ -120,8 +141,16 @@ class Policy:
         return {name: target for name, target in found.items() if target is not None}
 
     def query_for(self, service: str) -> str | None:
-        """The PromQL for `service`, with `{{service}}` substituted."""
-        return self.query.replace("{{service}}", service) if self.query else None
+        """The PromQL for `service`, with `{{service}}` substituted; ValueError for a name Docker would refuse.
+
+        The name is checked and escaped so that it can only ever be a string's content, never
+        change the expression around it (a service is named by whoever can create one).
+        """
+        if not self.query:
+            return None
+        if not _SERVICE_NAME.fullmatch(service):
+            raise ValueError(f"service name {service!r} is not a Docker service name: not substituted into PromQL")
+        return self.query.replace("{{service}}", promql_string(service))
 
 
 # --- Validation of one layer (a file section or a service's labels) ----------------------------
@@ -160,6 +189,15 @@ def _at_least(lowest: int) -> Callable[[int], int]:
         return value
 
     return check
+
+
+def _min_replicas(value: int) -> int:
+    # 0 replicas is "turned off" (decide._bounds): a service the autoscaler took to 0 would
+    # never be scaled again, since no task would report a metric. Scale-from-zero may lift this.
+    if value < 1:
+        raise ValueError("must be at least 1: a service scaled to 0 has no tasks to measure, so it would never "
+                         "come back")
+    return value
 
 
 def _tolerance(value: float) -> float:
@@ -212,7 +250,7 @@ def _query_mapping(value: Any) -> Any:
     return value
 
 
-Count = Annotated[int, BeforeValidator(_no_bool), AfterValidator(_at_least(0))]
+MinReplicas = Annotated[int, BeforeValidator(_no_bool), AfterValidator(_min_replicas)]
 AtLeastOne = Annotated[int, BeforeValidator(_no_bool), AfterValidator(_at_least(1))]
 Target = Annotated[float, BeforeValidator(_no_bool), AfterValidator(_target)]
 PositiveNumber = Annotated[float, BeforeValidator(_no_bool), AfterValidator(_positive)]
@@ -247,7 +285,7 @@ class QuerySpec(Strict):
 class PolicySpec(Strict):
     """One layer of a policy, as written in the file (and, flattened, in labels)."""
 
-    min: Count | None = None
+    min: MinReplicas | None = None
     max: AtLeastOne | None = None
     cpu: Target | None = None
     memory: Target | None = None
@@ -359,7 +397,7 @@ def _labels_layer(service: str, labels: Mapping[str, str]) -> tuple[Layer, list[
     problems: list[str] = []
     raw: dict[Path, Any] = {}
     for name in sorted(labels):
-        if not name.startswith(f"{LABEL_PREFIX}.") or name == STATE_LABEL:
+        if not name.startswith(f"{LABEL_PREFIX}.") or _is_state_label(name):
             continue
         key = name[len(LABEL_PREFIX) + 1:]
         value = labels[name].strip()
@@ -408,9 +446,13 @@ class PolicyFile:
     origin: str = "policy file"
     defaults: Layer = field(default_factory=lambda: Layer("defaults", {}, {}, {}))
     entries: tuple[Layer, ...] = ()
+    # The operator's named PromQL templates, which `swarmshift.autoscale.query` labels refer to.
+    queries: Mapping[str, str] = field(default_factory=dict)
+    allow_label_queries: bool = False  # free-form PromQL in labels too (anyone who labels services)
 
     @classmethod
-    def from_spec(cls, spec: PolicyFileSpec, data: Mapping[str, Any], origin: str) -> PolicyFile:
+    def from_spec(cls, spec: PolicyFileSpec, data: Mapping[str, Any], origin: str,
+                  queries: Mapping[str, str] | None = None, allow_label_queries: bool = False) -> PolicyFile:
         """A PolicyFile from an already validated spec; `data` is the raw mapping it came from."""
 
         def layer(name: str, section: PolicySpec, raw: Any, prefix: str) -> Layer:
@@ -426,6 +468,8 @@ class PolicyFile:
             entries=tuple(
                 layer(key, section, raw_services.get(key), f"services.{key}") for key, section in spec.services.items()
             ),
+            queries=dict(queries or {}),
+            allow_label_queries=allow_label_queries,
         )
 
     def matching(self, service: str) -> list[Layer]:
@@ -448,14 +492,21 @@ def _is_glob(key: str) -> bool:
     return any(c in key for c in "*?[")
 
 
-def load_policy_file(data: Mapping[str, Any] | None, origin: str) -> PolicyFile:
-    """The validated policy file, or ConfigError with one line per problem (`origin: key.path: ...`)."""
+def load_policy_file(data: Mapping[str, Any] | None, origin: str, *, queries: Mapping[str, str] | None = None,
+                     allow_label_queries: bool = False) -> PolicyFile:
+    """The validated policy file, or ConfigError with one line per problem (`origin: key.path: ...`).
+
+    `queries` are the config's named PromQL templates (checked by `query_problems`).
+    """
     data = data or {}
     try:
         spec = PolicyFileSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(problems_from(err, data, origin)) from err
-    policy_file = PolicyFile.from_spec(spec, data, origin)
+    query_errors = query_problems(queries or {}, origin)
+    if query_errors:
+        raise ConfigError(query_errors)
+    policy_file = PolicyFile.from_spec(spec, data, origin, queries, allow_label_queries)
     # Contradictions inside one section are the file's fault whatever the services' labels say,
     # so `run` refuses to start on them rather than skipping every matching service.
     problems = []
@@ -464,6 +515,38 @@ def load_policy_file(data: Mapping[str, Any] | None, origin: str) -> PolicyFile:
     if problems:
         raise ConfigError(problems)
     return policy_file
+
+
+def query_problems(queries: Mapping[str, Any], origin: str) -> list[str]:
+    """What is wrong with the config's `queries:`: names a label can carry, non-empty PromQL."""
+    problems = []
+    for name, template in queries.items():
+        if not isinstance(name, str) or not QUERY_NAME.fullmatch(name):
+            problems.append(f"{origin}: queries: {name!r}: a query name is a letter or _ then letters, digits, "
+                            f"_ . - (at most 63)")
+        if not isinstance(template, str) or not template.strip():
+            problems.append(f"{origin}: queries.{name}: expected PromQL text (got {template!r})")
+    return problems
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _named_query(leaves: dict[Path, Any], label_layer: Layer, policy_file: PolicyFile) -> list[str]:
+    """Replace a query name by the operator's template in `leaves`; the problem when a label holds free-form PromQL."""
+    path = ("query", "expr")
+    expr = leaves.get(path)
+    if expr is None:
+        return []
+    if expr in policy_file.queries:
+        leaves[path] = policy_file.queries[expr]
+        return []
+    if label_layer.leaves.get(path) is None or policy_file.allow_label_queries:
+        return []  # free-form PromQL from the policy file, or labels the operator trusts
+    known = ", ".join(sorted(policy_file.queries)) or "none are defined"
+    return [f"label {_label_name(path)}: names no query of the config's queries: ({known}); free-form PromQL in a "
+            f"label is refused unless the config sets allow_label_queries: true (got {_short(str(expr))!r})"]
 
 
 # --- Resolution ----------------------------------------------------------------------------------
@@ -523,7 +606,8 @@ def resolve(service: str, labels: Mapping[str, str], policy_file: PolicyFile | N
     origins = tuple((_file_key(p), where[p]) for p in leaves if p in where)
     shown = tuple((_file_key(p), written[p]) for p in leaves if p in written)
     if not problems:
-        problems = [f"service {service}: {line}" for line in _combination_problems(leaves, where, written)]
+        lines = _named_query(leaves, label_layer, policy_file) + _combination_problems(leaves, where, written)
+        problems = [f"service {service}: {line}" for line in lines]
     if problems:
         return Resolved(service, None, source, tuple(problems), origins, shown)
     return Resolved(service, _build(leaves), source, (), origins, shown)
@@ -636,7 +720,7 @@ def scope_warning(service: str, labels: Mapping[str, str], policy_file: PolicyFi
         return None  # resolve() reports that one
     if chosen is not None or (policy_file and policy_file.matching(service)):
         return None
-    tunables = sorted(n for n in labels if n.startswith(f"{LABEL_PREFIX}.") and n != STATE_LABEL)
+    tunables = sorted(n for n in labels if n.startswith(f"{LABEL_PREFIX}.") and not _is_state_label(n))
     if not tunables:
         return None
     return f"service {service}: has {', '.join(tunables)} but not {LABEL_PREFIX}=true, so it is not autoscaled"

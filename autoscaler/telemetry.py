@@ -42,11 +42,13 @@ class Telemetry:
         self.services = Gauge("swarmshift_autoscaler_services", "Services opted in to autoscaling.", registry=r)
 
     def forget(self, service: str) -> None:
-        """Drop the series of a service that left scope, so dashboards don't show it frozen."""
+        """Drop the series of a service that left scope, so dashboards don't show it frozen and memory stays bounded."""
         for gauge in (self.desired, self.current):
             with contextlib.suppress(KeyError):
                 gauge.remove(service)
-        for gauge in (self.metric_value, self.metric_target):
-            for labels in list(gauge._metrics):  # noqa: SLF001 - prometheus_client offers no per-prefix removal
+        # The counter too: a service that comes back starts from 0, which rate() reads as a reset,
+        # and series of services long gone must not pile up in memory and on /metrics.
+        for metric in (self.metric_value, self.metric_target, self.scale_events):
+            for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client offers no per-prefix removal
                 if labels[0] == service:
-                    gauge.remove(*labels)
+                    metric.remove(*labels)

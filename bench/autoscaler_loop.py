@@ -95,10 +95,10 @@ async def measure(prom_url: str, loops: int) -> dict[str, float]:
     spent = [0.0]
     original = client._query
 
-    def timed(promql: str):
+    def timed(promql: str, keep_nan: bool = False):
         started = time.perf_counter()
         try:
-            return original(promql)
+            return original(promql, keep_nan)
         finally:
             spent[0] += time.perf_counter() - started
 

@@ -324,6 +324,8 @@ class BlueGreenConfig(Strict):
     scale_down_delay: Duration = 600.0
     keep: bool = False
     rollback_on_alert: Literal["verification", "always", "never"] = "verification"
+    # Alerts looked at per POST /v1/alerts; the rest of a bigger notification is answered 429.
+    max_alerts_per_request: int = Field(50, ge=1, le=1000)
     on_restart: Literal["resume", "rollback"] = "resume"
     progressive_steps: IntList = [10, 50, 100]
     notify: NotifySettings = NotifySettings()

@@ -26,7 +26,7 @@ from typing import Any
 from bluegreen.app_check import board
 from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
-from bluegreen.execute import Executor
+from bluegreen.execute import AlertRepeat, Executor, rolls_back
 from bluegreen.labels import APP_LABEL
 from bluegreen.observe import Checks, Observer
 from bluegreen.phases import (
@@ -40,12 +40,12 @@ from bluegreen.phases import (
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import Runtime
-from bluegreen.state import AppState, Operation, Phase, Result, new_deploy_id
+from bluegreen.state import AppState, Result, alerts_seen, new_deploy_id
 from bluegreen.telemetry import Telemetry
 from bluegreen.tick import ATTEMPTS, Ticker, hurry
 from bluegreen.views import app_view
 from swarmshift import logs
-from swarmshift.alerts import Notification
+from swarmshift.alerts import Alert, Notification, alert_key
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, SwarmAccess, SwarmError, VersionConflict
 
@@ -362,9 +362,31 @@ class Controller:
     # -- alerts ------------------------------------------------------------------------------
 
     async def on_alerts(self, notification: Notification) -> list[dict[str, Any]]:
-        return [await self._on_alert(alert) for alert in notification.alerts]
+        """One result per alert, in order: a bad alert gets its own error, and the good ones still act.
 
-    async def _on_alert(self, alert) -> dict[str, Any]:
+        At most `max_alerts_per_request` are looked at; the rest are answered 429 untouched.
+        """
+        cap = self.config.max_alerts_per_request
+        results = []
+        for index, alert in enumerate(notification.alerts):
+            name, app = alert.labels.get("alertname", alert.identity), alert.labels.get("swarmshift_app")
+            result: dict[str, Any] = {"alert": name, "app": app}
+            if index >= cap:
+                results.append({**result, "status": 429, "outcome": "rejected",
+                                "detail": f"over the cap of {cap} alerts per notification: not looked at "
+                                          f"(alert {index + 1} of {len(notification.alerts)})"})
+                continue
+            try:
+                results.append(await self._on_alert(alert))
+            except DockerUnavailable as err:
+                results.append({**result, "status": 503, "outcome": "error", "detail": f"Docker does not answer: {err}"})
+            except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
+                log.exception("alert_failed", app=app, alert=name)
+                results.append({**result, "status": 500, "outcome": "error",
+                                "detail": f"internal error: {type(err).__name__}"})
+        return results
+
+    async def _on_alert(self, alert: Alert) -> dict[str, Any]:
         name = alert.labels.get("alertname", alert.identity)
         app = alert.labels.get("swarmshift_app")
         result: dict[str, Any] = {"alert": name, "app": app, "status": 200}
@@ -374,23 +396,29 @@ class Controller:
             rt = await self.runtime(app)
         except UnknownApp as err:
             return {**result, "status": 404, "outcome": "rejected", "detail": str(err)}
-        key = f"{alert.identity}@{alert.startsAt}"
+        key = alert_key(alert)
+        repeat = {**result, "outcome": "repeat", "detail": "this alert (same fingerprint and startsAt) has already "
+                                                           "rolled the app back"}
         if not alert.firing:
-            rt.alerts_acted.discard(key)
             log.info("alert_resolved", app=app, alert=name)
             return {**result, "outcome": "resolved", "detail": "resolved alerts are logged, not acted on"}
-        if key in rt.alerts_acted:
-            return {**result, "outcome": "repeat", "detail": "this alert has already acted"}
+        # The cheap check, on the labels as this process last read or wrote them; the one that
+        # counts is made on the services read for the step itself (AlertRepeat).
+        if rt.reading is not None and key in alerts_seen({c: s.labels for c, s in rt.reading.services.items()}):
+            return repeat
         log.info("alert_received", app=app, alert=name, policy=self.settings.rollback_on_alert)
         async with rt.lock:
-            steps = await self.ticker.run(rt, alert=name)
+            rt.alert_key = key
+            try:
+                steps = await self.ticker.run(rt, alert=name)
+            except AlertRepeat:
+                return repeat
+            finally:
+                rt.alert_key = None
         if not steps:
             return {**result, "status": 409, "outcome": "held", "detail": "; ".join(rt.problems) or "no tick ran"}
         step, state = steps[0], steps[0].state  # the step that weighed the alert
-        rolled = step.transitioned and (state.phase is Phase.ROLLING_BACK or (
-            state.deploy is not None and state.deploy.kind is Operation.ROLLBACK and not step.previous.phase.in_flight))
-        if rolled:
-            rt.alerts_acted.add(key)
+        if rolls_back(step):
             rt.schedule(time.monotonic())
             return {**result, "outcome": "rolling_back", "detail": step.reason}
         why = (f"{app} is {state.phase}: with rollback_on_alert {self.settings.rollback_on_alert}, an alert rolls "

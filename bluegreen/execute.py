@@ -16,13 +16,24 @@ from bluegreen.observe import Reading
 from bluegreen.phases import Notify, Route, Step, plan
 from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import Runtime
-from bluegreen.state import Operation, Phase, Result, Routing
+from bluegreen.state import Operation, Phase, Result, Routing, alerts_label, alerts_seen
 from bluegreen.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.notify import Notifier
 from swarmshift.swarm import Service, SwarmAccess, SwarmError
 
 log = logs.get("bluegreen")
+
+
+class AlertRepeat(Exception):
+    """The alert weighed by this step has rolled the app back already (its key is on the services): nothing ran."""
+
+
+def rolls_back(step: Step) -> bool:
+    """Whether `step` begins sending traffic back: aborting a deploy, or a rollback begun at rest."""
+    state = step.state
+    return step.transitioned and (state.phase is Phase.ROLLING_BACK or (
+        state.deploy is not None and state.deploy.kind is Operation.ROLLBACK and not step.previous.phase.in_flight))
 
 
 class Executor:
@@ -44,8 +55,16 @@ class Executor:
         app = reading.app
         p = plan(step, reading.loaded.stored)
         services = dict(reading.services)
+        extra = self._alert_labels(rt, reading, step, cause)
+
+        def changes(write) -> dict[str, Any]:
+            out = write.changes()
+            if extra:
+                out["labels"] = {**out.get("labels", {}), **extra}
+            return out
+
         for write in p.first:
-            services[write.color] = await self.swarm.update(services[write.color], **write.changes())
+            services[write.color] = await self.swarm.update(services[write.color], **changes(write))
         # The state is durable from here: whatever fails below, the next tick carries on from it.
         rt.state, rt.progress = step.state, step.progress
         if step.transitioned:
@@ -58,13 +77,27 @@ class Executor:
             confirmed = route.routing if ok and confirmed is not False else False
         for write in p.then:
             try:
-                services[write.color] = await self.swarm.update(services[write.color], **write.changes())
+                services[write.color] = await self.swarm.update(services[write.color], **changes(write))
             except SwarmError as err:
                 # The state is already on the first color; the next tick writes what is missing here.
                 log.warning("service_write_failed", app=app.name, service=services[write.color].name, error=str(err))
         for notice in p.notifications:
             self._notify(notice)
         return services, confirmed
+
+    @staticmethod
+    def _alert_labels(rt: Runtime, reading: Reading, step: Step, cause: str) -> dict[str, str]:
+        """The seen-list label for a rollback an alert causes; AlertRepeat if that alert rolled back already.
+
+        Checked on the services as read for this very step and written at their versions, so a
+        re-sent alert, a restarted controller or a second one racing cannot roll back twice.
+        """
+        if cause != "alert" or rt.alert_key is None or not rolls_back(step):
+            return {}
+        labels = {color: svc.labels for color, svc in reading.services.items()}
+        if rt.alert_key in alerts_seen(labels):
+            raise AlertRepeat(f"{reading.app.name}: this alert has rolled the app back already")
+        return alerts_label(labels, rt.alert_key)
 
     async def _route(self, rt: Runtime, app: App, route: Route, step: Step) -> bool:
         started = time.monotonic()

@@ -56,9 +56,15 @@ STATE_KEYS = (
 )
 
 
+# The alerts that rolled the app back (swarmshift.alerts' seen-list), on both colors. Not one of
+# STATE_KEYS: every state write sets those (removing the absent ones), and this list must outlive
+# the deploys that follow, so that a re-sent alert never rolls back a later one.
+K_ALERTS = f"{STATE_PREFIX}alerts"
+
+
 def known_label(key: str) -> bool:
     """Whether `key` is a blue-green label this controller knows."""
-    return key in OPERATOR_LABELS or key == LOCK_LABEL or key in STATE_KEYS
+    return key in OPERATOR_LABELS or key in (LOCK_LABEL, K_ALERTS) or key in STATE_KEYS
 
 
 def problem(service: str, label: str, message: str, value: str | None = None) -> str:

@@ -31,7 +31,9 @@ class Runtime:
     refused: dict[str, str] = field(default_factory=dict)  # service -> why it was refused a color the app has
     probe: dict[str, Any] | None = None  # the last probe round, for status
     unreachable: str | None = None  # the unreachable probe already logged
-    alerts_acted: set[str] = field(default_factory=set)
+    # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
+    # executor records it in the same write as the rollback it causes, or refuses a repeat.
+    alert_key: str | None = None
     observed_at: float = 0.0  # monotonic time of the last observation: the next tick is an interval after it
     routed: Routing | None = None  # what the router last reported or confirmed
     route_error: str | None = None  # why the router refused the last routing, until one is confirmed

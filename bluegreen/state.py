@@ -30,6 +30,7 @@ from bluegreen.labels import (
     DEPLOY_PREFIX,
     IDLE_LOCK,
     K_ACTIVE,
+    K_ALERTS,
     K_DEPLOY_FAILURES,
     K_DEPLOY_FORCE,
     K_DEPLOY_ID,
@@ -50,6 +51,7 @@ from bluegreen.labels import (
     problem,
 )
 from bluegreen.numbers import whole_number
+from swarmshift.alerts import append_seen, decode_seen
 
 _REASON_MAX = 400  # labels are not a log: keep the reason readable in `docker service inspect`
 # ASCII digits and fullmatch: `\d` takes any Unicode digit, `$` a trailing newline.
@@ -374,6 +376,19 @@ def new_deploy_id(app: str, now: float, token: str | None = None) -> str:
     """A deploy id that says what and when: `web-20250131T120000-3fa2`."""
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
     return f"{app}-{stamp}-{token or secrets.token_hex(2)}"
+
+
+def alerts_seen(labels: Mapping[Color, Mapping[str, str]]) -> tuple[str, ...]:
+    """The keys of the alerts that rolled the app back, from both colors (`docker stack deploy` may wipe one)."""
+    keys: dict[str, None] = {}
+    for color in Color:
+        keys.update(dict.fromkeys(decode_seen(labels.get(color, {}).get(K_ALERTS))))
+    return tuple(keys)
+
+
+def alerts_label(labels: Mapping[Color, Mapping[str, str]], key: str) -> dict[str, str]:
+    """The label that records alert `key` as acted on, for the write that carries out its rollback."""
+    return {K_ALERTS: append_seen(",".join(alerts_seen(labels)), key)}
 
 
 def choose_state(stored: Mapping[Color, AppState | None]) -> AppState | None:

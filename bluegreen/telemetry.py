@@ -45,10 +45,17 @@ class Telemetry:
             self.phase.labels(app, each.value).set(1 if each is phase else 0)
 
     def forget(self, app: str) -> None:
-        """Drop the gauges of an app whose services are gone, so dashboards don't show it frozen."""
+        """Drop the series of an app whose services are gone: dashboards don't show it frozen, memory stays bounded.
+
+        The counters go too; an app that comes back starts them from 0, which rate() reads as a reset.
+        """
         for color in Color:
             with contextlib.suppress(KeyError):
                 self.active_color.remove(app, color.value)
         for each in Phase:
             with contextlib.suppress(KeyError):
                 self.phase.remove(app, each.value)
+        for counter in (self.deploys, self.rollbacks):
+            for labels in list(counter._metrics):  # noqa: SLF001 - prometheus_client offers no per-prefix removal
+                if labels[0] == app:
+                    counter.remove(*labels)

@@ -1,7 +1,9 @@
-"""Incoming Alertmanager webhooks (payload version 4), validated into plain data."""
+"""Incoming Alertmanager webhooks (payload version 4), validated into plain data, and the record of those that acted."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,3 +49,55 @@ def parse(body: Any) -> Notification:
         return Notification.model_validate(body)
     except ValidationError as err:
         raise HTTPProblem(400, "not an Alertmanager v4 webhook payload", problems=problems_from(err, body, "body")) from err
+
+
+# --- Acting once: the key of an alert and the bounded list of keys already acted on -------------
+# Alertmanager re-sends a firing alert every repeat_interval and retries a failed delivery with
+# the same content; both daemons keep the keys of the alerts they acted on in a label of the
+# service they changed, written in the same versioned update as the change itself, so a re-sent,
+# retried or concurrently delivered alert finds its key and does nothing, even after a restart.
+
+SEEN_KEEP = 32  # keys kept per service: far more distinct alert firings than a service sees at once
+_KEY_LENGTH = 12  # hex characters of a SHA-256: 48 bits, no collision among 32 keys in practice
+_KEY = re.compile(rf"[0-9a-f]{{{_KEY_LENGTH}}}")
+
+
+def alert_key(alert: Alert) -> str:
+    """One firing of an alert, short and stable: a hash of its identity and `startsAt`.
+
+    The same alert firing again after it resolved has a new `startsAt`, so it acts again; a
+    re-send or a retry of the same firing has the same key.
+    """
+    raw = f"{alert.identity}\n{alert.startsAt}".encode()
+    return hashlib.sha256(raw).hexdigest()[:_KEY_LENGTH]
+
+
+def decode_seen(text: str | None) -> tuple[str, ...]:
+    """The keys a seen-list label holds, oldest first; a damaged label keeps its well-formed keys.
+
+    Forgiving on purpose: refusing a damaged list would make every alert of the service fail,
+    and the keys that cannot be read only matter for a re-send of those very alerts.
+    """
+    if not text:
+        return ()
+    keys = [part for part in text.split(",") if _KEY.fullmatch(part)]
+    # A key written twice (by hand, or by two old writers) counts once, where it was written last.
+    return tuple(k for i, k in enumerate(keys) if k not in keys[i + 1:])
+
+
+def encode_seen(keys: tuple[str, ...] | list[str]) -> str:
+    return ",".join(keys)
+
+
+def append_seen(text: str | None, key: str, keep: int = SEEN_KEEP) -> str:
+    """The seen-list label with `key` added last, the oldest dropped beyond `keep`; ValueError for a bad key."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"alert key must be {_KEY_LENGTH} lowercase hex characters (got {key!r})")
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (got {keep})")
+    keys = [k for k in decode_seen(text) if k != key] + [key]
+    return encode_seen(keys[-keep:])
+
+
+def seen(text: str | None, key: str) -> bool:
+    return key in decode_seen(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Literal
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -45,6 +46,31 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream=None) -> None
     )
     # Libraries (urllib3, aiohttp.access) log through stdlib; keep them quiet and on the same stream.
     logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+
+
+def redact_url(url: str) -> str:
+    """A URL as logs may show it: scheme and host only.
+
+    Webhook URLs carry their secret in the path (Slack's `/services/T…/B…/<token>`) or the
+    query, and any URL may carry `user:password@`; none of that may reach a log line.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<url redacted>"
+    if not parts.scheme or not host:
+        return "<url redacted>"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password
+    return f"{parts.scheme}://{host}{port}" + ("/<redacted>" if hidden else "")
+
+
+def redact(text: str, *urls: str) -> str:
+    """`text` (an error message, say) with every one of `urls` in it redacted."""
+    for url in sorted((u for u in urls if u), key=len, reverse=True):
+        text = text.replace(url, redact_url(url))
+    return text
 
 
 def get(name: str | None = None):

@@ -24,7 +24,8 @@ log = logs.get("swarmshift.notify")
 class NotifySettings(Strict):
     """The `notify:` section both daemons share."""
 
-    webhooks: CommaList = []
+    # Webhook URLs often embed their token (Slack's do): kept out of repr() and every log line.
+    webhooks: CommaList = Field([], repr=False)
     timeout: Duration = 5.0
     retries: int = Field(3, ge=1, le=10)
 
@@ -98,10 +99,11 @@ class Notifier:
                         self.sent += 1
                         return
                     problem = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as err:
-                problem = str(err) or type(err).__name__
+            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+                # aiohttp's errors may quote the URL they failed on, token and all.
+                problem = logs.redact(str(err), url) or type(err).__name__
             if attempt < self.retries:
                 await asyncio.sleep(delay + random.uniform(0, delay / 2))
                 delay *= 2
         self.failed += 1
-        log.warning("notification_failed", url=url, error=problem, attempts=self.retries)
+        log.warning("notification_failed", url=logs.redact_url(url), error=problem, attempts=self.retries)

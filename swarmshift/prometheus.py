@@ -37,10 +37,12 @@ class Prometheus:
         self.retries = retries
         self.backoff = backoff
         self.requests = 0  # HTTP queries made, for benchmarks and loop-cost logging
+        # What errors (and so logs) show of the URL: never a user:password@ in it.
+        self._shown = logs.redact_url(self.url) if "@" in self.url else self.url
         # The client's own urllib3 retries would hide outages behind long waits; ours are bounded.
         self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
 
-    def _query(self, promql: str) -> list[Sample]:
+    def _query(self, promql: str, keep_nan: bool = False) -> list[Sample]:
         self.requests += 1
         raw = self._client.custom_query(query=promql)
         if len(raw) == 2 and not isinstance(raw[0], dict):
@@ -51,25 +53,29 @@ class Prometheus:
             if not value:
                 continue
             number = float(value[1])
-            if math.isnan(number):
+            if math.isnan(number) and not keep_nan:
                 continue  # NaN (0/0 in PromQL) means "no data" here, never a value to act on
             samples.append(Sample(labels=dict(item.get("metric", {})), value=number))
         return samples
 
-    async def query(self, promql: str) -> list[Sample]:
-        """An instant vector; QueryError for a bad expression, PrometheusUnavailable after the retries."""
+    async def query(self, promql: str, *, keep_nan: bool = False) -> list[Sample]:
+        """An instant vector; QueryError for a bad expression, PrometheusUnavailable after the retries.
+
+        NaN samples are dropped unless `keep_nan`; +Inf and -Inf are kept: what they mean is the caller's.
+        """
         delay = self.backoff
         for attempt in range(1, self.retries + 2):
             try:
-                return await asyncio.wait_for(asyncio.to_thread(self._query, promql), timeout=self.timeout + 1)
+                return await asyncio.wait_for(asyncio.to_thread(self._query, promql, keep_nan), timeout=self.timeout + 1)
             except PrometheusApiClientException as err:
                 if str(err).startswith(("HTTP Status Code 400", "HTTP Status Code 422")):
                     raise QueryError(str(err)[:300]) from err
                 if attempt > self.retries:
-                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300]}") from err
+                    raise PrometheusUnavailable(f"{self._shown}: {logs.redact(str(err), self.url)[:300]}") from err
             except (TimeoutError, requests.RequestException, ValueError) as err:
                 if attempt > self.retries:
-                    raise PrometheusUnavailable(f"{self.url}: {str(err)[:300] or type(err).__name__}") from err
+                    detail = logs.redact(str(err), self.url)[:300] or type(err).__name__
+                    raise PrometheusUnavailable(f"{self._shown}: {detail}") from err
             await asyncio.sleep(delay + random.uniform(0, delay / 2))
             delay *= 2
         raise AssertionError("unreachable")

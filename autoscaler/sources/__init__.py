@@ -32,6 +32,8 @@ class Usage:
     memory: Mapping[str, float] = field(default_factory=dict)  # task id -> % of memory_basis
     query: float | None = None  # the custom query's value for the whole service
     query_error: str | None = None
+    # Why a metric (cpu, memory) has no value for any task, in the source's own words.
+    missing: Mapping[str, str] = field(default_factory=dict)
 
 
 class MetricsSource(Protocol):

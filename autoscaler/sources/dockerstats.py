@@ -31,8 +31,9 @@ def working_set(memory_stats: dict[str, Any]) -> int | None:
 class DockerStatsSource:
     name = "docker"
 
-    def __init__(self, swarm: Swarm, *, max_parallel: int = 16) -> None:
+    def __init__(self, swarm: Swarm, *, max_parallel: int = 16, interval: float | None = None) -> None:
         self.swarm = swarm
+        self.interval = interval  # the loop's, to say when the second CPU sample comes
         self._parallel = asyncio.Semaphore(max_parallel)
         self._last_cpu: dict[str, tuple[float, int]] = {}  # container -> (monotonic s, usage ns)
         self.requests = 0
@@ -76,25 +77,46 @@ class DockerStatsSource:
 
         cpu: dict[str, dict[str, float]] = {}
         memory: dict[str, dict[str, float]] = {}
+        first: set[str] = set()  # services with a container sampled for the first time
         for cid, stats, at in samples:
             if stats is None:
                 continue
             target, task = wanted[cid]
-            if target.cpu:
-                cores = self._cpu_cores(cid, stats, at)
-                value = percent(cores, target.cpu_basis) if cores is not None else None
-                if value is not None:
-                    cpu.setdefault(target.service, {})[task] = value
-            if target.memory:
-                used = working_set(stats.get("memory_stats") or {})
-                value = percent(used, target.memory_basis) if used is not None else None
-                if value is not None:
-                    memory.setdefault(target.service, {})[task] = value
+            try:
+                if target.cpu:
+                    known = cid in self._last_cpu
+                    cores = self._cpu_cores(cid, stats, at)
+                    if cores is None and not known:
+                        first.add(target.service)
+                    value = percent(cores, target.cpu_basis) if cores is not None else None
+                    if value is not None:
+                        cpu.setdefault(target.service, {})[task] = value
+                if target.memory:
+                    used = working_set(stats.get("memory_stats") or {})
+                    value = percent(used, target.memory_basis) if used is not None else None
+                    if value is not None:
+                        memory.setdefault(target.service, {})[task] = value
+            except (TypeError, ValueError, AttributeError, ArithmeticError):
+                continue  # a stats document not shaped as the engine documents it: no sample from it
+        seen = {target.service for target, _ in wanted.values()}
         return {
             name: Usage(
                 cpu=cpu.get(name, {}),
                 memory=memory.get(name, {}),
                 query_error="the docker source cannot run PromQL" if t.query else None,
+                missing=self._missing(name, name in seen, name in first),
             )
             for name, t in by_name.items()
         }
+
+    def _missing(self, service: str, on_this_node: bool, first_sample: bool) -> dict[str, str]:
+        """Why a metric of `service` may have no value, as this source alone can know."""
+        if not on_this_node:
+            why = (f"no running container of service {service} on this node: the docker source reads only the "
+                   "engine it talks to (use the prometheus source for a multi-node swarm)")
+            return {"cpu": why, "memory": why}
+        if first_sample:
+            when = f"in {self.interval:g}s" if self.interval else "at the next loop"
+            return {"cpu": f"service {service}: first CPU sample taken; CPU use is the increase between two "
+                           f"samples, so it needs a second one, {when}"}
+        return {}

@@ -1,8 +1,14 @@
-"""The `prometheus` metrics source: cAdvisor series through PromQL, one query per metric per loop."""
+"""The `prometheus` metrics source: cAdvisor series through PromQL, one query per metric per loop.
+
+Values are passed on as Prometheus gives them, NaN and infinities included: a task whose value
+is NaN is not a task without a series, and the decision counts such a metric as no data (held,
+never scaled down), where a dropped series would let the others scale the service down.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 
 from autoscaler.sources import SourceDown, Target, Usage, percent
@@ -71,7 +77,7 @@ class PrometheusSource:
 
     async def _per_task(self, promql: str, targets: dict[str, Target], basis_of) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        for sample in await self.client.query(promql):
+        for sample in await self.client.query(promql, keep_nan=True):
             service = sample.labels.get(self.service_label, "")
             target = targets.get(service)
             if target is None:
@@ -91,12 +97,16 @@ class PrometheusSource:
     async def _custom_query(self, target: Target) -> tuple[float | None, str | None]:
         async with self._custom:
             try:
-                samples = await self.client.query(target.query or "")
+                samples = await self.client.query(target.query or "", keep_nan=True)
             except QueryError as err:
                 return None, f"Prometheus refused the query: {err}"
         if len(samples) != 1:
             return None, f"the query returned {len(samples)} series, expected exactly 1"
-        return samples[0].value, None
+        value = samples[0].value
+        if not math.isfinite(value) or value < 0:
+            # A rate over a counter reset, a division by zero: no load to act on. Held as no data.
+            return None, f"the query returned {value}: not a load (counted as no data, holding)"
+        return value, None
 
     async def collect(self, targets: Iterable[Target]) -> dict[str, Usage]:
         by_name = {t.service: t for t in targets}

@@ -12,14 +12,16 @@ from tests.support import lab
 from tests.support.load import OverlayLoad
 
 KNOB_QUERY = 'max(swarmshift_test_load{service="{{service}}"})'
+# Labels name the operator's PromQL templates; a daemon scaling knob_labels services needs this in its config.
+KNOB = {"queries": {"knob": KNOB_QUERY}}
 
 
 def knob_labels(**extra: str) -> dict[str, str]:
-    """A service scaled on the hand-turned gauge: value / 10 replicas."""
+    """A service scaled on the hand-turned gauge: value / 10 replicas (the daemon's config needs KNOB)."""
     return {
         "swarmshift.autoscale": "true",
         "swarmshift.autoscale.max": "5",
-        "swarmshift.autoscale.query": KNOB_QUERY,
+        "swarmshift.autoscale.query": "knob",
         "swarmshift.autoscale.query.target": "10",
         **{f"swarmshift.autoscale.{k}": v for k, v in extra.items()},
     }
@@ -128,7 +130,7 @@ def test_prometheus_outage_holds_everything_and_scaling_resumes(swarm, demo_imag
     prometheus.add_target("knob", knob.address)
     svc = swarm.service("outage", image=demo_image, labels=knob_labels(**{"scale_down.stabilization": "0s"}))
     knob.set(svc.name, 30)
-    daemon = autoscaler_proc({"interval": 2, "prometheus": {"url": prometheus.url}})
+    daemon = autoscaler_proc({"interval": 2, "prometheus": {"url": prometheus.url}, **KNOB})
     wait_replicas(swarm, svc.name, 3, 30)
 
     prometheus.stop()
@@ -152,7 +154,7 @@ def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheu
     svc = swarm.service("cool", image=demo_image, labels=knob_labels(cooldown=f"{cooldown}s"))
     knob.set(svc.name, 20)
     events_file = tmp_path / "events.jsonl"
-    config = {"interval": 1, "events_file": str(events_file), "prometheus": {"url": prometheus.url}}
+    config = {"interval": 1, "events_file": str(events_file), "prometheus": {"url": prometheus.url}, **KNOB}
     first = autoscaler_proc(config, name="first")
     scaled_at = wait_replicas(swarm, svc.name, 2, 30)
     first.kill()
@@ -170,13 +172,16 @@ def test_restart_during_cooldown_never_scales_early(swarm, demo_image, prometheu
     # The events file outlives the daemon, and a scale it missed is recovered from the label.
     served = json.loads(second.get(f"/v1/events?service={svc.name}")[1])["events"]
     assert [(e["from"], e["to"], e.get("recovered", False)) for e in served] == [(1, 2, True), (2, 3, False)]
-    assert [json.loads(line)["to"] for line in events_file.read_text().splitlines()] == [2, 3]
+    # The file is written by the daemon's writer thread, a moment after the event is served.
+    lab.wait_for("both events in the file",
+                 lambda: [json.loads(line)["to"] for line in events_file.read_text().splitlines()] == [2, 3], 5,
+                 interval=0.1)
 
 
 def test_two_daemons_never_double_scale(swarm, demo_image, prometheus, knob, autoscaler_proc):
     prometheus.add_target("knob", knob.address)
     svc = swarm.service("pair", image=demo_image, labels=knob_labels(max="6"))
-    config = {"interval": 1, "prometheus": {"url": prometheus.url}}
+    config = {"interval": 1, "prometheus": {"url": prometheus.url}, **KNOB}
     daemons = [autoscaler_proc(config, name="a"), autoscaler_proc(config, name="b")]
     for value, want in ((20, 2), (40, 4)):
         knob.set(svc.name, value)
@@ -231,10 +236,11 @@ groups:
     good = alertmanager(alertmanager_config(daemon.url, token))
     prometheus.set_alertmanager(good.url)
     wait_replicas(swarm, svc.name, 2, 30, daemon)
-    # Alertmanager re-sends every 2 s; within the 60 s cooldown the same alert acts once.
+    # Alertmanager re-sends every 2 s; the same alert acts once, its key written with the scale.
     stays(swarm, svc.name, 2, 6)
     events = scaled(daemon, svc.name)
     assert [(e["from"], e["to"], e["alert"], e["reason"]) for e in events] == [(1, 2, "DemoNeedsMore", "alert_scale_up")]
+    assert swarm.client.api.inspect_service(svc.name)["Spec"]["Labels"].get("swarmshift.autoscale.state.alerts")
 
 
 def test_alert_endpoint_rejects_bad_requests_and_scaling_is_notified(swarm, demo_image, autoscaler_proc, webhook, tmp_path):
@@ -285,6 +291,9 @@ def test_alert_endpoint_rejects_bad_requests_and_scaling_is_notified(swarm, demo
     assert (delivery.body["type"], delivery.body["service"], delivery.body["to"]) == ("service_scaled", opted.name, 2)
     assert delivery.body["text"].startswith(f"swarmshift: scaled {opted.name} from 1 to 2")
     lab.wait_for("the dead receiver to be given up", lambda: daemon.events("notification_failed"), 15)
+    # The webhook URL may hold a token: the log shows its scheme and host only.
+    dead = notify["webhooks"][0].removesuffix("/dead") + "/<redacted>"
+    assert {e["url"] for e in daemon.events("notification_failed")} == {dead}
 
 
 def test_check_reports_bad_labels_with_key_and_value(swarm, demo_image, tmp_path):
@@ -304,7 +313,7 @@ def test_dry_run_logs_and_changes_nothing(swarm, demo_image, prometheus, knob, a
     prometheus.add_target("knob", knob.address)
     svc = swarm.service("dry", image=demo_image, labels=knob_labels())
     knob.set(svc.name, 30)
-    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}}, flag)
+    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}, **KNOB}, flag)
     lab.wait_for("a dry-run decision", lambda: scaled(daemon, svc.name), 20)
     stays(swarm, svc.name, 1, 2)
     event = scaled(daemon, svc.name)[0]
@@ -396,7 +405,7 @@ def test_scale_up_stops_at_node_capacity(swarm, demo_image, prometheus, knob, au
     swarm.client.api.update_service(**update_reservation(swarm, svc.name, int(node_memory * 0.4)))
     swarm.wait_running(svc.name, 1)
     knob.set(svc.name, 30)
-    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}})
+    daemon = autoscaler_proc({"interval": 1, "prometheus": {"url": prometheus.url}, **KNOB})
     wait_replicas(swarm, svc.name, 3, 30)
     knob.set(svc.name, 60)  # asks for 6; the pending task says there is no room
     lab.wait_for("the capacity cap", lambda: daemon.events("scale_capped_by_capacity", service=svc.name), 30)

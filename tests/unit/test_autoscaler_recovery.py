@@ -18,6 +18,7 @@ def test_a_scale_missing_from_the_log_is_recovered(tmp_path):
     log = EventLog(path=tmp_path / "events.jsonl")
     log.record({"service": "web", "from": 1, "to": 2, "at": _iso(1_700_000_000)})
     assert recover(log, saved) == [(1, 2, False), (2, 4, True)]
+    log.flush()
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 2
 
 

@@ -292,3 +292,99 @@ def test_an_alert_acts_once_however_often_it_is_sent():
 
     run(scenario)
     assert [r["outcome"] for r in results] == ["rolling_back", "repeat"]
+
+
+def restarted(w: World, **config) -> World:
+    """The same swarm, router and clock under a new controller process: nothing in memory survives."""
+    cfg = BlueGreenConfig(**{**BASE, **config})
+    controller = Controller(w.swarm, w.router, cfg, prober=w.prober, checks=Checks(None, []), clock=w.clock)
+    return World(w.swarm, w.router, w.prober, w.clock, controller)
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-process", "after-a-restart"])
+def test_a_re_sent_alert_after_a_rollback_does_not_roll_back_a_later_deploy(restart):
+    results = []
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        results.extend(await w.controller.on_alerts(_alert()))  # rolls the first deploy back
+        while w.phase() != "RolledBack":
+            await w.tick()
+        later = restarted(w) if restart else w
+        await later.tick()
+        await _verifying(later)
+        results.extend(await later.controller.on_alerts(_alert()))  # Alertmanager's repeat_interval
+        assert later.phase() == "Verifying"
+
+    w = run(scenario)
+    assert [r["outcome"] for r in results] == ["rolling_back", "repeat"]
+    # Both colors remember the alert, in a label no state write removes.
+    from bluegreen.labels import K_ALERTS
+    from swarmshift.alerts import alert_key
+
+    key = alert_key(_alert().alerts[0])
+    assert all(key in w.swarm.get(name).labels.get(K_ALERTS, "") for name in ("web-blue", "web-green"))
+
+
+def test_a_batch_answers_each_alert_and_a_bad_one_spoils_nothing():
+    results = []
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        batch = alerts.parse({"version": "4", "status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "X", "swarmshift_app": "nope"}, "fingerprint": "a"},
+            {"status": "firing", "labels": {"alertname": "HighErrors", "swarmshift_app": "web"},
+             "startsAt": "2025-06-15T15:00:00Z", "fingerprint": "f1"}]})
+        results.extend(await w.controller.on_alerts(batch))
+        results.extend(await w.controller.on_alerts(batch))  # retried whole: nothing acts twice
+
+    run(scenario)
+    assert [(r["outcome"], r["status"]) for r in results] == [
+        ("rejected", 404), ("rolling_back", 200), ("rejected", 404), ("repeat", 200)]
+
+
+def test_alerts_beyond_the_cap_are_answered_without_acting():
+    results = []
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        batch = alerts.parse({"version": "4", "status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": f"A{i}", "swarmshift_app": "web"}, "fingerprint": f"f{i}"}
+            for i in range(3)]})
+        results.extend(await w.controller.on_alerts(batch))
+
+    run(scenario, max_alerts_per_request=1)
+    assert [(r["outcome"], r["status"]) for r in results] == [("rolling_back", 200), ("rejected", 429),
+                                                              ("rejected", 429)]
+    assert results[1]["detail"] == "over the cap of 1 alerts per notification: not looked at (alert 2 of 3)"
+
+
+def test_an_app_whose_services_go_leaves_no_telemetry():
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        await w.controller.on_alerts(_alert())  # counts a rollback
+        while w.phase() != "RolledBack":
+            await w.tick()
+        for name in ("web-blue", "web-green"):
+            del w.swarm._services[w.swarm.get(name).id]  # noqa: SLF001 - the services are removed
+        await w.controller._discover()
+
+    w = run(scenario)
+    series = [s for m in w.controller.telemetry.registry.collect() for s in m.samples if s.labels.get("app") == "web"]
+    assert series == [] and "web" not in w.controller.apps
+
+
+def test_two_controllers_given_the_same_alert_roll_back_once():
+    results = []
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        other = restarted(w)  # a second controller by mistake, over the same services
+        await other.tick()
+        answers = await asyncio.gather(w.controller.on_alerts(_alert()), other.controller.on_alerts(_alert()))
+        results.extend(r for answer in answers for r in answer)
+
+    w = run(scenario)
+    outcomes = sorted(r["outcome"] for r in results)
+    assert outcomes.count("rolling_back") == 1, outcomes
+    assert w.controller.telemetry.rollbacks.labels("web", "alert")._value.get() <= 1

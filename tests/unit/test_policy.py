@@ -26,6 +26,7 @@ from autoscaler.policy import (
 from swarmshift.config import ConfigError
 
 P = "swarmshift.autoscale"
+MIN_PROBLEM = "must be at least 1: a service scaled to 0 has no tasks to measure, so it would never come back"
 
 
 def labels(**keys: str) -> dict[str, str]:
@@ -35,8 +36,13 @@ def labels(**keys: str) -> dict[str, str]:
     return out
 
 
+# Most tables here write PromQL into labels, as a config with allow_label_queries: true permits;
+# the refusal without it, and named queries, have tests of their own.
+TRUSTING = PolicyFile(allow_label_queries=True)
+
+
 def policy_of(service: str, service_labels: dict[str, str], policy_file: PolicyFile | None = None) -> Policy:
-    resolved = resolve(service, service_labels, policy_file)
+    resolved = resolve(service, service_labels, policy_file or TRUSTING)
     assert resolved is not None, "not in scope"
     assert resolved.problems == (), resolved.problems
     assert resolved.policy is not None
@@ -44,7 +50,7 @@ def policy_of(service: str, service_labels: dict[str, str], policy_file: PolicyF
 
 
 def problems_of(service: str, service_labels: dict[str, str], policy_file: PolicyFile | None = None) -> list[str]:
-    resolved = resolve(service, service_labels, policy_file)
+    resolved = resolve(service, service_labels, policy_file or TRUSTING)
     assert resolved is not None, "not in scope"
     assert resolved.policy is None
     return list(resolved.problems)
@@ -69,7 +75,7 @@ def test_defaults_are_hpas():
 
 LABEL_VALUES = [
     pytest.param({"min": "2"}, "min", 2, id="min"),
-    pytest.param({"min": " 0 "}, "min", 0, id="min-0-with-spaces"),
+    pytest.param({"min": " 2 "}, "min", 2, id="min-with-spaces"),
     pytest.param({"max": "25"}, "max", 25, id="max"),
     pytest.param({"cpu": "75.5"}, "cpu", 75.5, id="cpu"),
     pytest.param({"cpu": "100"}, "cpu", 100.0, id="cpu-100-is-allowed"),
@@ -171,7 +177,9 @@ LABEL_PROBLEMS = [
     pytest.param({"cpu": "half"},
                  [f"service web: label {P}.cpu: Input should be a valid number, unable to parse string as a number "
                   "(got 'half')"], id="cpu-not-a-number"),
-    pytest.param({"min": "-1"}, [f"service web: label {P}.min: must be at least 0 (got '-1')"], id="min-negative"),
+    pytest.param({"min": "-1"}, [f"service web: label {P}.min: {MIN_PROBLEM} (got '-1')"], id="min-negative"),
+    # A service the autoscaler took to 0 would never come back: no task would report a metric.
+    pytest.param({"min": "0"}, [f"service web: label {P}.min: {MIN_PROBLEM} (got '0')"], id="min-0"),
     pytest.param({"max": "0"}, [f"service web: label {P}.max: must be at least 1 (got '0')"], id="max-0"),
     pytest.param({"max": "2.5"},
                  [f"service web: label {P}.max: Input should be a valid integer, unable to parse string as an integer "
@@ -246,7 +254,7 @@ LABEL_PROBLEMS = [
     # Every problem of a service at once, not only the first.
     pytest.param({"cpu": "150", "min": "-1", "oops": "1"},
                  [f"service web: label {P}.oops: unknown key (got '1')",
-                  f"service web: label {P}.min: must be at least 0 (got '-1')",
+                  f"service web: label {P}.min: {MIN_PROBLEM} (got '-1')",
                   f"service web: label {P}.cpu: must be in (0, 100] (got '150')"], id="all-problems-at-once"),
 ]
 
@@ -410,8 +418,9 @@ FILE_PROBLEMS = [
                  id="max-0"),
     pytest.param({"services": {"web": {"max": True}}},
                  ["policy.yaml: services.web.max: expected a number, not true/false (got True)"], id="bool-is-not-a-number"),
-    pytest.param({"services": {"web": {"min": -1}}}, ["policy.yaml: services.web.min: must be at least 0 (got -1)"],
+    pytest.param({"services": {"web": {"min": -1}}}, [f"policy.yaml: services.web.min: {MIN_PROBLEM} (got -1)"],
                  id="min-negative"),
+    pytest.param({"defaults": {"min": 0}}, [f"policy.yaml: defaults.min: {MIN_PROBLEM} (got 0)"], id="min-0"),
     pytest.param({"services": {"web": {"maxx": 3}}}, ["policy.yaml: services.web.maxx: unknown key (got 3)"],
                  id="unknown-key"),
     pytest.param({"service": {}}, ["policy.yaml: service: unknown key (got {})"], id="unknown-top-level-key"),
@@ -515,7 +524,7 @@ CAPACITY = [
 
 @pytest.mark.parametrize(("keys", "limits", "reservations", "expected"), CAPACITY)
 def test_capacity_problems(keys, limits, reservations, expected):
-    resolved = resolve("web", labels(max="5", **keys))
+    resolved = resolve("web", labels(max="5", **keys), TRUSTING)
     assert resolved is not None and resolved.ok, resolved
     assert capacity_problems(resolved, limits, reservations) == expected
 
@@ -533,3 +542,62 @@ def test_policy_is_frozen():
     policy = policy_of("web", labels(max="5", cpu="50"))
     with pytest.raises(AttributeError):
         policy.max = 6  # type: ignore[misc]
+
+
+# --- PromQL is the operator's: labels name the config's query templates --------------------------
+
+RPS = 'sum(rate(traefik_service_requests_total{service=~"{{service}}.*"}[1m]))'
+
+
+def test_a_label_names_one_of_the_operators_queries():
+    operator = load_policy_file({}, "config", queries={"rps": RPS})
+    policy = policy_of("shop_web", labels(max="5", query="rps", query__target="10"), operator)
+    assert policy.query_for("shop_web") == 'sum(rate(traefik_service_requests_total{service=~"shop_web.*"}[1m]))'
+
+
+def test_free_form_promql_in_a_label_is_refused_unless_the_config_allows_it():
+    operator = load_policy_file({}, "config", queries={"rps": RPS})
+    service_labels = labels(max="5", query='count(up{job="secret"})', query__target="1")
+    assert problems_of("web", service_labels, operator) == [
+        f"service web: label {P}.query: names no query of the config's queries: (rps); free-form PromQL in a label "
+        "is refused unless the config sets allow_label_queries: true (got 'count(up{job=\"secret\"})')"]
+    trusting = load_policy_file({}, "config", queries={"rps": RPS}, allow_label_queries=True)
+    assert policy_of("web", service_labels, trusting).query == 'count(up{job="secret"})'
+
+
+def test_without_a_config_a_label_query_is_refused():
+    resolved = resolve("web", labels(max="5", query="up", query__target="1"))
+    assert resolved is not None and not resolved.ok
+    assert "none are defined" in resolved.problems[0]
+
+
+def test_the_policy_file_may_hold_free_form_promql_or_a_name():
+    data = {"services": {"a": {"max": 3, "query": {"expr": "sum(up)", "target": 1}},
+                         "b": {"max": 3, "query": {"expr": "rps", "target": 1}}}}
+    operator = load_policy_file(data, "config", queries={"rps": RPS})
+    assert policy_of("a", {}, operator).query == "sum(up)"
+    assert policy_of("b", {}, operator).query == RPS
+
+
+@pytest.mark.parametrize(("queries", "expected"), [
+    pytest.param({"bad name": "up"}, ["config: queries: 'bad name': a query name is a letter or _ then letters, "
+                                      "digits, _ . - (at most 63)"], id="bad-name"),
+    pytest.param({"rps": " "}, ["config: queries.rps: expected PromQL text (got ' ')"], id="empty"),
+])
+def test_query_templates_are_checked(queries, expected):
+    with pytest.raises(ConfigError) as err:
+        load_policy_file({}, "config", queries=queries)
+    assert err.value.problems == expected
+
+
+@pytest.mark.parametrize("name", ['web"}) or vector(1e9', "web'x", "a\\b", "", "-web", "x" * 64])
+def test_only_a_docker_service_name_is_substituted(name):
+    policy = Policy(max=3, query='sum(x{service="{{service}}"})', query_target=1)
+    with pytest.raises(ValueError, match="not a Docker service name"):
+        policy.query_for(name)
+
+
+def test_state_labels_are_never_policy_keys():
+    service_labels = {**labels(max="5", cpu="50"), STATE_LABEL: "v1", f"{STATE_LABEL}.alerts": "0123456789ab"}
+    assert policy_of("web", service_labels).max == 5
+    assert scope_warning("web", {STATE_LABEL: "v1", f"{STATE_LABEL}.alerts": "x"}) is None
