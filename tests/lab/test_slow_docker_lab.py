@@ -20,7 +20,7 @@ from tests.support.bluegreen import release_images, wait_phase
 from tests.support.slowdocker import SlowDocker
 from tests.support.traefik import TraefikStack
 
-SLOW = 1.5  # seconds each Docker response is held back while the rollback happens
+SLOW = 0.5  # seconds each Docker response is held back while the rollback happens
 PROBE_INTERVAL, FAILURE_THRESHOLD = 1.0, 2
 
 pytestmark = pytest.mark.heavy  # a time bound, under load
@@ -65,16 +65,20 @@ def test_a_slow_docker_api_still_lets_a_rollback_happen_in_time_and_a_hung_one_p
     load = stack.load(rate=60, seconds=120).start()  # a response every ~17 ms: the times below are that exact
     try:
         wait_phase(daemon, app, {"Verifying"}, 90)
-        slow_docker.delay = SLOW  # from here every Docker answer is 1.5 s late
+        slow_docker.delay = SLOW  # from here every Docker answer is late
         wait_phase(daemon, app, {"RolledBack"}, 60, interval=0.5)
     finally:
         result = load.stop()
     bad = [t for t, status, _ in result.bodies if status >= 500]
     assert bad, "the failing release never got traffic"
     took = max(bad) - min(bad)
-    # As fast as with a fast engine (detection, then the file write), plus the few Docker calls of
-    # the ticks on the way (each read and the state write, 1.5 s each).
-    deadline = PROBE_INTERVAL * FAILURE_THRESHOLD + 1 + 4 * SLOW
+    # A verification round is one tick, and a failing one waits for five Docker answers in a row:
+    # the reads (services, tasks, the containers' health) and the failure count's write (inspect,
+    # update), which makes it survive a restart. Detection takes FAILURE_THRESHOLD + 1 rounds, and
+    # the rollback six answers more (both colors' writes, the reads around them). The bound says
+    # the rollback is only as slow as Docker's own answers: nothing else waits behind a Docker
+    # call (the probes, the file write, Traefik's confirmation).
+    deadline = (FAILURE_THRESHOLD + 1) * (PROBE_INTERVAL + 5 * SLOW) + 6 * SLOW + 1
     print(f"\nrollback with every Docker answer {SLOW:g}s late: {took:.2f}s from the first 5xx to the last "
           f"(deadline {deadline:g}s; {slow_docker.delayed} answers held back)")
     assert took <= deadline, f"{took:.2f}s from the first 5xx to the last"
