@@ -117,7 +117,7 @@ def bluegreen(tmp_path):
         swarm.add("shop-1-blue", image="shop:1", labels={APP_LABEL: "shop-1", COLOR_LABEL: "blue"})  # no port: broken
         dynamic = tmp_path / "dynamic"
         dynamic.mkdir()
-        cfg = BlueGreenConfig(probe_interval=0.2, verification_window=0.2, healthy_threshold=1, reconcile_interval=0.2,
+        cfg = BlueGreenConfig(probe_interval=0.2, verification_window=0.2, healthy_threshold=1,
                               router={"kind": "traefik-file", "traefik": {"dynamic_dir": str(dynamic)}})
         controller = Controller(swarm, build(cfg.router), cfg, prober=MemoryProber(), checks=Checks(None, []))
         await controller.start()
