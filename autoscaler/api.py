@@ -7,12 +7,24 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from swarmshift import alerts
-from swarmshift.http import TokenFile, authenticated, new_app, read_json
+from swarmshift.http import (
+    QUERY,
+    TokenFile,
+    accepts,
+    authenticated,
+    matching,
+    new_app,
+    read_json,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from autoscaler.loop import Autoscaler
 
 AUTOSCALER = web.AppKey("autoscaler", "Autoscaler")
+# Docker's rule for service names (a stack's service is <stack>_<name>): nothing else can match one.
+SERVICE_NAME = matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a Swarm service name")
+EVENTS_KEPT_MAX = 100_000  # AutoscalerConfig.events_kept's bound: no limit above it means more
 
 
 def make_app(autoscaler: Autoscaler, token: TokenFile | None) -> web.Application:
@@ -23,12 +35,11 @@ def make_app(autoscaler: Autoscaler, token: TokenFile | None) -> web.Application
     return app
 
 
+@accepts(limit=whole_number(1, EVENTS_KEPT_MAX), service=SERVICE_NAME)
 async def events(request: web.Request) -> web.Response:
     """The last scaling events, oldest first; `?service=` filters, `?limit=` keeps the newest N."""
-    limit = request.query.get("limit", "")
-    if limit and not limit.isdigit():
-        return web.json_response({"error": f"limit must be a whole number (got {limit!r})"}, status=400)
-    found = request.app[AUTOSCALER].events.recent(int(limit) if limit else None, request.query.get("service"))
+    query = request[QUERY]
+    found = request.app[AUTOSCALER].events.recent(query.get("limit"), query.get("service"))
     return web.json_response({"events": found})
 
 

@@ -18,7 +18,15 @@ from autoscaler.sources.dockerstats import DockerStatsSource
 from autoscaler.sources.prometheus import PrometheusSource
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.commands import EXIT_FAILED, EXIT_USAGE, config_errors, logs_to_stderr, table
+from swarmshift.commands import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    config_errors,
+    logs_to_stderr,
+    run_flags,
+    run_options,
+    table,
+)
 from swarmshift.config import ConfigError, load, read_yaml
 from swarmshift.daemon import serve
 from swarmshift.http import TokenFile, load_token
@@ -106,21 +114,20 @@ def autoscaler() -> None:
 
 
 @autoscaler.command()
-@config_option
+@run_options
 @prometheus_option
 @source_option
 @click.option("--interval", type=str, default=None, help="Seconds (or 30s, 1m) between evaluations; default 15.  [env: SWARMSHIFT_INTERVAL]")
-@click.option("--listen", default=None, metavar="HOST:PORT", help="HTTP address; default 0.0.0.0:8080.  [env: SWARMSHIFT_LISTEN]")
-@click.option("--events-file", default=None, type=click.Path(dir_okay=False), help="Append scaling events here as JSON lines.  [env: SWARMSHIFT_EVENTS_FILE]")
-@click.option("--dry-run", is_flag=True, default=None, help="Decide and log (dry_run=true), change nothing.  [env: SWARMSHIFT_DRY_RUN]")
-def run(config_path, prometheus_url, source, interval, listen, events_file, dry_run) -> None:
+@click.option("--events-file", default=None, help="Append scaling events here as JSON lines.  [env: SWARMSHIFT_EVENTS_FILE]")
+def run(config_path, listen, selector, log_format, log_level, dry_run, prometheus_url, source, interval,
+        events_file) -> None:
     """Run the autoscaler daemon: evaluate every interval, serve /healthz, /metrics, /v1/events, /v1/alerts."""
     with config_errors():
-        cfg, policy_file = load_config(
-            config_path, prometheus_url=prometheus_url, source=source, interval=interval, listen=listen,
-            events_file=events_file, dry_run=True if dry_run else None,
-        )
+        cfg, policy_file = load_config(config_path, **run_flags(
+            listen=listen, selector=selector, log_format=log_format, log_level=log_level, dry_run=dry_run,
+            prometheus_url=prometheus_url, source=source, interval=interval, events_file=events_file))
         token = load_token(cfg.token_file)
+    logs.configure(cfg.log_format, cfg.log_level)
     asyncio.run(_serve(cfg, policy_file, token))
 
 

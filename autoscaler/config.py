@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from autoscaler.sources.prometheus import CPU_QUERY, MEMORY_QUERY, SERVICE_LABEL, TASK_LABEL
-from swarmshift.config import Duration, LabelSelector, Strict
-from swarmshift.http import ListenAddress
+from swarmshift.config import Duration, Strict
+from swarmshift.daemon import DaemonSettings
 from swarmshift.notify import NotifySettings
 
 
@@ -26,19 +26,14 @@ class PrometheusSettings(Strict):
     memory_query: str = MEMORY_QUERY
 
 
-class AutoscalerConfig(Strict):
+class AutoscalerConfig(DaemonSettings):
+    # listen, token_file, selector, log_format, log_level and dry_run: DaemonSettings, as the controller's.
     source: Literal["auto", "prometheus", "docker"] = "auto"
     interval: Duration = 15.0
-    listen: ListenAddress = "0.0.0.0:8080"
-    dry_run: bool = False
     events_file: str | None = None
     events_kept: int = Field(500, ge=1, le=100_000)
     # The events file is rotated past this size (one `.1` kept), so it cannot fill the disk.
     events_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
-    token_file: str | None = None
-    # Scale only services that also carry this label (KEY or KEY=VALUE): one autoscaler per
-    # stack, team or environment. Unset: every opted-in service in the swarm.
-    selector: LabelSelector | None = None
     docker_timeout: Duration = 10.0
     prometheus: PrometheusSettings = PrometheusSettings()
     # Named PromQL templates: the label swarmshift.autoscale.query=NAME picks one; `{{service}}`

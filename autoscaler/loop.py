@@ -549,7 +549,7 @@ class Autoscaler:
         if not service_name:
             return AlertResult(422, name, None, "rejected", "the alert has no service label")
         step_text = alert.labels.get("step", "1")
-        if not step_text.isdigit() or int(step_text) < 1:
+        if not (step_text.isascii() and step_text.isdigit() and len(step_text) <= 4) or int(step_text) < 1:  # "²".isdigit()
             return AlertResult(422, name, service_name, "rejected", f"step must be a whole number >= 1 (got {step_text!r})")
         step = int(step_text)
         try:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bluegreen.apps import Color
+from bluegreen.apps import Color, valid_key
 from bluegreen.controller import AmbiguousApp, BrokenApp, Busy, UnknownApp
 from bluegreen.phases import Refused
 from bluegreen.routers import RouterError
 from swarmshift import alerts, logs
-from swarmshift.http import HTTPProblem, TokenFile, authenticated, new_app, read_json
+from swarmshift.http import HTTPProblem, TokenFile, authenticated, new_app, read_json, shown
 from swarmshift.swarm import DockerUnavailable, SwarmError
 
 if TYPE_CHECKING:
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 
 log = logs.get("bluegreen.api")
 CONTROLLER = web.AppKey("controller", "Controller")
+
+# The characters of Docker's image reference grammar (registry[:port]/name[:tag][@digest]): what
+# else it refuses, Docker says when the service is written.
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 
 # Refused.code -> HTTP status: another operation is running (409), or the app cannot take this
 # one in its present state (422: an unhealthy target, nothing to roll back to, a no-op).
@@ -62,17 +67,26 @@ async def _domain_errors(request: web.Request, handler) -> web.StreamResponse:
         raise HTTPProblem(502, f"Docker refused: {err}") from err
 
 
+def _app(request: web.Request) -> str:
+    """The `{app}` of the path: HTTPProblem 400 unless it could be an app's key or bare name (the labels' rules)."""
+    name = request.match_info["app"]
+    if not valid_key(name):
+        raise HTTPProblem(400, f"path.app: expected an app name (a lowercase DNS label) or <stack>_<app> "
+                               f"(got {shown(name)})")
+    return name
+
+
 def _body(raw: Any, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON object with only `allowed` keys of the given types; HTTPProblem 400 naming each problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise HTTPProblem(400, f"expected a JSON object (got {type(raw).__name__})")
-    problems = [f"body.{key}: unknown key (got {raw[key]!r})" for key in raw if key not in allowed]
+    problems = [f"body.{key}: unknown key (got {shown(raw[key])})" for key in raw if key not in allowed]
     problems += [f"body.{key}: missing" for key in required if key not in raw]
     for key, kind in allowed.items():
         if key in raw and raw[key] is not None and not isinstance(raw[key], kind):
-            problems.append(f"body.{key}: wrong type (got {raw[key]!r})")
+            problems.append(f"body.{key}: wrong type (got {shown(raw[key])})")
     if problems:
         raise HTTPProblem(400, "bad request body", problems=problems)
     return raw
@@ -101,34 +115,37 @@ async def list_apps(request: web.Request) -> web.Response:
 
 
 async def show_app(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[CONTROLLER].status(request.match_info["app"]))
+    return web.json_response(await request.app[CONTROLLER].status(_app(request)))
 
 
 @authenticated
 async def deploy(request: web.Request) -> web.Response:
+    name = _app(request)
     body = _body(await read_json(request), {"image": str}, required=("image",))
     image = body["image"].strip()
-    if not image or any(c.isspace() for c in image):
-        raise HTTPProblem(400, "bad request body", problems=[f"body.image: expected an image reference (got {image!r})"])
-    state = await request.app[CONTROLLER].deploy(request.match_info["app"], image)
+    if not _IMAGE.fullmatch(image):
+        raise HTTPProblem(400, "bad request body", problems=[f"body.image: expected an image reference (got {shown(image)})"])
+    state = await request.app[CONTROLLER].deploy(name, image)
     return _accepted(state)
 
 
 @authenticated
 async def switch(request: web.Request) -> web.Response:
+    name = _app(request)
     body = _body(await _optional_json(request), {"to": str, "force": bool})
     to = body.get("to")
     color = Color.named(to)
     if to is not None and color is None:
-        raise HTTPProblem(400, "bad request body", problems=[f"body.to: expected blue or green (got {to!r})"])
-    state = await request.app[CONTROLLER].switch(request.match_info["app"], color, force=bool(body.get("force")))
+        raise HTTPProblem(400, "bad request body", problems=[f"body.to: expected blue or green (got {shown(to)})"])
+    state = await request.app[CONTROLLER].switch(name, color, force=bool(body.get("force")))
     return _accepted(state)
 
 
 @authenticated
 async def rollback(request: web.Request) -> web.Response:
+    name = _app(request)
     _body(await _optional_json(request), {})
-    state = await request.app[CONTROLLER].rollback(request.match_info["app"])
+    state = await request.app[CONTROLLER].rollback(name)
     return _accepted(state)
 
 

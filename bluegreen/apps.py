@@ -293,6 +293,12 @@ def valid_app_name(name: str) -> bool:
     return _APP_NAME.fullmatch(name) is not None and not name.endswith(_RESERVED_SUFFIXES)
 
 
+def valid_key(key: str) -> bool:
+    """Whether `key` could be an app's key (`app_key`): a plain app name, or `<stack>_<app>`."""
+    stack, name = split_key(key)
+    return valid_app_name(name) and (stack is None or valid_stack_name(stack))
+
+
 def valid_stack_name(name: str) -> bool:
     return _STACK_NAME.fullmatch(name) is not None
 

@@ -27,7 +27,16 @@ from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUn
 from bluegreen.config import BlueGreenConfig
 from bluegreen.state import Phase, Result
 from swarmshift import logs
-from swarmshift.commands import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, config_errors, table
+from swarmshift.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    config_errors,
+    run_flags,
+    run_options,
+    table,
+)
 from swarmshift.config import ConfigError, load
 from swarmshift.daemon import serve
 from swarmshift.http import TokenFile, load_token
@@ -62,8 +71,9 @@ def bluegreen() -> None:
 # --- the daemon --------------------------------------------------------------------------------
 
 
-def load_config(config_path: str | None) -> BlueGreenConfig:
-    return load(BlueGreenConfig, config_path)
+def load_config(config_path: str | None, **flags: Any) -> BlueGreenConfig:
+    """The controller's settings: the file, overridden by SWARMSHIFT_* variables, then by `flags`."""
+    return load(BlueGreenConfig, config_path, flags=flags)
 
 
 def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]]:
@@ -83,14 +93,20 @@ def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]
 
 
 @bluegreen.command()
-@config_option
-def run(config_path) -> None:
-    """Run the controller: reconcile every app, serve the API, /healthz, /metrics and /v1/traefik."""
+@run_options
+def run(config_path, listen, selector, log_format, log_level, dry_run) -> None:
+    """Run the controller: reconcile every app, serve the API, /healthz, /metrics and /v1/traefik.
+
+    --dry-run is refused (exit 2): each phase of a deploy starts from the state the one before
+    wrote on the services, so a controller that writes nothing would never leave the first step.
+    """
     with config_errors():
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, **run_flags(listen=listen, selector=selector, log_format=log_format,
+                                                   log_level=log_level, dry_run=dry_run))
         token, problems = _startup_problems(cfg)
         if problems:
             raise ConfigError(problems)
+    logs.configure(cfg.log_format, cfg.log_level)
     asyncio.run(_serve(cfg, token))
 
 

@@ -22,8 +22,8 @@ from bluegreen.phases import CheckResult, Settings
 from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
 from bluegreen.rules import Rule
 from bluegreen.state import validate_steps
-from swarmshift.config import CommaList, Duration, IntList, LabelSelector, Strict, selects
-from swarmshift.http import ListenAddress
+from swarmshift.config import CommaList, Duration, IntList, Strict, selects
+from swarmshift.daemon import DaemonSettings
 from swarmshift.notify import NotifySettings
 
 
@@ -292,14 +292,10 @@ class PrometheusSettings(Strict):
     timeout: Duration = 5.0
 
 
-class BlueGreenConfig(Strict):
-    # Fields are validated in this order, so a check on one field may look at those above it.
-    listen: ListenAddress = "0.0.0.0:8080"
-    token_file: str | None = None
+class BlueGreenConfig(DaemonSettings):
+    # Fields are validated in this order, so a check on one field may look at those above it;
+    # DaemonSettings' (listen, token_file, selector, log_format, log_level, dry_run) come first.
     docker_timeout: Duration = 10.0
-    # Manage only the apps whose services also carry this label (KEY or KEY=VALUE): one
-    # controller per stack or environment. Unset: every app in the swarm.
-    selector: LabelSelector | None = None
     router: RouterSettings = RouterSettings()
     defaults: DefaultsSettings = DefaultsSettings()
     # The hosts each app may route: app name, or glob over app or service names (`shop_*`) ->
@@ -333,6 +329,18 @@ class BlueGreenConfig(Strict):
     def selects(self, labels: Mapping[str, str]) -> bool:
         """Whether a service with `labels` is within this controller's `selector`."""
         return selects(self.selector, labels)
+
+    @field_validator("dry_run")
+    @classmethod
+    def _no_dry_run(cls, value: bool) -> bool:
+        # The autoscaler's decisions stand alone, so it can make them and not write them. A deploy
+        # is a chain: each phase starts from the state the one before wrote on the services, so a
+        # controller that writes nothing would accept a deploy and never leave its first step.
+        if value:
+            raise ValueError("the blue-green controller has no dry run: each phase starts from the state the one "
+                             "before wrote, so writing nothing would stop every deploy at its first step; use "
+                             "`swarmshift bluegreen check` to validate, and a staging stack to rehearse")
+        return value
 
     @field_validator("defaults")
     @classmethod

@@ -1,14 +1,32 @@
-"""How both daemons run: serve their HTTP API, start notifications, work until SIGTERM, then close in order."""
+"""How both daemons run: the settings their `run` shares, serving the API, work until SIGTERM, closing in order."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 
 from aiohttp import web
 
-from swarmshift.http import parse_listen, start, stop_event
+from swarmshift.config import LabelSelector, Strict
+from swarmshift.http import ListenAddress, parse_listen, start, stop_event
 from swarmshift.notify import Notifier
+
+
+class DaemonSettings(Strict):
+    """The settings both daemons' `run` takes under the same names: file key, `--flag` and SWARMSHIFT_<KEY>.
+
+    Each daemon's config extends this; `swarmshift.commands.run_options` gives `run` the flags.
+    """
+
+    listen: ListenAddress = "0.0.0.0:8080"
+    token_file: str | None = None
+    # Only services that also carry this label (KEY or KEY=VALUE): one daemon per stack, team or
+    # environment. Unset: every opted-in service or app in the swarm.
+    selector: LabelSelector | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dry_run: bool = False  # decide and log, write nothing (the controller refuses it: see bluegreen.config)
 
 
 async def serve(app: web.Application, listen: str, notifier: Notifier,

@@ -71,7 +71,7 @@ def test_token_body_and_errors(token):
     assert r["good"] == (200, {"got": {"a": 1}})
     assert r["malformed"][0] == 400 and r["malformed"][1]["error"].startswith("malformed JSON")
     assert r["huge"][0] == 413
-    assert r["crash"] == (500, {"error": "internal error: RuntimeError"})
+    assert r["crash"][0] == 500 and r["crash"][1] == {"error": "internal error", "request_id": r["crash"][1]["request_id"]}
     assert r["metrics"][0] == 200 and "swarmshift_test_total 1.0" in r["metrics"][1]
     assert r["healthz"] == (200, {"status": "ok"})
 

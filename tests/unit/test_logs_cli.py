@@ -59,8 +59,8 @@ def test_run_refuses_a_bad_config_file_with_one_line_per_problem(tmp_path):
     result = swarmshift("autoscaler", "run", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
+        f"{path}: listen: expected HOST:PORT such as 0.0.0.0:8080 (got 'nowhere')",  # the shared run settings first
         f"{path}: interval: expected a duration such as 30s, 5m or 1h30m (got 'soon')",
-        f"{path}: listen: expected HOST:PORT such as 0.0.0.0:8080 (got 'nowhere')",
         f"{path}: defaults.cpu: must be in (0, 100] (got 0)",
         f"{path}: services.web.max: Input should be a valid integer, unable to parse string as an integer (got 'ten')",
         f"{path}: services.web.cooldwn: unknown key (got '5s')",
