@@ -25,11 +25,12 @@ lab: venv
 	sh lab/stack-images.sh
 
 # The lab tests run in two concurrent sessions: the heavy ones (sustained load, CPU burn, time
-# bounds) one at a time, the rest beside them (tests/support/lanes.py).
+# bounds) one at a time, the rest beside them; the unit tests' fuzzing runs beside them too, at
+# the lowest CPU priority (tests/support/lanes.py).
 test: lab venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m unit $(PYTEST_ARGS)
-	$(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
+	$(BIN)/pytest -m "unit and not fuzz" $(PYTEST_ARGS)
+	SWARMSHIFT_FUZZ_LANE=1 $(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)

@@ -24,6 +24,8 @@ def pytest_collection_modifyitems(config, items):
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         if parts[0] == "unit":
             item.add_marker(pytest.mark.unit)
+            if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+                item.add_marker(pytest.mark.fuzz)
         elif parts[0] == "lab":
             item.add_marker(pytest.mark.lab)
 

@@ -5,6 +5,11 @@
 - `heavy` lane: the tests marked `heavy` (sustained load, CPU burn, or a time bound), one after
   another, so that no two of them ever overlap.
 - `beside` lane: every other lab test, at the same time, in its own session.
+- `fuzz` lane, with SWARMSHIFT_FUZZ_LANE=1 (`make test`): the unit tests marked `fuzz`, at the
+  lowest CPU priority (nice 19). They are CPU-bound and take minutes, and the lab tests spend
+  most of their time waiting on Docker and timers: the fuzzing uses the CPU they leave idle
+  instead of adding its minutes to the suite's. No fuzz test has a time bound, so being
+  pre-empted cannot fail one.
 
 Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
 neither lane's autoscaler or controller sees the other's services, and neither removes the
@@ -15,6 +20,7 @@ does not group on pytest 9.2: pytest-dev/pytest-xdist#1386.)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -35,8 +41,12 @@ def main(args: list[str]) -> int:
     started = time.monotonic()
     lock = threading.Lock()
     procs, threads = {}, []
-    for name, marks in LANES.items():
-        argv = [sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}", *args]
+    lanes = dict(LANES)
+    if os.environ.get("SWARMSHIFT_FUZZ_LANE") == "1":
+        lanes["fuzz"] = "unit and fuzz"
+    for name, marks in lanes.items():
+        nice = ["nice", "-n", "19"] if name == "fuzz" else []
+        argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}", *args]
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         threads.append(threading.Thread(target=_stream, args=(name, procs[name], lock), daemon=True))
         threads[-1].start()

@@ -33,6 +33,9 @@ from tests.support.fuzz import fuzz
 from tests.support.http_fuzz import TOKEN, TRACEBACK_MARKS, Answer, Hostile, hostile, send
 from tests.support.memory import MemoryProber, MemorySwarm
 
+# hypothesis runs inside each test (one event loop and client per endpoint): marked by hand.
+pytestmark = pytest.mark.fuzz
+
 # (method, path, authenticated, the query parameters the route reads)
 AUTOSCALER_ROUTES = [
     ("GET", "/healthz", False, ()),
