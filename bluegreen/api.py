@@ -25,9 +25,10 @@ CONTROLLER = web.AppKey("controller", "Controller")
 # else it refuses, Docker says when the service is written.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 
-# Refused.code -> HTTP status: another operation is running (409), or the app cannot take this
-# one in its present state (422: an unhealthy target, nothing to roll back to, a no-op).
-_REFUSED_STATUS = {"busy": 409}
+# Refused.code -> HTTP status: another operation is running, or the phase does not take this request
+# (409: a promote when not Paused), or the app cannot take it in its present state (422: an
+# unhealthy target, nothing to roll back to, a no-op).
+_REFUSED_STATUS = {"busy": 409, "phase": 409}
 
 
 def make_app(controller: Controller, token: TokenFile | None) -> web.Application:
@@ -40,6 +41,8 @@ def make_app(controller: Controller, token: TokenFile | None) -> web.Application
         web.post("/v1/apps/{app}/deploy", deploy),
         web.post("/v1/apps/{app}/switch", switch),
         web.post("/v1/apps/{app}/rollback", rollback),
+        web.post("/v1/apps/{app}/promote", promote),
+        web.post("/v1/apps/{app}/abort", abort),
         web.post("/v1/alerts", receive_alerts),
         web.get("/v1/traefik", traefik),
     ])
@@ -147,6 +150,22 @@ async def rollback(request: web.Request) -> web.Response:
     _body(await _optional_json(request), {})
     state = await request.app[CONTROLLER].rollback(name)
     return _accepted(state)
+
+
+@authenticated
+async def promote(request: web.Request) -> web.Response:
+    """Go on with a Paused deploy; 409 naming the phase when the app is not Paused."""
+    name = _app(request)
+    _body(await _optional_json(request), {})
+    return _accepted(await request.app[CONTROLLER].promote(name))
+
+
+@authenticated
+async def abort(request: web.Request) -> web.Response:
+    """Fail a deploy before its switch, traffic left where it is; 409 naming the phase once traffic moved."""
+    name = _app(request)
+    _body(await _optional_json(request), {})
+    return _accepted(await request.app[CONTROLLER].abort(name))
 
 
 @authenticated

@@ -63,7 +63,7 @@ def bluegreen() -> None:
 
     An app is two services labelled swarmshift.bluegreen.app=<app> and
     swarmshift.bluegreen.color=blue|green. `run` is the controller daemon; status, deploy,
-    switch and rollback talk to it. Exit codes: 0 success, 1 failed or refused, 2 bad usage or
+    switch, rollback, promote and abort talk to it. Exit codes: 0 success, 1 failed or refused, 2 bad usage or
     config, 3 controller unreachable.
     """
 
@@ -261,11 +261,24 @@ def render_status(apps: list[dict[str, Any]], unattached: list[str] = ()) -> str
                          _color_cell(view, "green"), last))
         notes += [f"{view['app']}: {line}" for line in view.get("degraded", [])]
         notes += [f"{view['app']}: {r['reason']}" for r in view.get("refused", [])]
-        if view.get("phase") in IN_FLIGHT and view.get("reason"):
+        gate = view.get("gate")
+        if gate:
+            notes.append(f"{view['app']}: {gate_line(view)}")
+        elif view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
     notes += [f"(no app) {line}" for line in unattached]
     return table(rows, empty="(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)",
                  notes=notes)
+
+
+def gate_line(view: dict[str, Any]) -> str:
+    """What a Paused deploy waits for, and the commands that end the wait."""
+    gate, d = view["gate"], view.get("deploy") or {}
+    line = (f"Paused since {gate['paused_since']} before switching to {d.get('target', 'the new color')} "
+            f"({d.get('image', '?')}): run `{gate['promote']}` to go on, or `{gate['abort']}` to fail the deploy")
+    if gate.get("auto_promotion_at"):
+        line += f"; it promotes itself at {gate['auto_promotion_at']}"
+    return line
 
 
 def _interactive() -> bool:
@@ -298,6 +311,8 @@ def _wait(client: ControllerClient, app: str, deploy_id: str | None, timeout: fl
         now = (view.get("phase", "?"), view.get("reason", ""))
         if tty and now != seen and now[0] != (seen or ("", ""))[0]:
             click.echo(f"{time.monotonic() - started:6.1f}s  {now[0]:<11}  {now[1]}")
+        if view.get("gate") and now[0] != (seen or ("", ""))[0]:
+            click.echo(f"{app}: {gate_line(view)}", err=True)  # a CI log shows what the wait is for
         seen = now
         if view.get("phase") not in IN_FLIGHT and "colors" in view:
             ok = view["phase"] == Phase.STABLE and view.get("result") == Result.SUCCEEDED
@@ -374,3 +389,31 @@ def rollback(app, wait, timeout, controller_url) -> None:
         if view.get("phase") in (Phase.ROLLED_BACK, Phase.FAILED) and (view.get("deploy") or {}).get("id") == deploy_id:
             code = EXIT_OK
     sys.exit(code)
+
+
+@bluegreen.command()
+@click.argument("app")
+@wait_option
+@timeout_option
+@controller_option
+def promote(app, wait, timeout, controller_url) -> None:
+    """Go on with APP's Paused deploy: switch to the new color and verify it; refused (exit 1) unless Paused."""
+    client = _client(controller_url)
+    body = _call(client, "POST", f"{_app_path(app)}/promote").body
+    d = body.get("deploy") or {}
+    click.echo(f"{app}: {d.get('operation', 'deploy')} {d.get('id', '')} promoted: {body.get('phase')}, "
+               f"{d.get('image')} on {d.get('target')}")
+    sys.exit(_wait(client, app, d.get("id"), timeout) if wait else EXIT_OK)
+
+
+@bluegreen.command()
+@click.argument("app")
+@controller_option
+def abort(app, controller_url) -> None:
+    """Fail APP's deploy before its switch, leaving traffic where it is; refused (exit 1) once traffic moved."""
+    client = _client(controller_url)
+    body = _call(client, "POST", f"{_app_path(app)}/abort").body
+    d = body.get("deploy") or {}
+    click.echo(f"{app}: {d.get('operation', 'deploy')} {d.get('id', '')} aborted: {body.get('phase')}; traffic stays "
+               f"on {body.get('active')}")
+    sys.exit(EXIT_OK)

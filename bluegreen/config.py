@@ -16,11 +16,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from bluegreen.apps import AppDefaults, Color, Strategy
+from bluegreen.apps import AppDefaults, Color, Strategy, valid_key
 from bluegreen.claims import allowance_key_problem, host_pattern_problem
 from bluegreen.phases import CheckResult, Settings
 from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
 from bluegreen.rules import Rule
+from bluegreen.smoke import MAX_REQUESTS, SmokeRequest
 from bluegreen.state import validate_steps
 from swarmshift.config import CommaList, Duration, IntList, Strict, selects
 from swarmshift.daemon import DaemonSettings
@@ -287,6 +288,24 @@ class ProbeSettings(Strict):
         return template.replace("{app}", app) if template else None
 
 
+def _app_key(value: str) -> str:
+    if not valid_key(value):
+        raise ValueError("expected an app key: the app's name, or <stack>_<app> for an app of a stack")
+    return value
+
+
+AppKey = Annotated[str, AfterValidator(_app_key)]
+SmokeList = Annotated[list[SmokeRequest], Field(max_length=MAX_REQUESTS)]
+
+
+class AppGates(Strict):
+    """One app's release gates, by its key under `apps`: each key given replaces the top-level one for it."""
+
+    smoke: SmokeList | None = None  # [] turns the top-level smoke requests off for this app
+    auto_promotion: bool | None = None
+    auto_promotion_after: Duration | None = None
+
+
 class PrometheusSettings(Strict):
     url: str | None = None
     timeout: Duration = 5.0
@@ -325,6 +344,13 @@ class BlueGreenConfig(DaemonSettings):
     on_restart: Literal["resume", "rollback"] = "resume"
     progressive_steps: IntList = [10, 50, 100]
     notify: NotifySettings = NotifySettings()
+    # Release gates before the switch (docs/bluegreen.md, "Gates before the switch"): requests the idle
+    # color must answer as expected, and whether a person promotes. The operator's alone: no label
+    # can set or loosen them. `apps` sets them per app key, the top-level keys for every other app.
+    smoke: SmokeList = []
+    auto_promotion: bool = True
+    auto_promotion_after: Duration | None = None
+    apps: dict[AppKey, AppGates] = {}
 
     def selects(self, labels: Mapping[str, str]) -> bool:
         """Whether a service with `labels` is within this controller's `selector`."""
@@ -391,6 +417,34 @@ class BlueGreenConfig(DaemonSettings):
             raise ValueError("checks need prometheus.url")
         return value
 
+    @field_validator("auto_promotion_after")
+    @classmethod
+    def _after(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("auto_promotion", True):
+            raise ValueError("needs auto_promotion: false (the timer runs while a deploy is Paused, and only "
+                             "auto_promotion: false pauses one)")
+        return value
+
+    @field_validator("apps")
+    @classmethod
+    def _apps(cls, value: dict[str, AppGates], info: ValidationInfo) -> dict[str, AppGates]:
+        default = info.data.get("auto_promotion", True)
+        bad = [key for key, gates in value.items() if gates.auto_promotion_after is not None
+               and (gates.auto_promotion if gates.auto_promotion is not None else default)]
+        if bad:
+            raise ValueError(f"{', '.join(sorted(bad))}: auto_promotion_after needs auto_promotion: false, for the "
+                             "app or at the top level")
+        return value
+
+    def gates(self, app: str | None) -> tuple[list[SmokeRequest], bool, float | None]:
+        """The smoke requests, auto_promotion and auto_promotion_after of the app with key `app`."""
+        own = self.apps.get(app) if app is not None else None
+        smoke = own.smoke if own is not None and own.smoke is not None else self.smoke
+        auto = own.auto_promotion if own is not None and own.auto_promotion is not None else self.auto_promotion
+        after = (own.auto_promotion_after if own is not None and own.auto_promotion_after is not None
+                 else self.auto_promotion_after)
+        return list(smoke), auto, None if auto else after
+
     @property
     def probe_timeout_seconds(self) -> float:
         return self.probe_timeout if self.probe_timeout is not None else min(2.0, self.probe_interval)
@@ -408,7 +462,9 @@ class BlueGreenConfig(DaemonSettings):
         """Seconds from the first failed check to the rollback's routing, excluding the router's own apply."""
         return self.probe_interval * self.failure_threshold
 
-    def settings(self) -> Settings:
+    def settings(self, app: str | None = None) -> Settings:
+        """The machine's settings for the app with key `app` (its gates from `apps`), or the top-level ones."""
+        smoke, auto, after = self.gates(app)
         return Settings(
             probe_interval=self.probe_interval,
             healthy_threshold=self.healthy_threshold,
@@ -422,6 +478,9 @@ class BlueGreenConfig(DaemonSettings):
             rollback_on_alert=self.rollback_on_alert,
             on_restart=self.on_restart,
             progressive_steps=tuple(self.progressive_steps),
+            smoke_tests=len(smoke),
+            auto_promotion=auto,
+            auto_promotion_after=after,
         )
 
     def app_defaults(self) -> AppDefaults:

@@ -5,7 +5,7 @@ Each app has its own loop and its own lock. One tick (see `bluegreen.phases`): r
 step (`execute`). A version conflict means another writer changed a service since the read:
 nothing of the step ran, so the tick reads again and advances again.
 
-Operator requests (deploy, switch, rollback) and alerts take the same lock, so only one thing
+Operator requests (deploy, switch, rollback, promote, abort) and alerts take the same lock, so only one thing
 changes an app at a time; a request that finds another request running is refused with
 `Busy`, naming it.
 
@@ -32,8 +32,11 @@ from bluegreen.observe import Checks, Observer
 from bluegreen.phases import (
     ColorStatus,
     Observation,
+    Settings,
     Step,
+    start_abort,
     start_deploy,
+    start_promote,
     start_rollback,
     start_switch,
 )
@@ -102,13 +105,17 @@ class Controller:
         self.clock = clock
         self.observer = Observer(swarm, router, prober, checks, config, clock)
         self.executor = Executor(swarm, router, self.notifier, self.telemetry)
-        self.ticker = Ticker(self.observer, self.executor, self.settings, clock)
+        self.ticker = Ticker(self.observer, self.executor, self.settings, clock, settings_for=self.settings_for)
         self.apps: dict[str, Runtime] = {}
         self.docker_up: bool | None = None
         self._stop = asyncio.Event()
         self._started = False  # the apps' loops run only once start() has reconciled every app
         self._discovery: asyncio.Task | None = None
         self._unattached: tuple[str, ...] = ()  # problems of services that name no app, as last logged
+
+    def settings_for(self, name: str) -> Settings:
+        """The machine's settings for the app with key `name`: the config's, with that app's release gates."""
+        return self.config.settings(name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -325,7 +332,7 @@ class Controller:
         async with self._request(name, f"deploy {image}") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
                 return start_deploy(rt.name, state, obs, image=image, deploy_id=new_deploy_id(rt.name, obs.now),
-                                    settings=self.settings, strategy=app.strategy)
+                                    settings=self.settings_for(rt.name), strategy=app.strategy)
 
             step = await self._operate(rt, begin, lambda state, colors: None)
         return step.state
@@ -357,6 +364,26 @@ class Controller:
                 return state.active.other if at_rest and colors[state.active.other].replicas > 0 else None
 
             step = await self._operate(rt, begin, previous)
+        return step.state
+
+    async def promote(self, name: str) -> AppState:
+        """Go on with a Paused deploy: switch to its color. Refused (phase) unless the app is Paused."""
+        async with self._request(name, "promote") as rt:
+            def begin(state: AppState, obs: Observation, app: App) -> Step:
+                return start_promote(rt.name, state, obs, settings=self.settings_for(rt.name))
+
+            step = await self._operate(rt, begin, lambda state, colors: None)
+        log.info("deploy_promoted", app=rt.name, deploy=step.state.deploy.id if step.state.deploy else None)
+        return step.state
+
+    async def abort(self, name: str) -> AppState:
+        """Fail a deploy that has not moved traffic: traffic stays where it is. Refused (phase) once it has."""
+        async with self._request(name, "abort") as rt:
+            def begin(state: AppState, obs: Observation, app: App) -> Step:
+                return start_abort(rt.name, state, obs, settings=self.settings_for(rt.name))
+
+            step = await self._operate(rt, begin, lambda state, colors: None)
+        log.info("deploy_aborted", app=rt.name, deploy=step.state.deploy.id if step.state.deploy else None)
         return step.state
 
     # -- alerts ------------------------------------------------------------------------------
@@ -433,7 +460,7 @@ class Controller:
         """The app as it is now, read fresh from Swarm and the router (no probe, no change)."""
         rt = await self.runtime(name)
         reading = await self.observer.read(rt)
-        return app_view(rt, reading)
+        return app_view(rt, reading, settings=self.settings_for(rt.name))
 
     async def statuses(self) -> list[dict[str, Any]]:
         """Every app's view; one app that cannot be read is shown with the error, the others as they are."""

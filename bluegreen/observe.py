@@ -22,6 +22,7 @@ from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, need
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import Runtime
+from bluegreen.smoke import SmokeOutcome, SmokeRound, excerpt
 from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
 from swarmshift import logs
 from swarmshift.prometheus import Prometheus, PrometheusUnavailable, QueryError
@@ -257,6 +258,33 @@ class Observer:
             rt.unreachable = None
             if not result.ok:
                 log.info("probe_failed", app=rt.name, color=color.value, detail=result.detail)
+        return result
+
+    async def smoke(self, rt: Runtime, reading: Reading, color: Color | None) -> SmokeRound | None:
+        """The app's smoke requests sent to `color`, when a step asks; None when the config lists none for it."""
+        requests = self.config.gates(rt.name)[0]
+        if color is None or not requests:
+            return None
+        result = await self.prober.smoke(reading.app, color, requests, routed=reading.routed)
+        failing = result.failing
+        rt.smoke = {"color": color.value, "outcome": result.outcome.value, "detail": result.summary(),
+                    "at": format_time(self.clock())}
+        service = reading.app.service(color)
+        if result.outcome is SmokeOutcome.PASSED:
+            log.info("smoke_passed", app=rt.name, color=color.value, service=service, requests=len(result.verdicts))
+        elif result.outcome is SmokeOutcome.UNREACHABLE:
+            log.warning("smoke_unreachable", app=rt.name, color=color.value, service=service, detail=result.detail,
+                        action="sent again next tick, until precheck_timeout")
+        elif failing is None:
+            log.error("smoke_failed", app=rt.name, color=color.value, service=service, detail=result.detail,
+                      action="the deploy fails; no user traffic reaches the release")
+        else:
+            a = failing.answer
+            log.error("smoke_failed", app=rt.name, color=color.value, service=service, target=failing.target,
+                      method=failing.request.method, path=failing.request.path, expected=failing.request.expects(),
+                      status=a.status, error=a.error, latency_ms=round(a.latency * 1000, 1),
+                      body=excerpt(a.body) if a.status is not None else None, problems=list(failing.problems),
+                      action="the deploy fails; no user traffic reaches the release")
         return result
 
     async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:

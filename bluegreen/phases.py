@@ -42,6 +42,7 @@ from typing import Literal
 
 from bluegreen.apps import Color, Strategy, same_image
 from bluegreen.labels import LOCK_LABEL
+from bluegreen.smoke import SmokeOutcome, SmokeRound
 from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, new_deploy_id
 from swarmshift.config import format_duration
 
@@ -68,6 +69,10 @@ class Settings:
     rollback_on_alert: AlertPolicy
     on_restart: RestartPolicy
     progressive_steps: tuple[int, ...]
+    # The app's release gates (per app key in the config, else its defaults).
+    smoke_tests: int  # smoke requests sent to the idle color before the switch; 0: no SmokeTests phase
+    auto_promotion: bool  # False: a deploy waits in Paused, after its checks, for promote or abort
+    auto_promotion_after: float | None  # with auto_promotion False: Paused goes on by itself after this
 
     @property
     def window_rounds(self) -> int:
@@ -140,6 +145,7 @@ class Observation:
     probe: Probe | None = None  # of the color `needs` named, taken this tick
     checks: tuple[CheckResult, ...] = ()
     alert: str | None = None  # a firing alert for this app, received since the last tick
+    smoke: SmokeRound | None = None  # the smoke requests sent to the color `needs` named, this tick
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class Needs:
 
     probe: Color | None = None
     checks: Color | None = None
+    smoke: Color | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,11 @@ class Step:
 
 
 class Refused(Exception):
-    """An operator request the app cannot take now. `code`: busy (HTTP 409), unhealthy, noop, nothing."""
+    """An operator request the app cannot take now.
+
+    `code`: busy or phase (HTTP 409: another operation runs, or the phase does not take this
+    request), unhealthy, noop, nothing (422).
+    """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -229,6 +240,8 @@ def needs(state: AppState) -> Needs:
     target = state.deploy.target if state.deploy is not None else None
     if state.phase in (Phase.PRECHECKS, Phase.PROGRESSING, Phase.VERIFYING):
         return Needs(probe=target, checks=target)
+    if state.phase is Phase.SMOKE_TESTS:
+        return Needs(smoke=target)
     return Needs()
 
 
@@ -441,8 +454,7 @@ def _prechecks(tick: _Tick, restarted: bool) -> _Outcome:
         if not problems:
             streak = tick.progress.consecutive_ok + 1
             if streak >= settings.healthy_threshold:
-                return _goto(tick, Phase.SWITCHING, f"{streak} probes in a row passed; switching "
-                                                    f"{deploy.percent}% of the traffic to {deploy.target}")
+                return _checks_passed(tick, f"{streak} probes in a row passed")
             return _stay(tick, f"probe {streak}/{settings.healthy_threshold} passed",
                          progress=replace(tick.progress, consecutive_ok=streak))
         reason = "; ".join(problems)
@@ -453,6 +465,88 @@ def _prechecks(tick: _Tick, restarted: bool) -> _Outcome:
         return _fail(tick, f"pre-switch checks did not pass {settings.healthy_threshold} times in a row within "
                            f"{format_duration(settings.precheck_timeout)}" + (f": {reason}" if reason else ""))
     return _stay(tick, reason, progress=progress)
+
+
+def _changed_outside(tick: _Tick) -> _Outcome | None:
+    """Back to Preparing when someone changed the target's image or replica count after it was prepared."""
+    target = tick.color(tick.deploy.target)
+    if same_image(target.image, tick.deploy.image) and target.replicas == _want_replicas(tick):
+        return None
+    return _goto(tick, Phase.PREPARING, f"{target.service} was changed outside the controller "
+                                        f"({target.image} × {target.replicas}); preparing it again")
+
+
+def _checks_passed(tick: _Tick, why: str) -> _Outcome:
+    """The pre-switch checks passed: the smoke tests next, if the app has any, else the promotion gate."""
+    if tick.settings.smoke_tests:
+        target = tick.color(tick.deploy.target)
+        return _goto(tick, Phase.SMOKE_TESTS, f"{why}; sending {tick.settings.smoke_tests} smoke request(s) to "
+                                              f"{target.service} before any traffic")
+    return _promotion_gate(tick, why)
+
+
+def _promotion_gate(tick: _Tick, why: str) -> _Outcome:
+    """Every check before the switch passed: pause for a person when the app asks for it, else switch."""
+    settings, deploy = tick.settings, tick.deploy
+    if not settings.auto_promotion:
+        after = settings.auto_promotion_after
+        by_itself = (f"; it promotes itself after {format_duration(after)}" if after is not None
+                     else "; it waits for a person")
+        return _goto(tick, Phase.PAUSED, f"{why}; paused before the switch (auto_promotion: false){by_itself}: "
+                                         f"`swarmshift bluegreen promote {tick.app}` switches to {deploy.target}, "
+                                         f"`swarmshift bluegreen abort {tick.app}` fails the deploy")
+    return _switch(tick, why)
+
+
+def _switch(tick: _Tick, why: str) -> _Outcome:
+    deploy = tick.deploy
+    return _goto(tick, Phase.SWITCHING, f"{why}; switching {deploy.percent}% of the traffic to {deploy.target}")
+
+
+def _smoke_testing(tick: _Tick, restarted: bool) -> _Outcome:
+    """The smoke requests: all answered as expected, on to the gate; one answered wrongly, the deploy fails.
+
+    Unreachable (no route to the idle color, the router down) is no verdict on the release: the
+    requests are sent again each tick until precheck_timeout, counted from entering the phase.
+    """
+    deploy, settings = tick.deploy, tick.settings
+    changed = _changed_outside(tick)
+    if changed is not None:
+        return changed
+    target = tick.color(deploy.target)
+    smoke = tick.obs.smoke
+    if smoke is None and not settings.smoke_tests:
+        return _promotion_gate(tick, "no smoke requests are configured for the app any more")
+    if smoke is not None and smoke.outcome is SmokeOutcome.PASSED:
+        return _promotion_gate(tick, f"{len(smoke.verdicts)} smoke request(s) to {target.service} answered as "
+                                     "expected")
+    if smoke is not None and smoke.outcome is SmokeOutcome.FAILED:
+        return _fail(tick, f"smoke test failed on {target.service}: {smoke.summary()}; traffic stays on "
+                           f"{deploy.source}")
+    reason = f"cannot send the smoke requests: {smoke.detail}" if smoke is not None else ""
+    if tick.elapsed() >= settings.precheck_timeout:
+        return _fail(tick, f"the smoke requests could not reach {target.service} within "
+                           f"{format_duration(settings.precheck_timeout)}" + (f": {smoke.detail}" if smoke else ""))
+    return _stay(tick, reason)
+
+
+def _paused(tick: _Tick, restarted: bool) -> _Outcome:
+    """Waiting for promote or abort; with auto_promotion_after, until that long after the pause began.
+
+    The pause began at `state.since`, which is stored: a restart neither restarts the timer nor
+    loses it. Nothing is probed here; promotion needs the target's tasks running and healthy.
+    """
+    changed = _changed_outside(tick)
+    if changed is not None:
+        return changed
+    after = tick.settings.auto_promotion_after
+    if tick.settings.auto_promotion or after is None or tick.now < tick.state.since + after:
+        return _stay(tick)
+    target = tick.color(tick.deploy.target)
+    if not target.ready():
+        return _stay(tick, f"auto_promotion_after {format_duration(after)} is over, but {target.service}: "
+                           f"{target.describe()}; it promotes itself once the tasks are ready")
+    return _switch(tick, f"auto_promotion_after {format_duration(after)} is over")
 
 
 def _switching(tick: _Tick, restarted: bool) -> _Outcome:
@@ -520,6 +614,8 @@ _HANDLERS = {
     Phase.PREPARING: _preparing,
     Phase.WAITING: _waiting,
     Phase.PRECHECKS: _prechecks,
+    Phase.SMOKE_TESTS: _smoke_testing,
+    Phase.PAUSED: _paused,
     Phase.SWITCHING: _switching,
     Phase.PROGRESSING: _verifying,
     Phase.VERIFYING: _verifying,
@@ -596,11 +692,44 @@ def _begin_switch(tick: _Tick, kind: Operation, to: Color, *, gate: bool, force:
     return _goto(tick, Phase.SWITCHING, reason, deploy=deploy, retire_at=None)
 
 
+# The phases of a deploy before any user traffic reaches its target.
+_BEFORE_TRAFFIC = (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PAUSED)
+
+
+def start_promote(app: str, state: AppState, obs: Observation, *, settings: Settings) -> Step:
+    """Go on with a Paused deploy: the switch, if the target's tasks are all running and healthy."""
+    if state.phase is not Phase.PAUSED or state.deploy is None:
+        raise Refused("phase", f"{app}: nothing to promote: the app is {state.phase}{_doing(state)}; promote goes on "
+                               "with a deploy that is Paused")
+    target = obs.colors[state.deploy.target]
+    if not target.ready():
+        raise Refused("unhealthy", f"{app}: refusing to promote: {target.service}: {target.describe()}; wait until "
+                                   f"its tasks are ready, or abort the deploy")
+    tick = _tick_for(app, state, obs, settings)
+    return _finish(tick, _switch(tick, "promoted by request"))
+
+
+def start_abort(app: str, state: AppState, obs: Observation, *, settings: Settings) -> Step:
+    """Fail a deploy that has not moved traffic yet: traffic stays where it is, the idle color is retired later."""
+    if state.phase in _BEFORE_TRAFFIC:
+        tick = _tick_for(app, state, obs, settings)
+        return _finish(tick, _fail(tick, f"aborted by request in {state.phase}; traffic stays on {state.active}"))
+    if state.phase.in_flight:
+        raise Refused("phase", f"{app}: cannot abort in {state.phase}{_doing(state)}: traffic has moved already; "
+                               f"`swarmshift bluegreen rollback {app}` sends it back")
+    raise Refused("phase", f"{app}: nothing to abort: the app is {state.phase}, no deploy is in flight")
+
+
+def _doing(state: AppState) -> str:
+    d = state.deploy
+    return f" ({d.kind} {d.id}, {d.image} on {d.target})" if d is not None and state.phase.in_flight else ""
+
+
 def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings) -> Step:
     """Return to the previous color: abort a deploy in flight, or go back to the last release."""
     tick = _tick_for(app, state, obs, settings)
     phase = state.phase
-    if phase in (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS):
+    if phase in _BEFORE_TRAFFIC:
         return _finish(tick, _fail(tick, f"rolled back by request in {phase}, before any traffic moved"))
     if phase in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING):
         return _finish(tick, _rollback(tick, f"rollback requested in {phase}"))

@@ -1,4 +1,4 @@
-"""HTTP probes of one color: every task directly by Swarm DNS, or through the router's routes.
+"""HTTP probes and smoke requests of one color: every task directly by Swarm DNS, or through the router's routes.
 
 A probe round passes only when every request of it passes. Its outcome keeps two failures
 apart, because operators fix them differently: `failed` (the color answered wrongly, or a
@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +21,16 @@ import aiohttp
 from bluegreen.apps import App, Color
 from bluegreen.config import ProbeSettings
 from bluegreen.phases import Probe, ProbeOutcome
+from bluegreen.smoke import (
+    READ_LIMIT,
+    Answer,
+    SmokeOutcome,
+    SmokeRequest,
+    SmokeRound,
+    Verdict,
+    evaluate,
+    judge,
+)
 from bluegreen.state import Routing
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -96,6 +107,54 @@ class Prober:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             return Probe(ProbeOutcome.FAILED, failed[0] + more)
         return Probe(ProbeOutcome.OK, f"{len(results)} requests to {len(targets)} target(s) passed")
+
+    async def smoke(self, app: App, color: Color, requests: Sequence[SmokeRequest], *,
+                    routed: Routing | None) -> SmokeRound:
+        """The smoke requests, in order, to `color` (the preview route, or every task), up to the first that fails.
+
+        One after the other, as the config lists them: a request may depend on the one before
+        (create, then read). No redirect is followed: the answer judged is the release's own.
+        """
+        try:
+            targets = await (self._routes(app, color, routed) if self.settings.via == "router"
+                             else self._tasks(app, color))
+        except _Unreachable as err:
+            return SmokeRound(SmokeOutcome.UNREACHABLE, detail=str(err))
+        if not targets:
+            return SmokeRound(SmokeOutcome.FAILED, detail=f"no task of {app.service(color)} answers DNS")
+        verdicts: list[Verdict] = []
+        for request in requests:
+            for target in targets:
+                where = target.label + (f" (Host {target.host})" if target.host else "")
+                verdict = evaluate(request, where, await self._send(target, request))
+                verdicts.append(verdict)
+                if not verdict.ok:
+                    return judge(verdicts)
+        return judge(verdicts)
+
+    async def _send(self, target: _Target, request: SmokeRequest) -> Answer:
+        headers = {"Host": target.host} if target.host else {}
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(request.timeout):
+                async with self._client().request(request.method, target.url + request.path, headers=headers,
+                                                  allow_redirects=False,
+                                                  timeout=aiohttp.ClientTimeout(total=request.timeout)) as resp:
+                    raw = await resp.content.read(READ_LIMIT)
+                    status = resp.status
+        except aiohttp.ClientConnectorError as err:
+            spent = time.monotonic() - started
+            no_path = err.os_error is not None and err.os_error.errno in _NO_PATH
+            if no_path or target.proxied:
+                what = "no network path" if no_path else f"the router at {target.url} does not answer"
+                return Answer(spent, error=f"{what} ({err.os_error.strerror if err.os_error else err})",
+                              unreachable=True)
+            return Answer(spent, error=str(err.os_error.strerror if err.os_error else err))
+        except TimeoutError:
+            return Answer(time.monotonic() - started, error=f"no answer within {request.timeout:g}s")
+        except aiohttp.ClientError as err:
+            return Answer(time.monotonic() - started, error=str(err) or type(err).__name__)
+        return Answer(time.monotonic() - started, status=status, body=raw.decode("utf-8", errors="replace"))
 
     async def _tasks(self, app: App, color: Color) -> list[_Target]:
         service = app.service(color)

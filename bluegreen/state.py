@@ -113,6 +113,8 @@ class Phase(StrEnum):
     PREPARING = "Preparing"  # idle color gets the new image and the active color's replica count
     WAITING = "Waiting"  # for every task of the idle color to run and be Docker-healthy
     PRECHECKS = "PreChecks"  # healthy_threshold probes in a row, plus PromQL checks, before any traffic
+    SMOKE_TESTS = "SmokeTests"  # the config's smoke requests, sent to the idle color before any traffic
+    PAUSED = "Paused"  # auto_promotion off: waits for promote, abort or auto_promotion_after (from `since`)
     SWITCHING = "Switching"  # the router is told the new weights; left when it confirms them
     PROGRESSING = "Progressing"  # progressive mode: verifying a partial weight step
     VERIFYING = "Verifying"  # all traffic on the new color, under verification

@@ -29,11 +29,14 @@ class Ticker:
     """Runs an app's ticks (the caller holds the app's lock)."""
 
     def __init__(self, observer: Observer, executor: Executor, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 settings_for: Callable[[str], Settings] | None = None) -> None:
         self.observer = observer
         self.executor = executor
         self.settings = settings
         self.clock = clock
+        # Each app's own release gates (smoke requests, auto_promotion): BlueGreenConfig.settings(key).
+        self.settings_for = settings_for or (lambda app: settings)
 
     async def run(self, rt: Runtime, alert: str | None = None) -> list[Step]:
         """Read, measure, advance and execute (hold the app's lock around it); the steps it executed."""
@@ -95,13 +98,15 @@ class Ticker:
             state = reading.loaded.state
             want = needs(state)
             verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
-            probe, results = await asyncio.gather(self.observer.probe(rt, reading, want.probe, verify, early),
-                                                  self.observer.checks(reading.app, want.checks if checks else None))
+            probe, results, smoke = await asyncio.gather(
+                self.observer.probe(rt, reading, want.probe, verify, early),
+                self.observer.checks(reading.app, want.checks if checks else None),
+                self.observer.smoke(rt, reading, want.smoke))
             early, checks = None, True
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
-                              checks=results, alert=alert)
+                              checks=results, alert=alert, smoke=smoke)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
-            step = advance(rt.name, state, rt.progress, obs, self.settings)
+            step = advance(rt.name, state, rt.progress, obs, self.settings_for(rt.name))
             services, confirmed = await self.executor.execute(rt, reading, step, cause=_cause(step, alert, restarted))
             done.append(step)
             alert = None  # it has acted, or been weighed, once
@@ -116,10 +121,10 @@ class Ticker:
 
 
 def hurry(step: Step) -> bool:
-    """Whether the next tick should come at once: after routing moved, or on entering a verification window."""
+    """Whether the next tick should come at once: after routing moved, or on entering smoke tests or a verification window."""
     if any(isinstance(i, Route) for i in step.intents):
         return True
-    return step.transitioned and step.state.phase in (Phase.VERIFYING, Phase.PROGRESSING)
+    return step.transitioned and step.state.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.SMOKE_TESTS)
 
 
 def _cause(step: Step, alert: str | None, restarted: bool) -> str:

@@ -6,11 +6,23 @@ from typing import Any
 
 from bluegreen.apps import Color
 from bluegreen.observe import Reading
+from bluegreen.phases import Settings
 from bluegreen.runtime import Runtime
-from bluegreen.state import Operation, Result, format_time
+from bluegreen.state import AppState, Operation, Phase, Result, format_time
 
 
-def app_view(rt: Runtime, reading: Reading | None, error: str | None = None) -> dict[str, Any]:
+def gate_view(key: str, state: AppState, settings: Settings | None) -> dict[str, Any] | None:
+    """What a Paused deploy waits for: since when, when it promotes itself (if it does), and what to run."""
+    if state.phase is not Phase.PAUSED:
+        return None
+    after = settings.auto_promotion_after if settings is not None and not settings.auto_promotion else None
+    return {"paused_since": format_time(state.since),
+            "auto_promotion_at": format_time(state.since + after) if after is not None else None,
+            "promote": f"swarmshift bluegreen promote {key}", "abort": f"swarmshift bluegreen abort {key}"}
+
+
+def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
+             settings: Settings | None = None) -> dict[str, Any]:
     """The app as status and `GET /v1/apps/<app>` show it: health, phase, colors, routing and the last deploy.
 
     `broken` is true when the labels describe no app the controller can work with (or the read
@@ -67,6 +79,8 @@ def app_view(rt: Runtime, reading: Reading | None, error: str | None = None) -> 
         "request": rt.request,
         "route_error": rt.route_error,
         "probe": rt.probe,
+        "smoke": rt.smoke,
+        "gate": gate_view(rt.name, state, settings),
         "problems": [*reading.problems, *reading.loaded.problems],
         "refused": refused,
         "app_config": {"name": app.label, "stack": app.stack, "port": app.port, "rule": str(app.rule),

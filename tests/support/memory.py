@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from bluegreen.apps import App, Color
 from bluegreen.phases import Probe, ProbeOutcome
 from bluegreen.routers.traefik_doc import merged_document
+from bluegreen.smoke import Answer, SmokeOutcome, SmokeRound, evaluate, judge
 from bluegreen.state import Routing
 from swarmshift import swarm as swarm_access
 from swarmshift.swarm import Edit, NotFound, Resources, Service, SwarmError, Task, VersionConflict
@@ -187,10 +188,25 @@ class MemoryProber:
 
     outcomes: dict[Color, Probe] = field(default_factory=dict)
     rounds: list[tuple[str, Color, bool]] = field(default_factory=list)
+    answers: dict[str, Answer] = field(default_factory=dict)  # smoke answers by path
+    smoke_unreachable: str | None = None  # every smoke round finds no path, with this detail
+    smoked: list[tuple[str, Color, tuple[str, ...]]] = field(default_factory=list)
 
     async def probe(self, app: App, color: Color, *, routed: Routing | None, verify: bool = False) -> Probe:
         self.rounds.append((app.name, color, verify))
         return self.outcomes.get(color, Probe(ProbeOutcome.OK, "in memory"))
+
+    async def smoke(self, app: App, color: Color, requests, *, routed: Routing | None) -> SmokeRound:
+        """Each request answered by `answers` (path -> Answer; 200 "ok" in 5 ms by default), judged for real."""
+        self.smoked.append((app.name, color, tuple(r.describe() for r in requests)))
+        if self.smoke_unreachable is not None:
+            return SmokeRound(SmokeOutcome.UNREACHABLE, detail=self.smoke_unreachable)
+        verdicts = []
+        for request in requests:
+            verdicts.append(evaluate(request, "preview route", self.answers.get(request.path, Answer(0.005, 200, "ok"))))
+            if not verdicts[-1].ok:
+                break
+        return judge(verdicts)
 
     async def close(self) -> None:
         pass

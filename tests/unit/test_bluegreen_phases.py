@@ -42,7 +42,8 @@ from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing,
 T = 1_750_000_000.0
 S = Settings(probe_interval=1, healthy_threshold=3, failure_threshold=2, wait_timeout=30, precheck_timeout=20,
              switch_timeout=10, verification_window=5, scale_down_delay=60, keep=False,
-             rollback_on_alert="verification", on_restart="resume", progressive_steps=(10, 50, 100))
+             rollback_on_alert="verification", on_restart="resume", progressive_steps=(10, 50, 100),
+             smoke_tests=0, auto_promotion=True, auto_promotion_after=None)
 OK, FAIL = Probe(ProbeOutcome.OK), Probe(ProbeOutcome.FAILED, "HTTP 500")
 UNREACHABLE = Probe(ProbeOutcome.UNREACHABLE, "no route to 10.201.0.5")
 D = Deploy(id="web-d1", kind=Operation.DEPLOY, source=Color.BLUE, image="web:2", previous_image="web:1",
