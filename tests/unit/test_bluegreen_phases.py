@@ -33,10 +33,13 @@ from bluegreen.phases import (
     advance,
     needs,
     plan,
+    start_abort,
     start_deploy,
+    start_promote,
     start_rollback,
     start_switch,
 )
+from bluegreen.smoke import Answer, SmokeOutcome, SmokeRequest, SmokeRound, evaluate, judge
 from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, load_state
 
 T = 1_750_000_000.0
@@ -49,6 +52,12 @@ UNREACHABLE = Probe(ProbeOutcome.UNREACHABLE, "no route to 10.201.0.5")
 D = Deploy(id="web-d1", kind=Operation.DEPLOY, source=Color.BLUE, image="web:2", previous_image="web:1",
            started_at=T - 100)
 PROG = replace(D, steps=(10, 50, 100))
+CART = SmokeRequest(path="/cart", body="Your cart")
+SMOKE_OK = judge([evaluate(CART, "preview route", Answer(0.01, 200, "Your cart"))])
+SMOKE_500 = judge([evaluate(CART, "preview route", Answer(0.012, 500, "<h1>boom</h1>"))])
+SMOKE_LOST = SmokeRound(SmokeOutcome.UNREACHABLE, detail="the router at http://traefik:80 does not answer")
+PAUSES = {"auto_promotion": False}
+TIMER = {"auto_promotion": False, "auto_promotion_after": 60}
 
 
 def status(color: Color, image: str = "web:1", replicas: int = 2, running: int | None = None, unhealthy: int = 0,
@@ -68,7 +77,7 @@ def in_deploy(phase: Phase, deploy: Deploy = D, **changes) -> AppState:
 
 def observe(state: AppState, *, blue: dict | None = None, green: dict | None = None, routed: object = "auto",
             probe: Probe | None = None, checks: tuple[CheckResult, ...] = (), alert: str | None = None,
-            now: float = T) -> Observation:
+            smoke: SmokeRound | None = None, now: float = T) -> Observation:
     """What the world looks like when everything the state calls for is in place, changed as told."""
     locks = state.locks()
     deploy = state.deploy
@@ -80,7 +89,7 @@ def observe(state: AppState, *, blue: dict | None = None, green: dict | None = N
     }
     colors = {c: status(c, **{**defaults[c], **((blue if c is Color.BLUE else green) or {})}) for c in Color}
     return Observation(now=now, colors=colors, routed=state.routing() if routed == "auto" else routed,
-                       probe=probe, checks=checks, alert=alert)
+                       probe=probe, checks=checks, alert=alert, smoke=smoke)
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,65 @@ ROWS = [
         progress=Progress(started=T - 5, consecutive_ok=2), check=lambda s: s.progress.consecutive_ok == 2),
     Row("prechecks: timeout", in_deploy(Phase.PRECHECKS), {"probe": FAIL}, progress=Progress(started=T - 20),
         phase=Phase.FAILED, absent=(Route,), reason="did not pass 3 times in a row within 20s"),
+    # -- smoke tests ------------------------------------------------------------------------
+    Row("prechecks: the third in a row goes to the smoke tests when the app has some", in_deploy(Phase.PRECHECKS),
+        {"probe": OK}, progress=Progress(started=T - 5, consecutive_ok=2), settings={"smoke_tests": 2},
+        phase=Phase.SMOKE_TESTS, absent=(Route,), reason="sending 2 smoke request(s) to web-green before any traffic"),
+    Row("smoke: all answered as expected, switch", in_deploy(Phase.SMOKE_TESTS), {"smoke": SMOKE_OK},
+        settings={"smoke_tests": 1}, phase=Phase.SWITCHING,
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        reason="1 smoke request(s) to web-green answered as expected; switching 100% of the traffic to green"),
+    Row("smoke: all answered as expected, auto_promotion false pauses", in_deploy(Phase.SMOKE_TESTS),
+        {"smoke": SMOKE_OK}, settings={"smoke_tests": 1, **PAUSES}, phase=Phase.PAUSED, absent=(Route,)),
+    Row("smoke: a wrong answer fails the deploy before any traffic, naming the request and the answer",
+        in_deploy(Phase.SMOKE_TESTS), {"smoke": SMOKE_500}, settings={"smoke_tests": 1}, phase=Phase.FAILED,
+        intents=(SetLock(Color.BLUE, None), SetLock(Color.GREEN, IDLE_LOCK)), absent=(Route,),
+        reason="smoke test failed on web-green: GET /cart on preview route: HTTP 500 in 12 ms (expected status "
+               "200-299; the body does not contain 'Your cart'); body: '<h1>boom</h1>'; traffic stays on blue",
+        check=lambda s: (s.state.active, s.state.result, s.state.retire_at) == (Color.BLUE, Result.FAILED, T + 60)
+        and "GET /cart" in s.state.deploy.reason),
+    Row("smoke: unreachable is no verdict, sent again", in_deploy(Phase.SMOKE_TESTS), {"smoke": SMOKE_LOST},
+        settings={"smoke_tests": 1}, absent=(Route,),
+        reason="cannot send the smoke requests: the router at http://traefik:80 does not answer"),
+    Row("smoke: unreachable until precheck_timeout fails", in_deploy(Phase.SMOKE_TESTS), {"smoke": SMOKE_LOST},
+        settings={"smoke_tests": 1}, progress=Progress(started=T - 20), phase=Phase.FAILED, absent=(Route,),
+        reason="the smoke requests could not reach web-green within 20s: the router at http://traefik:80"),
+    Row("smoke: no round this tick is no evidence", in_deploy(Phase.SMOKE_TESTS), settings={"smoke_tests": 1},
+        absent=(Route,), check=lambda s: not s.persisted),
+    Row("smoke: the config lists none any more, on to the switch", in_deploy(Phase.SMOKE_TESTS),
+        phase=Phase.SWITCHING, reason="no smoke requests are configured for the app any more"),
+    Row("smoke: the target changed outside the controller", in_deploy(Phase.SMOKE_TESTS),
+        {"smoke": SMOKE_OK, "green": {"image": "web:9"}}, settings={"smoke_tests": 1}, phase=Phase.PREPARING,
+        reason="changed outside the controller"),
+    # -- the promotion gate -----------------------------------------------------------------
+    Row("prechecks: the third in a row pauses with auto_promotion false", in_deploy(Phase.PRECHECKS), {"probe": OK},
+        progress=Progress(started=T - 5, consecutive_ok=2), settings=PAUSES, phase=Phase.PAUSED, absent=(Route,),
+        reason="paused before the switch (auto_promotion: false); it waits for a person: "
+               "`swarmshift bluegreen promote web` switches to green, `swarmshift bluegreen abort web` fails the deploy",
+        check=lambda s: s.state.since == T and s.state.routing() == Routing.all_to(Color.BLUE)),
+    Row("prechecks: with a timer the pause says when it goes on", in_deploy(Phase.PRECHECKS), {"probe": OK},
+        progress=Progress(started=T - 5, consecutive_ok=2), settings=TIMER, phase=Phase.PAUSED,
+        reason="it promotes itself after 1m"),
+    Row("paused: waits for a person, holding both locks", in_deploy(Phase.PAUSED), settings=PAUSES,
+        progress=Progress(started=T - 86400), absent=(Route, Notify, SetLock, Scale, SetImage),
+        check=lambda s: not s.persisted and s.state.locks() == {Color.BLUE: "web-d1", Color.GREEN: "web-d1"}),
+    Row("paused: the preview serves the new color, users the old one", in_deploy(Phase.PAUSED), settings=PAUSES,
+        check=lambda s: s.state.routing() == Routing(blue=100, green=0, preview=Color.GREEN)),
+    Row("paused: the timer is not over", in_deploy(Phase.PAUSED, since=T - 59), settings=TIMER, absent=(Route,)),
+    Row("paused: the timer is over, switch", in_deploy(Phase.PAUSED, since=T - 60), settings=TIMER,
+        phase=Phase.SWITCHING, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        reason="auto_promotion_after 1m is over; switching 100% of the traffic to green"),
+    Row("paused: the timer counts from the stored pause start, not from a restart", in_deploy(Phase.PAUSED,
+        since=T - 61), settings=TIMER, progress=Progress(), phase=Phase.SWITCHING),
+    Row("paused: the timer is over but the new color is not ready", in_deploy(Phase.PAUSED, since=T - 60),
+        {"green": {"running": 1}}, settings=TIMER, absent=(Route,),
+        reason="auto_promotion_after 1m is over, but web-green: 1/2 tasks running"),
+    Row("paused: the target changed outside the controller", in_deploy(Phase.PAUSED), {"green": {"image": "web:9"}},
+        settings=PAUSES, phase=Phase.PREPARING),
+    Row("paused: an alert moves nothing", in_deploy(Phase.PAUSED), {"alert": "HighErrorRate"},
+        settings={**PAUSES, "rollback_on_alert": "always"}, absent=(Route,)),
+    Row("paused: auto_promotion back on in the config still waits for a person", in_deploy(Phase.PAUSED,
+        since=T - 3600), absent=(Route,)),
     # -- switching -------------------------------------------------------------------------
     Row("switching: the route is applied until confirmed", in_deploy(Phase.SWITCHING),
         {"routed": Routing.all_to(Color.BLUE)}, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
@@ -288,6 +356,8 @@ def test_transition(row: Row):
     (at_rest(), Needs()),
     (in_deploy(Phase.WAITING), Needs()),
     (in_deploy(Phase.PRECHECKS), Needs(probe=Color.GREEN, checks=Color.GREEN)),
+    (in_deploy(Phase.SMOKE_TESTS), Needs(smoke=Color.GREEN)),
+    (in_deploy(Phase.PAUSED), Needs()),
     (in_deploy(Phase.SWITCHING), Needs()),
     (in_deploy(Phase.VERIFYING), Needs(probe=Color.GREEN, checks=Color.GREEN)),
     (in_deploy(Phase.PROGRESSING), Needs(probe=Color.GREEN, checks=Color.GREEN)),
@@ -368,6 +438,7 @@ def test_a_switch_to_the_active_color_is_a_noop():
 
 @pytest.mark.parametrize(("phase", "then"), [
     (Phase.PREPARING, Phase.FAILED), (Phase.WAITING, Phase.FAILED), (Phase.PRECHECKS, Phase.FAILED),
+    (Phase.SMOKE_TESTS, Phase.FAILED), (Phase.PAUSED, Phase.FAILED),
     (Phase.SWITCHING, Phase.ROLLING_BACK), (Phase.PROGRESSING, Phase.ROLLING_BACK),
     (Phase.VERIFYING, Phase.ROLLING_BACK),
 ])
@@ -404,6 +475,67 @@ def test_a_rollback_to_a_scaled_down_color_redeploys_the_previous_release():
     step = start_rollback("web", state, obs, deploy_id="r1", settings=S)
     assert step.state.phase is Phase.PREPARING and step.state.deploy.kind is Operation.ROLLBACK
     assert step.state.deploy.image == "web:1" and Scale(Color.BLUE, 2) in step.intents
+
+
+def test_promote_switches_a_paused_deploy():
+    state = in_deploy(Phase.PAUSED)
+    step = start_promote("web", state, observe(state), settings=replace(S, **PAUSES))
+    assert step.state.phase is Phase.SWITCHING and step.reason == ("promoted by request; switching 100% of the "
+                                                                   "traffic to green")
+    assert Route(Routing(blue=0, green=100, preview=Color.BLUE)) in step.intents
+    assert step.state.deploy == D  # the same deploy goes on
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.PAUSED])
+def test_promote_is_refused_unless_paused_naming_the_phase(phase):
+    state = in_deploy(phase) if phase.in_flight else at_rest(phase=phase)
+    with pytest.raises(Refused) as err:
+        start_promote("web", state, observe(state), settings=S)
+    assert err.value.code == "phase"
+    assert err.value.message.startswith(f"web: nothing to promote: the app is {phase}")
+
+
+def test_promote_is_refused_while_the_new_color_is_not_ready():
+    state = in_deploy(Phase.PAUSED)
+    with pytest.raises(Refused) as err:
+        start_promote("web", state, observe(state, green={"unhealthy": 1}), settings=S)
+    assert err.value.code == "unhealthy" and "web-green: 2/2 tasks running, 1 unhealthy" in err.value.message
+
+
+@pytest.mark.parametrize("phase", [Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PAUSED])
+def test_abort_fails_a_deploy_before_its_switch_and_leaves_traffic_where_it_is(phase):
+    state = in_deploy(phase)
+    step = start_abort("web", state, observe(state), settings=S)
+    assert step.state.phase is Phase.FAILED and step.state.result is Result.FAILED
+    assert step.state.deploy.reason == f"aborted by request in {phase}; traffic stays on blue"
+    assert step.state.routing() == Routing.all_to(Color.BLUE)
+    assert not any(isinstance(i, Route) for i in step.intents)  # the router already serves blue alone
+    assert step.state.retire_at == T + S.scale_down_delay  # the idle color is retired like any failed deploy's
+
+
+@pytest.mark.parametrize(("state", "message"), [
+    (in_deploy(Phase.SWITCHING), "web: cannot abort in Switching (deploy web-d1, web:2 on green): traffic has moved"),
+    (in_deploy(Phase.VERIFYING), "web: cannot abort in Verifying"),
+    (in_deploy(Phase.ROLLING_BACK), "web: cannot abort in RollingBack"),
+    (at_rest(), "web: nothing to abort: the app is Stable, no deploy is in flight"),
+    (at_rest(phase=Phase.FAILED, deploy=D, result=Result.FAILED), "web: nothing to abort: the app is Failed"),
+])
+def test_abort_is_refused_once_traffic_moved_or_with_nothing_in_flight(state, message):
+    with pytest.raises(Refused) as err:
+        start_abort("web", state, observe(state), settings=S)
+    assert err.value.code == "phase" and err.value.message.startswith(message)
+
+
+def test_a_paused_deploy_is_all_in_its_labels_and_a_restart_keeps_its_timer():
+    paused = in_deploy(Phase.PAUSED, since=T - 30)
+    labels = {k: v for k, v in paused.to_labels().items() if v is not None}
+    loaded, problems = AppState.from_labels(labels, "web-blue")
+    assert problems == [] and loaded == paused
+    settings = replace(S, **TIMER)
+    # A new process: empty progress; 30 s of the 60 s are gone already.
+    assert advance("web", loaded, Progress(), observe(loaded), settings).state.phase is Phase.PAUSED
+    later = advance("web", loaded, Progress(), observe(loaded, now=T + 30), settings)
+    assert later.state.phase is Phase.SWITCHING
 
 
 # --- plans -------------------------------------------------------------------------------------
@@ -469,6 +601,7 @@ class World:
     alert_at: float | None = None
     redundant: list = field(default_factory=list)  # effects that changed nothing: must stay empty
     notified: list = field(default_factory=list)
+    smoked: list = field(default_factory=list)  # when smoke rounds were sent
     log: list = field(default_factory=list)
     first_failure: float | None = None
     rolled_back_at: float | None = None
@@ -525,7 +658,14 @@ class World:
         if self.alert_at is not None and self.now >= self.alert_at:
             alert, self.alert_at = "HighErrorRate", None
         return Observation(now=self.now, colors=colors, routed=self.routing,
-                           probe=self.probe(wants.probe) if wants.probe else None, alert=alert)
+                           probe=self.probe(wants.probe) if wants.probe else None, alert=alert,
+                           smoke=self.smoke(wants.smoke) if wants.smoke else None)
+
+    def smoke(self, color: Color) -> SmokeRound:
+        """A release whose image says `smokefail` passes its health checks and answers /cart with 500."""
+        self.smoked.append(self.now)
+        broken = "smokefail" in self.services[color].image
+        return judge([evaluate(CART, "preview route", Answer(0.01, 500 if broken else 200, "Your cart"))])
 
     # -- executing a plan ------------------------------------------------------------------
 
@@ -682,18 +822,42 @@ def test_an_alert_during_verification_rolls_back():
     assert "alert HighErrorRate fired" in state.deploy.reason
 
 
+SMOKE = replace(S, smoke_tests=1)
+TIMED = replace(S, smoke_tests=1, auto_promotion=False, auto_promotion_after=4)
+
+
+def test_a_release_failing_a_smoke_request_never_gets_traffic():
+    world = World()
+    state, visited = run(world, deploy("web:smokefail"), SMOKE)
+    assert visited == [Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.FAILED]
+    check_end(world, state, Color.BLUE, Result.FAILED)
+    assert max(world.target_weights, default=0) == 0
+    assert "smoke test failed on web-green: GET /cart on preview route: HTTP 500" in state.deploy.reason
+
+
+def test_a_paused_deploy_goes_on_by_itself_after_auto_promotion_after():
+    world = World()
+    state, visited = run(world, deploy("web:2"), TIMED)
+    assert visited == [Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PAUSED,
+                       Phase.SWITCHING, Phase.VERIFYING, Phase.STABLE]
+    check_end(world, state, Color.GREEN, Result.SUCCEEDED)
+    assert len(world.smoked) == 1  # sent once, before the pause
+
+
 FLOWS = {
-    "deploy": ("web:2", Strategy.BLUEGREEN, Color.GREEN, Result.SUCCEEDED),
-    "progressive": ("web:2", Strategy.PROGRESSIVE, Color.GREEN, Result.SUCCEEDED),
-    "health never passes": ("web:sick", Strategy.BLUEGREEN, Color.BLUE, Result.FAILED),
-    "fails after the switch": ("web:5xx", Strategy.BLUEGREEN, Color.BLUE, Result.ROLLED_BACK),
-    "progressive fails": ("web:5xx", Strategy.PROGRESSIVE, Color.BLUE, Result.ROLLED_BACK),
+    "deploy": ("web:2", Strategy.BLUEGREEN, Color.GREEN, Result.SUCCEEDED, S),
+    "progressive": ("web:2", Strategy.PROGRESSIVE, Color.GREEN, Result.SUCCEEDED, S),
+    "health never passes": ("web:sick", Strategy.BLUEGREEN, Color.BLUE, Result.FAILED, S),
+    "fails after the switch": ("web:5xx", Strategy.BLUEGREEN, Color.BLUE, Result.ROLLED_BACK, S),
+    "progressive fails": ("web:5xx", Strategy.PROGRESSIVE, Color.BLUE, Result.ROLLED_BACK, S),
+    "fails a smoke request": ("web:smokefail", Strategy.BLUEGREEN, Color.BLUE, Result.FAILED, SMOKE),
+    "smoke, pause, promoted by the timer": ("web:2", Strategy.BLUEGREEN, Color.GREEN, Result.SUCCEEDED, TIMED),
 }
 
 
 def _kill_cases():
-    for flow, (image, strategy, _, _) in FLOWS.items():
-        _, visited = run(World(), deploy(image, strategy))
+    for flow, (image, strategy, _, _, settings) in FLOWS.items():
+        _, visited = run(World(), deploy(image, strategy), settings)
         for phase in dict.fromkeys(visited):
             for point in ("before", "first", "routes", "then"):
                 yield pytest.param(flow, phase, point, id=f"{flow}-{phase}-{point}")
@@ -706,7 +870,7 @@ def test_a_kill_in_any_phase_at_any_point_resumes_to_the_same_end(flow, phase, p
     On the way, `World.safe` checks after every step that traffic never rests on a color the state
     does not allow, and `check_end` that no effect ran twice and no transition was notified twice.
     """
-    image, strategy, active, result = FLOWS[flow]
+    image, strategy, active, result, settings = FLOWS[flow]
     world = World()
-    state, _ = run(world, deploy(image, strategy), kill_in=phase, kill_at=point)
+    state, _ = run(world, deploy(image, strategy), settings, kill_in=phase, kill_at=point)
     check_end(world, state, active, result)
