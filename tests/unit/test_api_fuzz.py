@@ -51,6 +51,8 @@ BLUEGREEN_ROUTES = [
     ("POST", "/v1/apps/{app}/deploy", True, ()),
     ("POST", "/v1/apps/{app}/switch", True, ()),
     ("POST", "/v1/apps/{app}/rollback", True, ()),
+    ("POST", "/v1/apps/{app}/promote", True, ()),
+    ("POST", "/v1/apps/{app}/abort", True, ()),
     ("POST", "/v1/alerts", True, ()),
     ("GET", "/v1/traefik", False, ()),
 ]

@@ -166,3 +166,55 @@ def test_deploy_wait_on_a_tty_prints_each_phase(canned, monkeypatch):
     assert done.exit_code == 0
     assert [line.split()[1] for line in lines[1:-1]] == ["Preparing", "Waiting", "PreChecks", "Verifying", "Stable"]
     assert lines[-1] == "web: deploy web-1 ended Stable; traffic on blue"
+
+
+def paused_view(**changes):
+    base = view(phase="Paused", result=None)
+    return {**base, "since": "2026-12-01T19:00:00.000Z",
+            "deploy": {**base["deploy"], "image": "web:2", "target": "green"},
+            "gate": {"paused_since": "2026-12-01T19:00:00.000Z", "auto_promotion_at": None,
+                     "promote": "swarmshift bluegreen promote web", "abort": "swarmshift bluegreen abort web"},
+            **changes}
+
+
+def test_promote_and_abort_exit_codes_and_lines(canned):
+    accepted = {"phase": "Switching", "active": "blue", "deploy": {"id": "web-1", "operation": "deploy",
+                                                                    "image": "web:2", "target": "green"}}
+    server = canned({
+        ("POST", "/v1/apps/web/promote"): (202, accepted),
+        ("POST", "/v1/apps/web/abort"): (202, {**accepted, "phase": "Failed"}),
+        ("POST", "/v1/apps/rest/promote"): (409, {"error": "rest: nothing to promote: the app is Stable; promote "
+                                                           "goes on with a deploy that is Paused", "code": "phase"}),
+        ("POST", "/v1/apps/rest/abort"): (409, {"error": "rest: nothing to abort: the app is Stable", "code": "phase"}),
+        ("POST", "/v1/apps/locked/promote"): (401, {"error": "missing or wrong bearer token"}),
+        ("GET", "/v1/apps/web"): (200, view()),
+    })
+    promoted = cli(server.url, "promote", "web")
+    assert promoted.exit_code == 0
+    assert promoted.output == "web: deploy web-1 promoted: Switching, web:2 on green\n"
+    assert server.requests[0][:2] == ("POST", "/v1/apps/web/promote") and server.requests[0][3] == {}
+    assert cli(server.url, "promote", "web", "--wait").exit_code == 0  # ends Stable, succeeded
+    aborted = cli(server.url, "abort", "web")
+    assert aborted.exit_code == 0 and aborted.output == "web: deploy web-1 aborted: Failed; traffic stays on blue\n"
+    refused = cli(server.url, "promote", "rest")
+    assert refused.exit_code == 1 and "nothing to promote: the app is Stable" in refused.output
+    assert cli(server.url, "abort", "rest").exit_code == 1
+    assert cli(server.url, "promote", "locked").exit_code == 2
+    assert cli(server.url, "promote", "nosuch").exit_code == 2  # 404
+
+
+def test_status_shows_a_paused_deploy_and_deploy_wait_says_what_it_waits_for(canned, monkeypatch):
+    monkeypatch.setattr("bluegreen.cli.time.sleep", lambda seconds: None)
+    server = canned({
+        ("GET", "/v1/apps"): (200, {"apps": [paused_view()]}),
+        ("POST", "/v1/apps/web/deploy"): (202, {"phase": "Preparing", "deploy": {"id": "web-1"}}),
+        ("GET", "/v1/apps/web"): [(200, paused_view()), (200, paused_view()), (200, view())],
+    })
+    status = cli(server.url, "status")
+    assert status.exit_code == 0  # Paused is not degraded
+    assert status.output.splitlines()[1].split()[:4] == ["web", "blue", "Paused", "healthy"]
+    assert ("web: Paused since 2026-12-01T19:00:00.000Z before switching to green (web:2): run `swarmshift bluegreen "
+            "promote web` to go on, or `swarmshift bluegreen abort web` to fail the deploy") in status.output
+    waited = cli(server.url, "deploy", "web", "--image", "web:2", "--wait")
+    assert waited.exit_code == 0
+    assert waited.stderr.count("web: Paused since") == 1  # once, when the wait begins, for a CI log
