@@ -37,6 +37,17 @@ def check_app_labels(services: Iterable[Labelled], config: BlueGreenConfig,
     return problems
 
 
+def unmatched_gates(config: BlueGreenConfig, keys: Iterable[str]) -> list[str]:
+    """The `apps` keys of the config that name none of `keys`: their gates apply to nothing, maybe a typo.
+
+    Not a problem (the app may be deployed later), but an operator who meant to pause `shop_web`
+    and wrote `web` must learn that `shop_web` deploys without the pause.
+    """
+    known = set(keys)
+    return [f"apps.{key}: no app has this key, so its gates apply to nothing (app keys: "
+            f"{', '.join(sorted(known)) or 'none'})" for key in sorted(config.apps) if key not in known]
+
+
 def app_rules(app: App) -> tuple[tuple[str, Rule], ...]:
     """The app's rules, each with the label that sets it."""
     return ((RULE_LABEL, app.rule),) + (((PREVIEW_RULE_LABEL, app.preview_rule),) if app.preview_rule else ())

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from bluegreen import routers
-from bluegreen.app_check import check_app_labels
+from bluegreen.app_check import check_app_labels, unmatched_gates
 from bluegreen.apps import Color
 from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
 from bluegreen.config import BlueGreenConfig
@@ -166,8 +166,10 @@ def check(config_path) -> None:
     if problems:
         sys.exit(EXIT_USAGE)
     apps = discover(services, cfg.app_defaults()).apps
-    labelled = len({app_key(s.labels[APP_LABEL], scope_of(s.labels)) for s in services if s.labels.get(APP_LABEL)})
-    click.echo(f"ok: {len(apps)} app(s) of {labelled} labelled, no problems")
+    keys = {app_key(s.labels[APP_LABEL], scope_of(s.labels)) for s in services if s.labels.get(APP_LABEL)}
+    for line in unmatched_gates(cfg, keys):
+        click.echo(f"note: {line}")
+    click.echo(f"ok: {len(apps)} app(s) of {len(keys)} labelled, no problems")
 
 
 async def _labelled_services(cfg: BlueGreenConfig) -> list:

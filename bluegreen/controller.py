@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from bluegreen.app_check import board
+from bluegreen.app_check import board, unmatched_gates
 from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
 from bluegreen.execute import AlertRepeat, Executor, rolls_back
@@ -155,6 +155,10 @@ class Controller:
         self._discovery = asyncio.create_task(self._discover_loop(), name="bluegreen-discovery")
         log.info("controller_reconciled", apps=sorted(self.apps),
                  broken=sorted(name for name, rt in self.apps.items() if rt.problems and rt.state is None))
+        unmatched = unmatched_gates(self.config, self.apps)
+        if unmatched:
+            log.warning("gates_unmatched", problems=unmatched,
+                        action="those gates apply to nothing; check the app keys under apps in the config")
 
     async def stop(self) -> None:
         self._stop.set()

@@ -36,6 +36,7 @@ from bluegreen.state import Routing
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 _NO_PATH = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+ROUND_LIMIT = 120.0  # seconds for a whole smoke round: it runs in a tick, which holds the app's lock
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -113,7 +114,9 @@ class Prober:
         """The smoke requests, in order, to `color` (the preview route, or every task), up to the first that fails.
 
         One after the other, as the config lists them: a request may depend on the one before
-        (create, then read). No redirect is followed: the answer judged is the release's own.
+        (create, then read); each goes to all of the color's tasks at once. No redirect is
+        followed: the answer judged is the release's own. The round holds the app's lock, so it is
+        bounded as a whole (ROUND_LIMIT), whatever the number of tasks and requests.
         """
         try:
             targets = await (self._routes(app, color, routed) if self.settings.via == "router"
@@ -123,13 +126,20 @@ class Prober:
         if not targets:
             return SmokeRound(SmokeOutcome.FAILED, detail=f"no task of {app.service(color)} answers DNS")
         verdicts: list[Verdict] = []
-        for request in requests:
-            for target in targets:
-                where = target.label + (f" (Host {target.host})" if target.host else "")
-                verdict = evaluate(request, where, await self._send(target, request))
-                verdicts.append(verdict)
-                if not verdict.ok:
-                    return judge(verdicts)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(ROUND_LIMIT):
+                for request in requests:
+                    answers = await asyncio.gather(*(self._send(t, request) for t in targets))
+                    for target, answer in zip(targets, answers, strict=True):
+                        where = target.label + (f" (Host {target.host})" if target.host else "")
+                        verdicts.append(evaluate(request, where, answer))
+                    if not all(v.ok for v in verdicts):
+                        break
+        except TimeoutError:
+            return SmokeRound(SmokeOutcome.FAILED, tuple(verdicts),
+                              f"the smoke requests did not finish within {ROUND_LIMIT:g}s "
+                              f"({len(verdicts)} answered in {time.monotonic() - started:.1f}s)")
         return judge(verdicts)
 
     async def _send(self, target: _Target, request: SmokeRequest) -> Answer:

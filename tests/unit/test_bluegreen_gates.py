@@ -302,3 +302,23 @@ def test_a_promote_while_another_request_runs_is_busy():
         assert (await first).phase.value == "Failed"
 
     run(scenario, auto_promotion=False)
+
+
+def test_gates_for_a_key_no_app_has_are_reported_at_start_and_by_check():
+    from bluegreen.app_check import unmatched_gates
+    from bluegreen.config import BlueGreenConfig
+
+    config = BlueGreenConfig(apps={"web": {"auto_promotion": False}, "shop_web": {"smoke": []}})
+    assert unmatched_gates(config, ["web", "blog_web"]) == [
+        "apps.shop_web: no app has this key, so its gates apply to nothing (app keys: blog_web, web)"]
+    logs = []
+
+    async def scenario(w: World) -> None:
+        with capture_logs() as captured:
+            await w.controller.start()
+            await w.controller.stop()
+        logs.extend(captured)
+
+    run(scenario, apps={"shop_web": {"auto_promotion": False}})
+    [event] = [e for e in logs if e["event"] == "gates_unmatched"]
+    assert event["problems"] == ["apps.shop_web: no app has this key, so its gates apply to nothing (app keys: web)"]

@@ -258,7 +258,8 @@ def test_directly_every_task_gets_every_request_and_the_first_failure_ends_the_r
     assert result.failing.line() == ("GET /broken on 127.0.0.1 (Host web-green): HTTP 500 in "
                                      f"{result.failing.answer.latency * 1000:.0f} ms (expected status 200-299); "
                                      "body: 'Traceback: boom'")
-    assert [path for _, path, _ in server.seen] == ["/", "/", "/broken"]  # nothing after the first failure
+    # Each request goes to both tasks at once; nothing is sent after the first failure.
+    assert [path for _, path, _ in server.seen] == ["/", "/", "/broken", "/broken"]
 
 
 def test_no_path_to_the_idle_color_is_unreachable_not_failed(server):
@@ -284,3 +285,17 @@ def test_a_request_slower_than_its_timeout_fails(server):
     finally:
         slow.close()
     assert result.outcome is SmokeOutcome.FAILED and "no answer within 0.5s" in result.summary()
+
+
+def test_a_whole_round_is_bounded_whatever_the_number_of_requests(monkeypatch):
+    monkeypatch.setattr("bluegreen.probe.ROUND_LIMIT", 0.5)
+    slow = Server({})
+    slow.httpd.RequestHandlerClass.do_GET = lambda handler: (__import__("time").sleep(0.3),
+                                                             handler.send_response(200), handler.end_headers())
+    try:
+        prober = Prober(ProbeSettings(via="router", active_url=f"http://127.0.0.1:{slow.port}"), timeout=1.0)
+        result = smoke(prober, app(8000), [SmokeRequest(path=f"/{i}") for i in range(5)], Routing.all_to(Color.BLUE))
+    finally:
+        slow.close()
+    assert result.outcome is SmokeOutcome.FAILED
+    assert result.summary().startswith("the smoke requests did not finish within 0.5s (1 answered in")
