@@ -158,6 +158,8 @@ class Executor:
             log.warning("rollback_started", app=name, deploy=d.id, to=new.active.value, reason=d.reason, cause=cause)
         elif new.phase is Phase.ROLLED_BACK:
             log.warning("rolled_back", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
+        elif new.phase is Phase.PAUSED:
+            log.info("deploy_paused", app=name, deploy=d.id, image=d.image, target=d.target.value, reason=step.reason)
         elif new.phase is Phase.FAILED:
             log.error("deploy_failed", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
         elif new.phase is Phase.STABLE and new.result is Result.SUCCEEDED:

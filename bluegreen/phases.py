@@ -10,6 +10,11 @@ Everything here is plain data and functions; the daemon loop does the I/O. One t
    intents for that color, in one `Swarm.update` at the version read), `routes` (apply, then
    confirm), `then` (the other color), `notifications`. Keep `step.progress` in memory.
 
+Before any traffic moves, a deploy passes PreChecks and then the app's release gates: SmokeTests
+(the config's smoke requests to the idle color; one wrong answer fails the deploy) and Paused
+(auto_promotion: false; left by promote, abort or auto_promotion_after, timed from the stored
+`since`).
+
 Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
 
 - Intents are declarative ("color green runs image X", "weights 0/100") and are emitted only
