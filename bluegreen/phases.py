@@ -493,7 +493,9 @@ def _checks_passed(tick: _Tick, why: str) -> _Outcome:
 def _promotion_gate(tick: _Tick, why: str) -> _Outcome:
     """Every check before the switch passed: pause for a person when the app asks for it, else switch."""
     settings, deploy = tick.settings, tick.deploy
-    if not settings.auto_promotion:
+    # A rollback that redeploys the previous image was asked for by a person already (or an
+    # alert): it passes the smoke requests, but waiting for a second yes would only delay it.
+    if not settings.auto_promotion and deploy.kind is Operation.DEPLOY:
         after = settings.auto_promotion_after
         by_itself = (f"; it promotes itself after {format_duration(after)}" if after is not None
                      else "; it waits for a person")

@@ -232,6 +232,12 @@ ROWS = [
         reason="paused before the switch (auto_promotion: false); it waits for a person: "
                "`swarmshift bluegreen promote web` switches to green, `swarmshift bluegreen abort web` fails the deploy",
         check=lambda s: s.state.since == T and s.state.routing() == Routing.all_to(Color.BLUE)),
+    Row("prechecks: a rollback redeploying the previous image does not pause", in_deploy(Phase.PRECHECKS,
+        replace(D, kind=Operation.ROLLBACK)), {"probe": OK}, progress=Progress(started=T - 5, consecutive_ok=2),
+        settings=PAUSES, phase=Phase.SWITCHING),
+    Row("smoke: a rollback redeploying the previous image passes the smoke requests too",
+        in_deploy(Phase.SMOKE_TESTS, replace(D, kind=Operation.ROLLBACK)), {"smoke": SMOKE_500},
+        settings={"smoke_tests": 1, **PAUSES}, phase=Phase.FAILED),
     Row("prechecks: with a timer the pause says when it goes on", in_deploy(Phase.PRECHECKS), {"probe": OK},
         progress=Progress(started=T - 5, consecutive_ok=2), settings=TIMER, phase=Phase.PAUSED,
         reason="it promotes itself after 1m"),
