@@ -13,6 +13,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from bluegreen.apps import App, Color
 from bluegreen.config import BlueGreenConfig, ProbeSettings
@@ -30,6 +33,7 @@ from bluegreen.smoke import (
 )
 from bluegreen.state import Routing
 from swarmshift.config import ConfigError, load
+from tests.support.fuzz import fuzz
 
 # --- the expected status ----------------------------------------------------------------------
 
@@ -299,3 +303,26 @@ def test_a_whole_round_is_bounded_whatever_the_number_of_requests(monkeypatch):
         slow.close()
     assert result.outcome is SmokeOutcome.FAILED
     assert result.summary().startswith("the smoke requests did not finish within 0.5s (1 answered in")
+
+
+# --- fuzzing the parsers and the verdict --------------------------------------------------------
+
+ANY_TEXT = st.text(max_size=80) | st.sampled_from(["/", "/a?b=1", "2xx", "200-299", "GET", "500ms", "5s"])
+
+
+@fuzz
+@given(fields=st.dictionaries(st.sampled_from(["path", "method", "status", "body", "max_latency", "timeout"]),
+                              ANY_TEXT | st.integers(-10, 1000) | st.floats(allow_nan=True) | st.booleans()),
+       status=st.integers(0, 999) | st.none(), body=st.text(max_size=300), latency=st.floats(0, 100))
+def test_fuzz_a_smoke_request_parses_strictly_and_its_verdict_line_stays_bounded(fields, status, body, latency):
+    try:
+        request = SmokeRequest(path="/", **fields) if "path" not in fields else SmokeRequest(**fields)
+    except (ValidationError, ValueError):
+        return
+    low, high = request.statuses
+    assert 100 <= low <= high <= 599
+    assert request.path.isascii() and request.path.startswith("/") and len(request.path) <= 512
+    verdict = evaluate(request, "preview route", Answer(latency, status, body, None if status else "refused"))
+    line = verdict.line()
+    assert line.isprintable() and len(excerpt(body)) <= EXCERPT
+    assert verdict.ok is (not verdict.problems)
