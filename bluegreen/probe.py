@@ -150,7 +150,7 @@ class Prober:
                 async with self._client().request(request.method, target.url + request.path, headers=headers,
                                                   allow_redirects=False,
                                                   timeout=aiohttp.ClientTimeout(total=request.timeout)) as resp:
-                    raw = await resp.content.read(READ_LIMIT)
+                    raw = await _head(resp.content, READ_LIMIT)
                     status = resp.status
         except aiohttp.ClientConnectorError as err:
             spent = time.monotonic() - started
@@ -213,6 +213,19 @@ class Prober:
             return ProbeOutcome.FAILED, f"{where}: {str(err) or type(err).__name__}"
         bad = status >= 500 if page else not 200 <= status < 400
         return (ProbeOutcome.FAILED, f"{where}: HTTP {status}") if bad else (ProbeOutcome.OK, "")
+
+
+async def _head(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The first `limit` bytes of a body (all of a shorter one): `read(n)` alone returns what one chunk brought."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _bracket(address: str) -> str:

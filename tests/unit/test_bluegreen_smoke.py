@@ -326,3 +326,31 @@ def test_fuzz_a_smoke_request_parses_strictly_and_its_verdict_line_stays_bounded
     line = verdict.line()
     assert line.isprintable() and len(excerpt(body)) <= EXCERPT
     assert verdict.ok is (not verdict.problems)
+
+
+def test_the_body_substring_is_looked_for_in_the_first_64_kib_however_the_answer_is_chunked():
+    import time as clock
+
+    def trickle(handler) -> None:
+        """The body in 4 KiB pieces, a moment apart, as a slow page arrives."""
+        body = ("a" * 60_000 + "Welcome" + "b" * 10_000) if handler.path == "/" else ("c" * 70_000 + "Welcome")
+        data = body.encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        for at in range(0, len(data), 4096):
+            handler.wfile.write(data[at:at + 4096])
+            handler.wfile.flush()
+            clock.sleep(0.002)
+
+    late = Server({})
+    late.httpd.RequestHandlerClass.do_GET = trickle
+    try:
+        prober = Prober(ProbeSettings(via="router", active_url=f"http://127.0.0.1:{late.port}"), timeout=2.0)
+        found = smoke(prober, app(8000), [SmokeRequest(path="/", body="Welcome")], Routing.all_to(Color.BLUE))
+        prober = Prober(prober.settings, timeout=2.0)
+        beyond = smoke(prober, app(8000), [SmokeRequest(path="/never", body="Welcome")], Routing.all_to(Color.BLUE))
+    finally:
+        late.close()
+    assert found.outcome is SmokeOutcome.PASSED, found.summary()
+    assert beyond.outcome is SmokeOutcome.FAILED and "the body does not contain 'Welcome'" in beyond.summary()
