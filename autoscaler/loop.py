@@ -43,6 +43,7 @@ from swarmshift.alerts import Alert, Notification, alert_key, append_seen, seen
 from swarmshift.config import selects
 from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
+from swarmshift.numbers import whole_number
 from swarmshift.swarm import (
     DockerUnavailable,
     Edit,
@@ -549,9 +550,10 @@ class Autoscaler:
         if not service_name:
             return AlertResult(422, name, None, "rejected", "the alert has no service label")
         step_text = alert.labels.get("step", "1")
-        if not (step_text.isascii() and step_text.isdigit() and len(step_text) <= 4) or int(step_text) < 1:  # "²".isdigit()
+        try:
+            step = whole_number(step_text, minimum=1, digits=4)
+        except ValueError:
             return AlertResult(422, name, service_name, "rejected", f"step must be a whole number >= 1 (got {step_text!r})")
-        step = int(step_text)
         try:
             svc = await self.swarm.service(service_name)
         except NotFound:
