@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from bluegreen.app_check import board
+from bluegreen.app_check import board_of
 from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
 from bluegreen.execute import AlertRepeat, Executor, rolls_back
@@ -189,9 +189,10 @@ class Controller:
         stack name gets no runtime (no key, no router file, no metric), only a logged problem.
         """
         services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
-        # What each app's rules are checked against; rt.app is each app as last routed.
-        self.observer.board = board(services, self.config, last={n: rt.app for n, rt in self.apps.items() if rt.app})
         found = discover(services, self.observer.defaults)
+        # What each app's rules are checked against; rt.app is each app as last routed.
+        self.observer.board = board_of(found, services, self.config,
+                                       last={n: rt.app for n, rt in self.apps.items() if rt.app})
         names = sorted({*found.apps, *found.broken})
         if tuple(found.unattached) != self._unattached:
             self._unattached = tuple(found.unattached)
