@@ -39,7 +39,7 @@ from autoscaler.policy import (
 from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.alerts import Alert, Notification, alert_key, append_seen, seen
+from swarmshift.alerts import Alert, Notification, alert_key, answer_each, append_seen, seen
 from swarmshift.config import selects
 from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
@@ -518,22 +518,13 @@ class Autoscaler:
 
         At most `max_alerts` are looked at; the rest are answered 429 without any Swarm call.
         """
-        results = []
-        for index, alert in enumerate(notification.alerts):
-            name, service = alert.labels.get("alertname", alert.identity), alert.labels.get("service")
-            if index >= self.max_alerts:
-                results.append(AlertResult(429, name, service, "rejected",
-                                           f"over the cap of {self.max_alerts} alerts per notification: not looked at "
-                                           f"(alert {index + 1} of {len(notification.alerts)})"))
-                continue
-            try:
-                results.append(await self._on_alert(alert))
-            except DockerUnavailable as err:
-                results.append(AlertResult(503, name, service, "error", f"Docker does not answer: {err}"))
-            except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
-                log.exception("alert_failed", alert=name, service=service)
-                results.append(AlertResult(500, name, service, "error", f"internal error: {type(err).__name__}"))
-        return results
+        def subject(alert: Alert) -> dict[str, Any]:
+            return {"alert": alert.labels.get("alertname", alert.identity), "service": alert.labels.get("service")}
+
+        def refuse(alert: Alert, status: int, outcome: str, detail: str) -> AlertResult:
+            return AlertResult(status, subject(alert)["alert"], subject(alert)["service"], outcome, detail)
+
+        return await answer_each(notification.alerts, self.max_alerts, self._on_alert, refuse, subject, log)
 
     async def _on_alert(self, alert: Alert) -> AlertResult:
         name = alert.labels.get("alertname", alert.identity)
