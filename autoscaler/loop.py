@@ -39,10 +39,11 @@ from autoscaler.policy import (
 from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
-from swarmshift.alerts import Alert, Notification, alert_key, append_seen, seen
+from swarmshift.alerts import Alert, Notification, alert_key, answer_each, append_seen, seen
 from swarmshift.config import selects
 from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
+from swarmshift.numbers import whole_number
 from swarmshift.swarm import (
     DockerUnavailable,
     Edit,
@@ -517,22 +518,13 @@ class Autoscaler:
 
         At most `max_alerts` are looked at; the rest are answered 429 without any Swarm call.
         """
-        results = []
-        for index, alert in enumerate(notification.alerts):
-            name, service = alert.labels.get("alertname", alert.identity), alert.labels.get("service")
-            if index >= self.max_alerts:
-                results.append(AlertResult(429, name, service, "rejected",
-                                           f"over the cap of {self.max_alerts} alerts per notification: not looked at "
-                                           f"(alert {index + 1} of {len(notification.alerts)})"))
-                continue
-            try:
-                results.append(await self._on_alert(alert))
-            except DockerUnavailable as err:
-                results.append(AlertResult(503, name, service, "error", f"Docker does not answer: {err}"))
-            except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
-                log.exception("alert_failed", alert=name, service=service)
-                results.append(AlertResult(500, name, service, "error", f"internal error: {type(err).__name__}"))
-        return results
+        def subject(alert: Alert) -> dict[str, Any]:
+            return {"alert": alert.labels.get("alertname", alert.identity), "service": alert.labels.get("service")}
+
+        def refuse(alert: Alert, status: int, outcome: str, detail: str) -> AlertResult:
+            return AlertResult(status, subject(alert)["alert"], subject(alert)["service"], outcome, detail)
+
+        return await answer_each(notification.alerts, self.max_alerts, self._on_alert, refuse, subject, log)
 
     async def _on_alert(self, alert: Alert) -> AlertResult:
         name = alert.labels.get("alertname", alert.identity)
@@ -549,9 +541,10 @@ class Autoscaler:
         if not service_name:
             return AlertResult(422, name, None, "rejected", "the alert has no service label")
         step_text = alert.labels.get("step", "1")
-        if not (step_text.isascii() and step_text.isdigit() and len(step_text) <= 4) or int(step_text) < 1:  # "²".isdigit()
+        try:
+            step = whole_number(step_text, minimum=1, digits=4)
+        except ValueError:
             return AlertResult(422, name, service_name, "rejected", f"step must be a whole number >= 1 (got {step_text!r})")
-        step = int(step_text)
         try:
             svc = await self.swarm.service(service_name)
         except NotFound:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bluegreen import routers
-from bluegreen.apps import App, Labelled, app_key, discover, scope_of
+from bluegreen.apps import App, Discovery, Labelled, app_key, discover, scope_of
 from bluegreen.claims import Board, Claim, allowance_problems
 from bluegreen.config import BlueGreenConfig
 from bluegreen.labels import APP_LABEL, K_GENERATION, PREVIEW_RULE_LABEL, RULE_LABEL, STATE_KEYS
@@ -86,12 +86,20 @@ def board(services: Iterable[Labelled], config: BlueGreenConfig, created: Create
 
     Another controller's apps are not compared: it may drive another proxy (another stack's
     Traefik), where they take nothing from ours; two controllers that share one proxy keep apart
-    by giving their apps disjoint `hosts`. An app this controller would not route anyway
-    (problems with this config, never routed) claims nothing. `last`: the apps as this process
-    last routed them (see `claim`).
+    by giving their apps disjoint `hosts`. `last`: the apps as this process last routed them
+    (see `claim`).
     """
     services = [svc for svc in services if config.selects(svc.labels)]
-    found = discover(services, config.app_defaults())
+    return board_of(discover(services, config.app_defaults()), services, config, created, last)
+
+
+def board_of(found: Discovery, services: Iterable[Labelled], config: BlueGreenConfig,
+             created: Created = service_created, last: Mapping[str, App] | None = None) -> Board:
+    """`board` for services already selected and discovered (`found` is `discover(services)`).
+
+    An app this controller would not route anyway (problems with this config, never routed)
+    claims nothing.
+    """
     members: dict[str, list[Labelled]] = {}
     for svc in services:
         members.setdefault(app_key(svc.labels.get(APP_LABEL, ""), scope_of(svc.labels)), []).append(svc)

@@ -29,8 +29,8 @@ from bluegreen.labels import (
     known_label,
     problem,
 )
-from bluegreen.numbers import whole_number
 from bluegreen.rules import Rule, RuleError
+from swarmshift.numbers import whole_number
 
 DEFAULT_HEALTH_PATH = "/health"
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from bluegreen.app_check import board, unmatched_gates
+from bluegreen.app_check import board_of, unmatched_gates
 from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
 from bluegreen.execute import AlertRepeat, Executor, rolls_back
@@ -48,7 +48,7 @@ from bluegreen.telemetry import Telemetry
 from bluegreen.tick import ATTEMPTS, Ticker, hurry
 from bluegreen.views import app_view
 from swarmshift import logs
-from swarmshift.alerts import Alert, Notification, alert_key
+from swarmshift.alerts import Alert, Notification, alert_key, answer_each
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, SwarmAccess, SwarmError, VersionConflict
 
@@ -200,9 +200,10 @@ class Controller:
         stack name gets no runtime (no key, no router file, no metric), only a logged problem.
         """
         services = [s for s in await self.swarm.services(label=APP_LABEL) if self.config.selects(s.labels)]
-        # What each app's rules are checked against; rt.app is each app as last routed.
-        self.observer.board = board(services, self.config, last={n: rt.app for n, rt in self.apps.items() if rt.app})
         found = discover(services, self.observer.defaults)
+        # What each app's rules are checked against; rt.app is each app as last routed.
+        self.observer.board = board_of(found, services, self.config,
+                                       last={n: rt.app for n, rt in self.apps.items() if rt.app})
         names = sorted({*found.apps, *found.broken})
         if tuple(found.unattached) != self._unattached:
             self._unattached = tuple(found.unattached)
@@ -397,25 +398,14 @@ class Controller:
 
         At most `max_alerts_per_request` are looked at; the rest are answered 429 untouched.
         """
-        cap = self.config.max_alerts_per_request
-        results = []
-        for index, alert in enumerate(notification.alerts):
-            name, app = alert.labels.get("alertname", alert.identity), alert.labels.get("swarmshift_app")
-            result: dict[str, Any] = {"alert": name, "app": app}
-            if index >= cap:
-                results.append({**result, "status": 429, "outcome": "rejected",
-                                "detail": f"over the cap of {cap} alerts per notification: not looked at "
-                                          f"(alert {index + 1} of {len(notification.alerts)})"})
-                continue
-            try:
-                results.append(await self._on_alert(alert))
-            except DockerUnavailable as err:
-                results.append({**result, "status": 503, "outcome": "error", "detail": f"Docker does not answer: {err}"})
-            except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
-                log.exception("alert_failed", app=app, alert=name)
-                results.append({**result, "status": 500, "outcome": "error",
-                                "detail": f"internal error: {type(err).__name__}"})
-        return results
+        def subject(alert: Alert) -> dict[str, Any]:
+            return {"alert": alert.labels.get("alertname", alert.identity), "app": alert.labels.get("swarmshift_app")}
+
+        def refuse(alert: Alert, status: int, outcome: str, detail: str) -> dict[str, Any]:
+            return {**subject(alert), "status": status, "outcome": outcome, "detail": detail}
+
+        return await answer_each(notification.alerts, self.config.max_alerts_per_request, self._on_alert, refuse,
+                                 subject, log)
 
     async def _on_alert(self, alert: Alert) -> dict[str, Any]:
         name = alert.labels.get("alertname", alert.identity)

@@ -50,8 +50,8 @@ from bluegreen.labels import (
     STATE_KEYS,
     problem,
 )
-from bluegreen.numbers import whole_number
 from swarmshift.alerts import append_seen, decode_seen
+from swarmshift.numbers import whole_number
 
 _REASON_MAX = 400  # labels are not a log: keep the reason readable in `docker service inspect`
 # ASCII digits and fullmatch: `\d` takes any Unicode digit, `$` a trailing newline.

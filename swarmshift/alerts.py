@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarmshift.config import problems_from
 from swarmshift.http import HTTPProblem
+from swarmshift.swarm import DockerUnavailable
+
+R = TypeVar("R")
 
 
 class Alert(BaseModel):
@@ -101,3 +105,28 @@ def append_seen(text: str | None, key: str, keep: int = SEEN_KEEP) -> str:
 
 def seen(text: str | None, key: str) -> bool:
     return key in decode_seen(text)
+
+
+async def answer_each(alerts: Sequence[Alert], cap: int, act: Callable[[Alert], Awaitable[R]],
+                      refuse: Callable[[Alert, int, str, str], R], subject: Callable[[Alert], dict[str, Any]],
+                      log: Any) -> list[R]:
+    """One answer per alert, in order, as both daemons give them: a bad alert gets its own error, the good ones act.
+
+    At most `cap` alerts are acted on; the rest are refused 429 without a look. For one alert,
+    Docker not answering is a 503 and anything unexpected a 500 (logged as `alert_failed` with
+    `subject(alert)` and the traceback); `refuse(alert, status, outcome, detail)` makes the answer.
+    """
+    results = []
+    for index, alert in enumerate(alerts):
+        if index >= cap:
+            results.append(refuse(alert, 429, "rejected", f"over the cap of {cap} alerts per notification: not "
+                                                          f"looked at (alert {index + 1} of {len(alerts)})"))
+            continue
+        try:
+            results.append(await act(alert))
+        except DockerUnavailable as err:
+            results.append(refuse(alert, 503, "error", f"Docker does not answer: {err}"))
+        except Exception as err:  # noqa: BLE001 - one alert must not spoil the others' answers
+            log.exception("alert_failed", **subject(alert))
+            results.append(refuse(alert, 500, "error", f"internal error: {type(err).__name__}"))
+    return results

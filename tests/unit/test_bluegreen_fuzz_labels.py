@@ -33,10 +33,10 @@ from bluegreen.labels import (
     STATE_KEYS,
     STRATEGY_LABEL,
 )
-from bluegreen.numbers import whole_number
 from bluegreen.rules import MAX_DEPTH, MAX_RULE_CHARS, RuleError, parse_rule
 from bluegreen.state import App, AppState, load_state
 from swarmshift.config import parse_duration
+from swarmshift.numbers import whole_number
 from tests.support.fuzz import fuzz
 
 # Values that are almost right are the ones that find bugs: digits of other scripts, a trailing

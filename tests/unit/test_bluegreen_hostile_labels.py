@@ -13,10 +13,10 @@ import pytest
 
 from bluegreen.apps import App, AppDefaults, Color, app_key, discover, split_key
 from bluegreen.labels import K_ACTIVE, K_GENERATION, K_PHASE, K_SINCE, STACK_LABEL
-from bluegreen.numbers import whole_number
 from bluegreen.rules import MAX_DEPTH, MAX_RULE_CHARS, RuleError, parse_rule
 from bluegreen.state import AppState, Routing, load_state, parse_time, validate_steps
 from swarmshift.config import parse_duration
+from swarmshift.numbers import whole_number
 from swarmshift.swarm import parse_created, parse_service
 
 DEFAULTS = AppDefaults(port=8000, rule="Host(`{app}.example.com`)")

@@ -1,8 +1,8 @@
-"""Whole numbers read from labels and state labels: ASCII digits only, of bounded length, within a range.
+"""Whole numbers read from labels, state labels and alerts: ASCII digits only, of bounded length, within a range.
 
 `str.isdigit` and `int` accept far more than a label should hold: `"²".isdigit()` is True and
 `int("²")` raises, `int("١٢")` is 12, and `int` refuses more than 4,300 digits. Every number
-bluegreen reads from a label goes through `whole_number`, which raises only ValueError.
+either daemon reads from a label goes through `whole_number`, which raises only ValueError.
 """
 
 from __future__ import annotations
