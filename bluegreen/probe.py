@@ -113,13 +113,15 @@ class Prober:
                     routed: Routing | None) -> SmokeRound:
         """The smoke requests, in order, to `color` (the preview route, or every task), up to the first that fails.
 
+        See `smoke_via_router` for which of the two.
+
         One after the other, as the config lists them: a request may depend on the one before
         (create, then read); each goes to all of the color's tasks at once. No redirect is
         followed: the answer judged is the release's own. The round holds the app's lock, so it is
         bounded as a whole (ROUND_LIMIT), whatever the number of tasks and requests.
         """
         try:
-            targets = await (self._routes(app, color, routed) if self.settings.via == "router"
+            targets = await (self._routes(app, color, routed) if self.smoke_via_router(app)
                              else self._tasks(app, color))
         except _Unreachable as err:
             return SmokeRound(SmokeOutcome.UNREACHABLE, detail=str(err))
@@ -141,6 +143,17 @@ class Prober:
                               f"the smoke requests did not finish within {ROUND_LIMIT:g}s "
                               f"({len(verdicts)} answered in {time.monotonic() - started:.1f}s)")
         return judge(verdicts)
+
+    def smoke_via_router(self, app: App) -> bool:
+        """Whether smoke requests take the router's preview route (as users' requests will take its main route).
+
+        Always with `probe.via: router`; with `direct` probes too, when the app has a preview
+        rule and the config names the router's URL (`probe.preview_url` or `active_url`): then
+        the release is judged through the same proxy, headers and rule that users will get. Else
+        they go to every task by Swarm DNS.
+        """
+        return self.settings.via == "router" or (
+            app.preview_rule is not None and self.settings.route_url(app.name, preview=True) is not None)
 
     async def _send(self, target: _Target, request: SmokeRequest) -> Answer:
         headers = {"Host": target.host} if target.host else {}

@@ -5,7 +5,8 @@ It deploys the production stack, docker-stack.yml, with the lab's override
 Grafana, shorter daemon intervals; the override's header says why) by `docker stack deploy`;
 drives CPU load through Traefik on 127.0.0.1 until the autoscaler service scales the demo app up;
 deploys a v2 with the operator CLI that goes live through a blue→green switch under client
-traffic; deploys a broken v3 that the controller rolls back on its own; and prints the times.
+traffic; deploys a broken v3 that its smoke requests stop on the preview route before the switch,
+so no user request reaches it; and prints the times.
 The stack stays up afterwards so it can be looked at; `make demo-down` removes everything the
 demo made.
 
@@ -180,19 +181,25 @@ def main() -> int:
     v2_switch = stack.events("bluegreen", "switched", app=APP)[-1]
     v2_weights = weights(stack)
 
-    # 3. A broken v3: it goes live on blue, fails its checks and is rolled back by the controller.
+    # 3. A broken v3 (5xx on / while its health check passes): the smoke requests catch it on the
+    # preview route, before the switch, so no user request reaches it.
     say(f"swarmshift bluegreen deploy demo --image {images['v3-broken']} --wait   (20 req/s through Traefik)")
     t_v3 = time.time()
     load = HostLoad(stack.ports["WEB_PORT"], "/", rate=20, max_seconds=150, max_requests=3000, workers=4).start()
     v3 = stack.cli("deploy", "demo", "--image", images["v3-broken"], "--wait", "--timeout", "120")
     v3_result = load.stop()
     print(v3.stdout.rstrip(), flush=True)
-    if v3.returncode != 1 or "RolledBack" not in v3.stdout:
-        say(f"the broken v3 was not rolled back (exit {v3.returncode}): {v3.stderr.strip()}")
+    v3_phases = [e["to"] for e in stack.events("bluegreen", "phase_changed", app=APP)
+                 if event_time(e) >= t_v3 - 1]
+    if v3.returncode != 1 or "Failed" not in v3.stdout or "SmokeTests" not in v3_phases:
+        say(f"the broken v3 was not stopped by its smoke requests (exit {v3.returncode}, phases {v3_phases}): "
+            f"{v3.stderr.strip()}")
         return 1
-    v3_switch = stack.events("bluegreen", "switched", app=APP)[-1]
-    [rollback_start, *_] = stack.events("bluegreen", "rollback_started", app=APP)
-    [rolled_back, *_] = stack.events("bluegreen", "rolled_back", app=APP)
+    if v3_result.failed or {v for _, _, v in v3_result.bodies} != {"v2"}:
+        say(f"clients saw something other than v2 during the v3 deploy: {served(v3_result)}")
+        return 1
+    [smoke_failed, *_] = stack.events("bluegreen", "smoke_failed", app=APP)
+    [v3_failed, *_] = stack.events("bluegreen", "deploy_failed", app=APP)
     now = stack.serves() or {}
     status = stack.cli("status")
 
@@ -213,12 +220,12 @@ def main() -> int:
     print(f"  {clock(t_v2_done)}  v2 Stable after its verification window; clients saw: {served(v2_result)}"
           f" ({v2_result.failed} failed)")
     print(f"  {clock(t_v3)}  deploy of the broken v3 requested")
-    print(f"  {clock(event_time(v3_switch))}  Traefik switched to {v3_switch['to']} (the broken v3)")
-    print(f"  {clock(event_time(rollback_start))}  failed checks: rollback started, "
-          f"{event_time(rollback_start) - event_time(v3_switch):.1f}s after the switch")
-    print(f"  {clock(event_time(rolled_back))}  rolled back: traffic on {rolled_back['active']} (v2) again, "
-          f"{event_time(rolled_back) - event_time(v3_switch):.1f}s after the switch")
-    print(f"           clients saw: {served(v3_result)}")
+    print(f"  {clock(event_time(smoke_failed))}  stopped at the SmokeTests gate, before the switch: "
+          f"{smoke_failed['method']} {smoke_failed['path']} on the preview route answered {smoke_failed['status']}")
+    print(f"           (expected {smoke_failed['expected']}); phases: {' -> '.join(v3_phases)}")
+    print(f"  {clock(event_time(v3_failed))}  deploy Failed, {event_time(v3_failed) - t_v3:.1f}s after the request; "
+          f"traffic never left {v3_failed['active']} (v2)")
+    print(f"           clients saw: {served(v3_result)} ({v3_result.failed} failed user requests)")
     print(f"  now: Traefik serves {now.get('version')} from {now.get('color')} ({weights(stack)}); "
           "`swarmshift bluegreen status`:")
     for line in status.stdout.rstrip().splitlines()[:2]:

@@ -252,6 +252,19 @@ def test_through_the_router_the_requests_go_to_the_preview_route_in_order(server
     assert server.seen == [("GET", "/", "preview.example.com"), ("POST", "/api/cart", "preview.example.com")]
 
 
+def test_with_direct_probes_and_a_router_url_the_requests_still_take_the_preview_route(server):
+    async def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError("smoke requests must not go to the tasks when the preview route is known")
+
+    prober = Prober(ProbeSettings(preview_url=f"http://127.0.0.1:{server.port}"), timeout=1.0, resolver=no_dns)
+    result = smoke(prober, app(8000), REQUESTS, Routing.all_to(Color.BLUE))
+    assert result.outcome is SmokeOutcome.PASSED, result.summary()
+    assert server.seen == [("GET", "/", "preview.example.com"), ("POST", "/api/cart", "preview.example.com")]
+    # An app without a preview rule has no such route: its smoke requests go to every task.
+    bare = App("web", "web-blue", "web-green", 8000, "Host(`web.example.com`)")
+    assert not prober.smoke_via_router(bare) and prober.smoke_via_router(app(8000))
+
+
 def test_directly_every_task_gets_every_request_and_the_first_failure_ends_the_round(server):
     async def two_tasks(host: str, port: int) -> list[str]:
         return ["127.0.0.1", "127.0.0.1"]
