@@ -46,7 +46,8 @@ def main(args: list[str]) -> int:
         lanes["fuzz"] = "unit and fuzz"
     for name, marks in lanes.items():
         nice = ["nice", "-n", "19"] if name == "fuzz" else []
-        argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}", *args]
+        argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}",
+                "--durations", "12", *args]  # where a lane's minutes go, in every CI log
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         threads.append(threading.Thread(target=_stream, args=(name, procs[name], lock), daemon=True))
         threads[-1].start()
