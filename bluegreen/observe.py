@@ -293,7 +293,7 @@ class Observer:
     async def canary(self, rt: Runtime, reading: Reading, color: Color | None) -> CanaryReading | None:
         """The canary analysis of `color` when one is due (every canary.interval; sooner once the window is over).
 
-        None when none is due this tick. Prometheus unanswered is retried with a growing delay, at
+        None when none is due this tick (or the last unanswered one). Prometheus unanswered is retried with a growing delay, at
         most max(interval, grace / 2) apart, so the window's end and its grace still get answers.
         """
         state = reading.loaded.state
@@ -308,7 +308,9 @@ class Observer:
         last = track.last
         final = last is not None and last.available and last.window < policy.analysis <= elapsed
         if now < track.next_at and not final:
-            return None
+            # Not due. An unanswered analysis is given again so that the machine can say why it waits
+            # (it is never a verdict); an answered one is not: each verdict is on a fresh answer.
+            return last if last is not None and not last.available else None
         result = await self.analyst.analyse(reading.app, color, window_for(elapsed, policy), policy.latency_quantile)
         track.last, track.last_at = result, now
         service = reading.app.service(color)
