@@ -111,6 +111,7 @@ def run(config_path, listen, selector, log_format, log_level, dry_run) -> None:
 
 
 async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
+    from bluegreen.analysis import PrometheusAnalyst
     from bluegreen.api import make_app
     from bluegreen.controller import Controller
     from bluegreen.observe import Checks
@@ -120,7 +121,8 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
     router = routers.build(cfg.router, swarm=swarm)
     notifier = Notifier.from_settings(cfg.notify)
     controller = Controller(swarm, router, cfg, prober=Prober(cfg.probe, timeout=cfg.probe_timeout_seconds),
-                            checks=Checks.from_config(cfg), notifier=notifier)
+                            checks=Checks.from_config(cfg), notifier=notifier,
+                            analyst=PrometheusAnalyst.from_config(cfg))
 
     async def work(stop: asyncio.Event) -> None:
         if token is None:

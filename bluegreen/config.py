@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from bluegreen.apps import AppDefaults, Color, Strategy, valid_key
+from bluegreen.canary import CanaryPolicy
 from bluegreen.claims import allowance_key_problem, host_pattern_problem
 from bluegreen.phases import CheckResult, Settings
 from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
@@ -288,6 +289,18 @@ class ProbeSettings(Strict):
         return template.replace("{app}", app) if template else None
 
 
+def _canary_problem(info: ValidationInfo) -> str | None:
+    """Why this config cannot run a canary step: it weights colors, so Traefik only, and reads Prometheus."""
+    router = info.data.get("router")
+    if router is not None and router.kind == "nginx":
+        return ("a canary needs a Traefik router (router.kind traefik-file or traefik-http): router nginx switches "
+                "all traffic at once and cannot send a weight to the new color")
+    prometheus = info.data.get("prometheus")
+    if prometheus is not None and not prometheus.url:
+        return "a canary needs prometheus.url: its analysis reads Traefik's metrics through Prometheus"
+    return None
+
+
 def _app_key(value: str) -> str:
     if not valid_key(value):
         raise ValueError("expected an app key: the app's name, or <stack>_<app> for an app of a stack")
@@ -298,12 +311,62 @@ AppKey = Annotated[str, AfterValidator(_app_key)]
 SmokeList = Annotated[list[SmokeRequest], Field(max_length=MAX_REQUESTS)]
 
 
+class CanarySettings(Strict):
+    """The canary step before the full switch (Traefik routers only; docs/bluegreen.md, "Canary").
+
+    `weight` % of the traffic goes to the new color for `analysis`; every `interval` the
+    controller asks Prometheus for the 5xx share and the latency quantile of that color's Traefik
+    service over the canary so far. A breach rolls back at once; fewer than `min_requests`
+    requests is no verdict yet; at the window's end too little traffic fails the canary unless
+    `require_traffic: false`. Prometheus unanswered is retried (with backoff) and never passes:
+    `grace` after the window, the deploy rolls back.
+    """
+
+    weight: int = Field(5, ge=1, le=50)
+    analysis: Duration = 60.0
+    interval: Duration = 10.0
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    max_latency: Duration | None = None  # None: the latency is shown, not judged
+    latency_quantile: float = Field(0.99, gt=0.0, lt=1.0)
+    min_requests: int = Field(20, ge=1, le=1_000_000)
+    require_traffic: bool = True
+    grace: Duration = 30.0
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1.0:
+            raise ValueError("must be at least 1s: each analysis is three Prometheus queries")
+        return value
+
+    @field_validator("max_latency")
+    @classmethod
+    def _latency(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> CanarySettings:
+        if self.analysis < self.interval:
+            raise ValueError("analysis must hold at least one interval")
+        return self
+
+    def policy(self) -> CanaryPolicy:
+        return CanaryPolicy(weight=self.weight, analysis=self.analysis, interval=self.interval,
+                            max_error_rate=self.max_error_rate, max_latency=self.max_latency,
+                            min_requests=self.min_requests, require_traffic=self.require_traffic, grace=self.grace,
+                            latency_quantile=self.latency_quantile)
+
+
 class AppGates(Strict):
     """One app's release gates, by its key under `apps`: each key given replaces the top-level one for it."""
 
     smoke: SmokeList | None = None  # [] turns the top-level smoke requests off for this app
     auto_promotion: bool | None = None
     auto_promotion_after: Duration | None = None
+    # A mapping sets the app's canary, key by key over the top-level one; false: no canary for the app.
+    canary: CanarySettings | Literal[False] | None = None
 
 
 class PrometheusSettings(Strict):
@@ -350,6 +413,8 @@ class BlueGreenConfig(DaemonSettings):
     smoke: SmokeList = []
     auto_promotion: bool = True
     auto_promotion_after: Duration | None = None
+    # A canary step before the full switch, for every app (apps.<key>.canary for one); Traefik only.
+    canary: CanarySettings | None = None
     apps: dict[AppKey, AppGates] = {}
 
     def selects(self, labels: Mapping[str, str]) -> bool:
@@ -425,6 +490,15 @@ class BlueGreenConfig(DaemonSettings):
                              "auto_promotion: false pauses one)")
         return value
 
+    @field_validator("canary")
+    @classmethod
+    def _canary(cls, value: CanarySettings | None, info: ValidationInfo) -> CanarySettings | None:
+        if value is not None:
+            problem = _canary_problem(info)
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @field_validator("apps")
     @classmethod
     def _apps(cls, value: dict[str, AppGates], info: ValidationInfo) -> dict[str, AppGates]:
@@ -434,7 +508,24 @@ class BlueGreenConfig(DaemonSettings):
         if bad:
             raise ValueError(f"{', '.join(sorted(bad))}: auto_promotion_after needs auto_promotion: false, for the "
                              "app or at the top level")
+        canaries = sorted(key for key, gates in value.items() if isinstance(gates.canary, CanarySettings))
+        problem = _canary_problem(info) if canaries else None
+        if problem:
+            raise ValueError(f"{', '.join(f'apps.{key}.canary' for key in canaries)}: {problem}")
         return value
+
+    def canary_policy(self, app: str | None) -> CanaryPolicy | None:
+        """The canary step of the app with key `app`: its own keys over the top-level ones; None without a canary."""
+        own = self.apps.get(app) if app is not None else None
+        mine = own.canary if own is not None else None
+        if mine is False:
+            return None
+        if mine is None:
+            return self.canary.policy() if self.canary is not None else None
+        if self.canary is None:
+            return mine.policy()
+        merged = {**self.canary.model_dump(), **mine.model_dump(include=mine.model_fields_set)}
+        return CanarySettings(**merged).policy()
 
     def gates(self, app: str | None) -> tuple[list[SmokeRequest], bool, float | None]:
         """The smoke requests, auto_promotion and auto_promotion_after of the app with key `app`."""
@@ -481,6 +572,7 @@ class BlueGreenConfig(DaemonSettings):
             smoke_tests=len(smoke),
             auto_promotion=auto,
             auto_promotion_after=after,
+            canary=self.canary_policy(app),
         )
 
     def app_defaults(self) -> AppDefaults:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from bluegreen.analysis import Analyst
 from bluegreen.app_check import board_of, unmatched_gates
 from bluegreen.apps import App, Color, discover, split_key
 from bluegreen.config import BlueGreenConfig
@@ -94,6 +95,7 @@ class Controller:
         notifier: Notifier | None = None,
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
+        analyst: Analyst | None = None,
     ) -> None:
         self.swarm = swarm
         self.router = router
@@ -103,7 +105,7 @@ class Controller:
         self.notifier = notifier or Notifier([])
         self.telemetry = telemetry or Telemetry()
         self.clock = clock
-        self.observer = Observer(swarm, router, prober, checks, config, clock)
+        self.observer = Observer(swarm, router, prober, checks, config, clock, analyst=analyst)
         self.executor = Executor(swarm, router, self.notifier, self.telemetry)
         self.ticker = Ticker(self.observer, self.executor, self.settings, clock, settings_for=self.settings_for)
         self.apps: dict[str, Runtime] = {}
@@ -454,7 +456,7 @@ class Controller:
         """The app as it is now, read fresh from Swarm and the router (no probe, no change)."""
         rt = await self.runtime(name)
         reading = await self.observer.read(rt)
-        return app_view(rt, reading, settings=self.settings_for(rt.name))
+        return app_view(rt, reading, settings=self.settings_for(rt.name), now=self.clock())
 
     async def statuses(self) -> list[dict[str, Any]]:
         """Every app's view; one app that cannot be read is shown with the error, the others as they are."""

@@ -150,9 +150,17 @@ class Executor:
                      source=d.source.value, target=d.target.value, cause=cause)
             if d.kind is Operation.ROLLBACK:
                 self.telemetry.rollbacks.labels(name, cause).inc()
-        if old.phase is Phase.SWITCHING and new.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.STABLE):
+        if old.phase is Phase.SWITCHING and new.phase in (Phase.CANARY, Phase.VERIFYING, Phase.PROGRESSING,
+                                                          Phase.STABLE):
             log.info("switched", app=name, deploy=d.id, to=d.target.value, percent=d.percent, image=d.image,
                      verified=False)
+        if new.phase is Phase.CANARY:
+            log.info("canary_started", app=name, deploy=d.id, color=d.target.value, weight=d.percent, image=d.image)
+        elif old.phase is Phase.CANARY and new.phase is Phase.SWITCHING:
+            log.info("canary_passed", app=name, deploy=d.id, color=d.target.value, reason=step.reason)
+        elif old.phase is Phase.CANARY and new.phase is Phase.ROLLING_BACK:
+            log.error("canary_failed", app=name, deploy=d.id, color=d.target.value, reason=d.reason,
+                      action="the canary weight goes back to 0 and the deploy rolls back")
         if new.phase is Phase.ROLLING_BACK:
             self.telemetry.rollbacks.labels(name, cause).inc()
             log.warning("rollback_started", app=name, deploy=d.id, to=new.active.value, reason=d.reason, cause=cause)

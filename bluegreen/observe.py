@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bluegreen.analysis import Analyst, NoAnalyst
 from bluegreen.app_check import app_problems, claim
 from bluegreen.apps import App, Color, Refusal, discover, split_key
+from bluegreen.canary import CanaryReading, window_for
 from bluegreen.claims import Board
 from bluegreen.config import BlueGreenConfig, PromCheck
 from bluegreen.labels import APP_LABEL, LOCK_LABEL
 from bluegreen.phases import CheckResult, ColorStatus, Probe, ProbeOutcome, needs
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
-from bluegreen.runtime import Runtime
+from bluegreen.runtime import CanaryTrack, Runtime
 from bluegreen.smoke import SmokeOutcome, SmokeRound, excerpt
 from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
 from swarmshift import logs
@@ -95,8 +97,9 @@ class Observer:
     """Reads an app for a tick, probes its colors and runs its checks."""
 
     def __init__(self, swarm: SwarmAccess, router: Router, prober: Prober, checker: Checks, config: BlueGreenConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, analyst: Analyst | None = None) -> None:
         self.swarm = swarm
+        self.analyst = analyst or NoAnalyst()
         self.router = router
         self.prober = prober
         self.checker = checker
@@ -285,6 +288,44 @@ class Observer:
                       status=a.status, error=a.error, latency_ms=round(a.latency * 1000, 1),
                       body=excerpt(a.body) if a.status is not None else None, problems=list(failing.problems),
                       action="the deploy fails; no user traffic reaches the release")
+        return result
+
+    async def canary(self, rt: Runtime, reading: Reading, color: Color | None) -> CanaryReading | None:
+        """The canary analysis of `color` when one is due (every canary.interval; sooner once the window is over).
+
+        None when none is due this tick (or the last unanswered one). Prometheus unanswered is retried with a growing delay, at
+        most max(interval, grace / 2) apart, so the window's end and its grace still get answers.
+        """
+        state = reading.loaded.state
+        policy = self.config.canary_policy(rt.name)
+        if color is None or policy is None or state.deploy is None:
+            return None
+        key = (state.deploy.id, state.since)
+        track = rt.canary if rt.canary is not None and rt.canary.key == key else CanaryTrack(key)
+        rt.canary = track
+        now = self.clock()
+        elapsed = now - state.since
+        last = track.last
+        final = last is not None and last.available and last.window < policy.analysis <= elapsed
+        if now < track.next_at and not final:
+            # Not due. An unanswered analysis is given again so that the machine can say why it waits
+            # (it is never a verdict); an answered one is not: each verdict is on a fresh answer.
+            return last if last is not None and not last.available else None
+        result = await self.analyst.analyse(reading.app, color, window_for(elapsed, policy), policy.latency_quantile)
+        track.last, track.last_at = result, now
+        service = reading.app.service(color)
+        if result.available:
+            track.failures = 0
+            track.next_at = now + policy.interval
+            log.info("canary_analysis", app=rt.name, color=color.value, service=service, window=result.window,
+                     requests=result.requests, errors=result.errors, error_rate=result.error_rate,
+                     latency=result.latency, elapsed=round(elapsed, 3))
+        else:
+            track.failures += 1
+            cap = max(policy.interval, policy.grace / 2)
+            track.next_at = now + min(max(1.0, policy.interval / 4) * 2 ** (track.failures - 1), cap)
+            log.warning("canary_unavailable", app=rt.name, color=color.value, service=service, error=result.error,
+                        failures=track.failures, action="analysed again with backoff; no answer is never a pass")
         return result
 
     async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:

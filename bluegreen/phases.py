@@ -13,7 +13,9 @@ Everything here is plain data and functions; the daemon loop does the I/O. One t
 Before any traffic moves, a deploy passes PreChecks and then the app's release gates: SmokeTests
 (the config's smoke requests to the idle color; one wrong answer fails the deploy) and Paused
 (auto_promotion: false; left by promote, abort or auto_promotion_after, timed from the stored
-`since`).
+`since`). With a canary policy, the switch then goes first to the canary weight: Switching →
+Canary (the new color's Traefik metrics analysed for canary.analysis, timed from the stored
+`since`) → Switching to 100 % → Verifying; a breach rolls back at once.
 
 Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
 
@@ -45,7 +47,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
+from bluegreen import canary as canary_analysis
 from bluegreen.apps import Color, Strategy, same_image
+from bluegreen.canary import CanaryPolicy, CanaryReading
 from bluegreen.labels import LOCK_LABEL
 from bluegreen.smoke import SmokeOutcome, SmokeRound
 from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, new_deploy_id
@@ -78,6 +82,7 @@ class Settings:
     smoke_tests: int  # smoke requests sent to the idle color before the switch; 0: no SmokeTests phase
     auto_promotion: bool  # False: a deploy waits in Paused, after its checks, for promote or abort
     auto_promotion_after: float | None  # with auto_promotion False: Paused goes on by itself after this
+    canary: CanaryPolicy | None = None  # a canary step before the full switch (Traefik routers only); None: none
 
     @property
     def window_rounds(self) -> int:
@@ -151,6 +156,7 @@ class Observation:
     checks: tuple[CheckResult, ...] = ()
     alert: str | None = None  # a firing alert for this app, received since the last tick
     smoke: SmokeRound | None = None  # the smoke requests sent to the color `needs` named, this tick
+    canary: CanaryReading | None = None  # the canary analysis of the color `needs` named, when one was due this tick
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,7 @@ class Needs:
     probe: Color | None = None
     checks: Color | None = None
     smoke: Color | None = None
+    canary: Color | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,8 @@ def needs(state: AppState) -> Needs:
         return Needs(probe=target, checks=target)
     if state.phase is Phase.SMOKE_TESTS:
         return Needs(smoke=target)
+    if state.phase is Phase.CANARY:
+        return Needs(canary=target)
     return Needs()
 
 
@@ -565,6 +574,11 @@ def _switching(tick: _Tick, restarted: bool) -> _Outcome:
         if deploy.force:
             return _succeed(tick, f"forced switch to {deploy.target} confirmed by the router; not verified",
                             deploy)
+        if deploy.canary and deploy.step == 0:
+            policy = tick.settings.canary
+            window = format_duration(policy.analysis) if policy is not None else "its analysis window"
+            return _goto(tick, Phase.CANARY, f"the router confirms {want}; analysing the canary "
+                                             f"{tick.color(deploy.target).service} ({deploy.percent}%) for {window}")
         phase = Phase.PROGRESSING if deploy.percent < 100 else Phase.VERIFYING
         return _goto(tick, phase, f"the router confirms {want}; verifying for "
                                   f"{format_duration(tick.settings.verification_window)}")
@@ -572,6 +586,63 @@ def _switching(tick: _Tick, restarted: bool) -> _Outcome:
         return _rollback(tick, f"the router did not confirm {want} within "
                                f"{format_duration(tick.settings.switch_timeout)}")
     return _stay(tick, f"waiting for the router to confirm {want}")
+
+
+def _canary(tick: _Tick, restarted: bool) -> _Outcome:
+    """canary.weight % on the new color, judged on its Traefik metrics; a breach rolls back at once.
+
+    The window counts from `state.since` (stored when the router confirmed the canary weight), so a
+    restart neither restarts nor loses it; the analysis itself is asked of Prometheus over the
+    canary so far, and holds no evidence in memory. A reading with fewer than min_requests
+    requests is no verdict. Prometheus unanswered is never a pass: past the window and the grace,
+    the deploy rolls back.
+    """
+    deploy, state, policy = tick.deploy, tick.state, tick.settings.canary
+    target = tick.color(deploy.target)
+    if _alert_rolls_back(tick):
+        return _canary_abort(tick, f"alert {tick.obs.alert} fired during the canary")
+    if policy is None:
+        return _canary_passed(tick, "no canary is configured for the app any more")
+    if not same_image(target.image, deploy.image):
+        return _canary_abort(tick, f"{target.service} runs {target.image}, not {deploy.image}: changed outside the "
+                                   "controller")
+    elapsed = tick.now - state.since
+    window = format_duration(policy.analysis)
+    reading = tick.obs.canary
+    if reading is not None and reading.available:
+        why = canary_analysis.breach(reading, policy)
+        if why is not None:
+            return _canary_abort(tick, f"canary analysis of {target.service} failed: {why}")
+        whole = elapsed >= policy.analysis and reading.window >= policy.analysis - 1e-6
+        if whole and (reading.requests or 0.0) >= policy.min_requests:
+            return _canary_passed(tick, f"canary {target.service} passed its {window} analysis: "
+                                        f"{reading.summary(policy)}")
+        if whole and not policy.require_traffic:
+            return _canary_passed(tick, f"canary {target.service} had too little traffic to judge "
+                                        f"({reading.summary(policy)}, fewer than canary.min_requests "
+                                        f"{policy.min_requests}); passed, as canary.require_traffic is false")
+        if whole:
+            return _canary_abort(tick, f"canary analysis of {target.service} failed: too little traffic to judge: "
+                                       f"{reading.summary(policy)}, fewer than canary.min_requests "
+                                       f"{policy.min_requests} (canary.require_traffic: true)")
+    if elapsed >= policy.analysis + policy.grace:
+        last = f": {reading.summary(policy)}" if reading is not None else ""
+        return _canary_abort(tick, f"canary analysis of {target.service} had no verdict within {window} and "
+                                   f"canary.grace {format_duration(policy.grace)}{last}")
+    progress = f"canary {deploy.percent}% on {target.service}, {min(elapsed, policy.analysis):.0f}s of {window}"
+    return _stay(tick, f"{progress}: {reading.summary(policy)}" if reading is not None else "")
+
+
+def _canary_abort(tick: _Tick, reason: str) -> _Outcome:
+    """A breach: the canary weight goes back to 0 (RollingBack's routing, in this very step) and the deploy rolls back."""
+    return _rollback(tick, f"{reason}; weight back to 0, traffic returns to {tick.state.active}")
+
+
+def _canary_passed(tick: _Tick, why: str) -> _Outcome:
+    deploy = tick.deploy
+    nxt = replace(deploy, step=deploy.step + 1)
+    return _goto(tick, Phase.SWITCHING, f"{why}; switching {nxt.percent}% of the traffic to {deploy.target}",
+                 deploy=nxt)
 
 
 def _verifying(tick: _Tick, restarted: bool) -> _Outcome:
@@ -624,6 +695,7 @@ _HANDLERS = {
     Phase.SMOKE_TESTS: _smoke_testing,
     Phase.PAUSED: _paused,
     Phase.SWITCHING: _switching,
+    Phase.CANARY: _canary,
     Phase.PROGRESSING: _verifying,
     Phase.VERIFYING: _verifying,
     Phase.ROLLING_BACK: _rolling_back,
@@ -652,9 +724,15 @@ def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, dep
     if not image.strip():
         raise Refused("nothing", f"{app}: no image to deploy")
     source = state.active
-    steps = settings.progressive_steps if strategy is Strategy.PROGRESSIVE else (100,)
+    steps: tuple[int, ...] = settings.progressive_steps if strategy is Strategy.PROGRESSIVE else (100,)
+    # A canary comes first, then the strategy's steps above its weight. A rollback that redeploys
+    # the previous image has none: that image served users before, and someone asked for it back.
+    canary = settings.canary is not None and kind is Operation.DEPLOY
+    if canary:
+        assert settings.canary is not None
+        steps = (settings.canary.weight, *(s for s in steps if s > settings.canary.weight))
     deploy = Deploy(id=deploy_id, kind=kind, source=source, image=image,
-                    previous_image=obs.colors[source].image, started_at=obs.now, steps=tuple(steps))
+                    previous_image=obs.colors[source].image, started_at=obs.now, steps=tuple(steps), canary=canary)
     # A pending scale-down of the idle color is cancelled: it is about to receive the new release.
     preparing = state.evolve(phase=Phase.PREPARING, since=obs.now, deploy=deploy, retire_at=None)
     tick = _tick_for(app, preparing, obs, settings)
@@ -738,7 +816,7 @@ def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: st
     phase = state.phase
     if phase in _BEFORE_TRAFFIC:
         return _finish(tick, _fail(tick, f"rolled back by request in {phase}, before any traffic moved"))
-    if phase in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING):
+    if phase in (Phase.SWITCHING, Phase.CANARY, Phase.PROGRESSING, Phase.VERIFYING):
         return _finish(tick, _rollback(tick, f"rollback requested in {phase}"))
     if phase is Phase.ROLLING_BACK:
         raise Refused("noop", f"{app}: already rolling back to {state.active}")

@@ -7,11 +7,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bluegreen.apps import App
+from bluegreen.canary import CanaryReading
 from bluegreen.phases import Progress
 from bluegreen.state import AppState, Routing
 
 if TYPE_CHECKING:
     from bluegreen.observe import Reading
+
+
+@dataclass
+class CanaryTrack:
+    """When the canary of one deploy was last analysed and what came back: it paces the Prometheus queries."""
+
+    key: tuple[str, float]  # the deploy id and when its Canary phase began
+    next_at: float = 0.0  # wall clock: the next analysis is due then
+    failures: int = 0  # analyses in a row Prometheus could not answer (the backoff)
+    last: CanaryReading | None = None
+    last_at: float | None = None
 
 
 @dataclass
@@ -31,6 +43,7 @@ class Runtime:
     refused: dict[str, str] = field(default_factory=dict)  # service -> why it was refused a color the app has
     probe: dict[str, Any] | None = None  # the last probe round, for status
     smoke: dict[str, Any] | None = None  # the last smoke round, for status
+    canary: CanaryTrack | None = None  # the canary analyses of the deploy in Canary, for pacing and status
     unreachable: str | None = None  # the unreachable probe already logged
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.

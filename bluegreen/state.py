@@ -31,6 +31,7 @@ from bluegreen.labels import (
     IDLE_LOCK,
     K_ACTIVE,
     K_ALERTS,
+    K_DEPLOY_CANARY,
     K_DEPLOY_FAILURES,
     K_DEPLOY_FORCE,
     K_DEPLOY_ID,
@@ -116,6 +117,7 @@ class Phase(StrEnum):
     SMOKE_TESTS = "SmokeTests"  # the config's smoke requests, sent to the idle color before any traffic
     PAUSED = "Paused"  # auto_promotion off: waits for promote, abort or auto_promotion_after (from `since`)
     SWITCHING = "Switching"  # the router is told the new weights; left when it confirms them
+    CANARY = "Canary"  # canary.weight % on the new color, analysed from Traefik's metrics for canary.analysis (from `since`)
     PROGRESSING = "Progressing"  # progressive mode: verifying a partial weight step
     VERIFYING = "Verifying"  # all traffic on the new color, under verification
     ROLLING_BACK = "RollingBack"  # traffic returns to the previous color
@@ -129,7 +131,7 @@ class Phase(StrEnum):
     @property
     def moves_traffic(self) -> bool:
         """Phases whose routing sends traffic toward the deploy's target color."""
-        return self in (Phase.SWITCHING, Phase.PROGRESSING, Phase.VERIFYING)
+        return self in (Phase.SWITCHING, Phase.CANARY, Phase.PROGRESSING, Phase.VERIFYING)
 
 
 class Operation(StrEnum):
@@ -159,6 +161,7 @@ class Deploy:
     failures: int = 0  # failed verification rounds so far; stored, so a restart never forgets one
     reason: str = ""  # why it failed or was rolled back
     force: bool = False  # a forced switch skips the health gate and the verification
+    canary: bool = False  # the first step (steps[0]) is a canary: analysed in Canary, not verified in Progressing
 
     @property
     def target(self) -> Color:
@@ -222,6 +225,7 @@ class AppState:
                 K_DEPLOY_FAILURES: str(d.failures),
                 K_DEPLOY_FORCE: "true" if d.force else "false",
                 K_DEPLOY_REASON: _one_line(d.reason) or None,
+                K_DEPLOY_CANARY: "true" if d.canary else None,
             })
         return labels
 
@@ -257,6 +261,7 @@ class AppState:
                 failures=reader.integer(K_DEPLOY_FAILURES, required=True, minimum=0),
                 reason=present.get(K_DEPLOY_REASON, ""),
                 force=reader.boolean(K_DEPLOY_FORCE),
+                canary=reader.boolean(K_DEPLOY_CANARY),
             )
             if not reader.problems:
                 deploy = Deploy(**deploy_fields)  # type: ignore[arg-type]

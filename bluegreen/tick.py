@@ -98,13 +98,14 @@ class Ticker:
             state = reading.loaded.state
             want = needs(state)
             verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
-            probe, results, smoke = await asyncio.gather(
+            probe, results, smoke, canary = await asyncio.gather(
                 self.observer.probe(rt, reading, want.probe, verify, early),
                 self.observer.checks(reading.app, want.checks if checks else None),
-                self.observer.smoke(rt, reading, want.smoke))
+                self.observer.smoke(rt, reading, want.smoke),
+                self.observer.canary(rt, reading, want.canary))
             early, checks = None, True
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
-                              checks=results, alert=alert, smoke=smoke)
+                              checks=results, alert=alert, smoke=smoke, canary=canary)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
             step = advance(rt.name, state, rt.progress, obs, self.settings_for(rt.name))
             services, confirmed = await self.executor.execute(rt, reading, step, cause=_cause(step, alert, restarted))
@@ -124,7 +125,8 @@ def hurry(step: Step) -> bool:
     """Whether the next tick should come at once: after routing moved, or on entering smoke tests or a verification window."""
     if any(isinstance(i, Route) for i in step.intents):
         return True
-    return step.transitioned and step.state.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.SMOKE_TESTS)
+    return step.transitioned and step.state.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.SMOKE_TESTS,
+                                                      Phase.CANARY)
 
 
 def _cause(step: Step, alert: str | None, restarted: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bluegreen.apps import Color
@@ -21,8 +22,32 @@ def gate_view(key: str, state: AppState, settings: Settings | None) -> dict[str,
             "promote": f"swarmshift bluegreen promote {key}", "abort": f"swarmshift bluegreen abort {key}"}
 
 
+def canary_view(rt: Runtime, state: AppState, settings: Settings | None, now: float) -> dict[str, Any] | None:
+    """A deploy in Canary: its weight, the window elapsed and remaining, and the last analysis."""
+    if state.phase is not Phase.CANARY or state.deploy is None:
+        return None
+    policy = settings.canary if settings is not None else None
+    elapsed = max(0.0, now - state.since)
+    track = rt.canary if rt.canary is not None and rt.canary.key == (state.deploy.id, state.since) else None
+    last = track.last if track is not None else None
+    return {
+        "color": state.deploy.target.value, "weight": state.deploy.percent, "since": format_time(state.since),
+        "analysis": policy.analysis if policy else None, "elapsed": round(elapsed, 1),
+        "remaining": round(max(0.0, policy.analysis - elapsed), 1) if policy else None,
+        "last": None if last is None or track is None or track.last_at is None else {
+            "at": format_time(track.last_at), "window": last.window, "requests": last.requests,
+            "errors": last.errors, "error_rate": last.error_rate, "latency": last.latency, "error": last.error,
+        },
+        "thresholds": None if policy is None else {
+            "max_error_rate": policy.max_error_rate, "max_latency": policy.max_latency,
+            "latency_quantile": policy.latency_quantile, "min_requests": policy.min_requests,
+            "require_traffic": policy.require_traffic,
+        },
+    }
+
+
 def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
-             settings: Settings | None = None) -> dict[str, Any]:
+             settings: Settings | None = None, now: float | None = None) -> dict[str, Any]:
     """The app as status and `GET /v1/apps/<app>` show it: health, phase, colors, routing and the last deploy.
 
     `broken` is true when the labels describe no app the controller can work with (or the read
@@ -75,12 +100,14 @@ def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
             "id": d.id, "operation": d.kind.value, "source": d.source.value, "target": d.target.value,
             "image": d.image, "previous_image": d.previous_image, "started_at": format_time(d.started_at),
             "steps": list(d.steps), "step": d.step, "failures": d.failures, "reason": d.reason, "force": d.force,
+            "canary": d.canary,
         },
         "request": rt.request,
         "route_error": rt.route_error,
         "probe": rt.probe,
         "smoke": rt.smoke,
         "gate": gate_view(rt.name, state, settings),
+        "canary": canary_view(rt, state, settings, time.time() if now is None else now),
         "problems": [*reading.problems, *reading.loaded.problems],
         "refused": refused,
         "app_config": {"name": app.label, "stack": app.stack, "port": app.port, "rule": str(app.rule),

@@ -223,3 +223,25 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class MemoryAnalyst:
+    """The canary analysis (bluegreen.analysis.Analyst) held in memory: each color's readings as a test sets them.
+
+    `readings[color]` is what every analysis of that color returns (its window set to the one
+    asked for); `unavailable` makes every analysis an unanswered one. Each call is recorded.
+    """
+
+    readings: dict[Color, Any] = field(default_factory=dict)
+    unavailable: str | None = None
+    calls: list[tuple[str, Color, float]] = field(default_factory=list)
+
+    async def analyse(self, app: App, color: Color, window: float, quantile: float) -> Any:
+        from bluegreen.canary import CanaryReading
+
+        self.calls.append((app.name, color, window))
+        if self.unavailable is not None:
+            return CanaryReading(window=window, error=self.unavailable)
+        reading = self.readings.get(color, CanaryReading(window=window, requests=100.0, errors=0.0, latency=0.05))
+        return replace(reading, window=window)
