@@ -268,6 +268,8 @@ def render_status(apps: list[dict[str, Any]], unattached: list[str] = ()) -> str
         gate = view.get("gate")
         if gate:
             notes.append(f"{view['app']}: {gate_line(view)}")
+        elif view.get("canary"):
+            notes.append(f"{view['app']}: {canary_line(view['canary'])}")
         elif view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
     notes += [f"(no app) {line}" for line in unattached]
@@ -282,6 +284,21 @@ def gate_line(view: dict[str, Any]) -> str:
             f"({d.get('image', '?')}): run `{gate['promote']}` to go on, or `{gate['abort']}` to fail the deploy")
     if gate.get("auto_promotion_at"):
         line += f"; it promotes itself at {gate['auto_promotion_at']}"
+    return line
+
+
+def canary_line(canary: dict[str, Any]) -> str:
+    """A canary's weight, how much of its window is left, and what its last analysis read."""
+    line = f"Canary: {canary['weight']}% on {canary['color']} since {canary['since']}, {canary['elapsed']:g}s"
+    line += f" of {canary['analysis']:g}s" if canary.get("analysis") is not None else ""
+    last = canary.get("last")
+    if last and last.get("error"):
+        line += f"; last analysis: {last['error']}"
+    elif last:
+        rate = f"{last['error_rate']:.3f}" if last.get("error_rate") is not None else "-"
+        line += f"; last analysis: {last['requests']:g} requests, error rate {rate}"
+        if last.get("latency") is not None:
+            line += f", latency {last['latency'] * 1000:.0f} ms"
     return line
 
 

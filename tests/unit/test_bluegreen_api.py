@@ -218,3 +218,19 @@ def test_status_shows_a_paused_deploy_and_deploy_wait_says_what_it_waits_for(can
     waited = cli(server.url, "deploy", "web", "--image", "web:2", "--wait")
     assert waited.exit_code == 0
     assert waited.stderr.count("web: Paused since") == 1  # once, when the wait begins, for a CI log
+
+
+def test_status_shows_a_canary_its_window_and_its_last_analysis(canned):
+    canary = {"color": "green", "weight": 5, "since": "2026-12-01T19:00:00.000Z", "analysis": 60.0, "elapsed": 12.5,
+              "remaining": 47.5, "thresholds": None,
+              "last": {"at": "2026-12-01T19:00:12.000Z", "window": 12.0, "requests": 48.0, "errors": 1.0,
+                       "error_rate": 1 / 48, "latency": 0.042, "error": None}}
+    down = {**canary, "last": {**canary["last"], "error": "Prometheus does not answer"}}
+    server = canned({("GET", "/v1/apps"): (200, {"apps": [
+        {**view(phase="Canary", result=None), "canary": canary, "app": "web"},
+        {**view(phase="Canary", result=None), "canary": down, "app": "shop"}]})})
+    lines = cli(server.url, "status").output.splitlines()
+    assert ("web: Canary: 5% on green since 2026-12-01T19:00:00.000Z, 12.5s of 60s; last analysis: 48 requests, "
+            "error rate 0.021, latency 42 ms") in lines
+    assert "shop: Canary: 5% on green since 2026-12-01T19:00:00.000Z, 12.5s of 60s; last analysis: Prometheus " \
+           "does not answer" in lines
