@@ -24,6 +24,8 @@ from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import Runtime
 from bluegreen.smoke import SmokeOutcome, SmokeRound, excerpt
 from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
+from bluegreen.webhook_gates import HookCall, HookRound
+from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
 from swarmshift.prometheus import Prometheus, PrometheusUnavailable, QueryError
 from swarmshift.swarm import Service, SwarmAccess
@@ -95,7 +97,7 @@ class Observer:
     """Reads an app for a tick, probes its colors and runs its checks."""
 
     def __init__(self, swarm: SwarmAccess, router: Router, prober: Prober, checker: Checks, config: BlueGreenConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, webhooks: WebhookCaller | None = None) -> None:
         self.swarm = swarm
         self.router = router
         self.prober = prober
@@ -103,6 +105,7 @@ class Observer:
         self.config = config
         self.defaults = config.app_defaults()
         self.clock = clock
+        self.webhooks = webhooks or WebhookCaller()
         self.board = Board()  # every app's claim as the controller's discovery last saw them
 
     def contests(self, rt: Runtime, app: App, services: list[Service], valid: bool = True) -> list[str]:
@@ -285,6 +288,19 @@ class Observer:
                       status=a.status, error=a.error, latency_ms=round(a.latency * 1000, 1),
                       body=excerpt(a.body) if a.status is not None else None, problems=list(failing.problems),
                       action="the deploy fails; no user traffic reaches the release")
+        return result
+
+    async def call_webhooks(self, rt: Runtime, reading: Reading, call: HookCall | None) -> HookRound | None:
+        """The webhooks of the gate a step stands at that are still pending, when it asks; None when none is."""
+        if call is None:
+            return None
+        hooks = [hook for hook in self.config.webhooks_for(rt.name) if hook.name in call.names]
+        if not hooks:
+            return None
+        result = await self.webhooks.round(rt.name, call.gate, hooks, reading.loaded.state)
+        rt.webhooks = {"gate": str(call.gate), "at": format_time(self.clock()),
+                       "results": [{"webhook": r.name, "passed": r.passed, "status": r.status, "detail": r.detail,
+                                    "attempts": r.attempts} for r in result.results]}
         return result
 
     async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:

@@ -31,6 +31,7 @@ class Runtime:
     refused: dict[str, str] = field(default_factory=dict)  # service -> why it was refused a color the app has
     probe: dict[str, Any] | None = None  # the last probe round, for status
     smoke: dict[str, Any] | None = None  # the last smoke round, for status
+    webhooks: dict[str, Any] | None = None  # the last round of webhook gates, for status
     unreachable: str | None = None  # the unreachable probe already logged
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.
