@@ -687,7 +687,7 @@ def _confirm_promotion(tick: _Tick, restarted: bool) -> _Outcome:
 
 
 def _post_rollout(tick: _Tick) -> _Outcome | None:
-    """A Stable deploy's post-rollout webhooks: None when none is due or this round changed nothing.
+    """A Stable deploy's post-rollout webhooks: None when none is due or this round records nothing.
 
     The release already has all the traffic. A webhook with on_failure: fail rolls back, as an
     operator's rollback would (a switch to the previous color while it is up, else a deploy of
@@ -715,7 +715,8 @@ def _post_rollout(tick: _Tick) -> _Outcome | None:
                      f"{state.active} stays")
     if len(record) != len(tick.deploy.webhooks):
         return _stay(tick, "; ".join(notes), deploy=replace(verdict.deploy, webhooks=tuple(record)))
-    return _stay(tick, "; ".join(notes)) if notes else None
+    # Nothing to record (a hold answered no again): the app at rest goes on, retiring its idle color included.
+    return None
 
 
 def _redeploy(tick: _Tick, image: str, deploy_id: str, reason: str) -> _Outcome:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from swarmshift.config import Duration, Strict, format_duration
@@ -89,20 +89,38 @@ class Webhook(Strict):
                 raise ValueError(f"{key}: at most 256 characters")
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Webhook:
-        if not 0 < self.timeout <= MAX_TIMEOUT:
-            raise ValueError(f"timeout must be more than 0 and at most {format_duration(MAX_TIMEOUT)} "
-                             f"(got {format_duration(self.timeout)})")
-        if not self.timeout <= self.gate_timeout <= MAX_GATE_TIMEOUT:
-            raise ValueError(f"gate_timeout must be at least timeout and at most {format_duration(MAX_GATE_TIMEOUT)} "
-                             f"(got {format_duration(self.gate_timeout)})")
-        if self.token_file and self.secret_file:
-            raise ValueError("set token_file or secret_file, not both")
-        if self.type is Gate.CONFIRM_PROMOTION and self.on_failure == "fail":
+    # Field validators, not one on the model: a problem then echoes the field's value, never the
+    # whole webhook with its URL.
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= MAX_TIMEOUT:
+            raise ValueError(f"must be more than 0 and at most {format_duration(MAX_TIMEOUT)}")
+        return value
+
+    @field_validator("on_failure")
+    @classmethod
+    def _on_failure(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("type") is Gate.CONFIRM_PROMOTION and value == "fail":
             raise ValueError("confirm-promotion is polled until it answers 2xx: on_failure must be hold (a no is "
                              "`swarmshift bluegreen abort`, or gate_timeout)")
-        return self
+        return value
+
+    @field_validator("gate_timeout")
+    @classmethod
+    def _gate_timeout(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("timeout", 0.0)
+        if not timeout <= value <= MAX_GATE_TIMEOUT or value <= 0:
+            raise ValueError(f"must be at least timeout ({format_duration(timeout)}) and at most "
+                             f"{format_duration(MAX_GATE_TIMEOUT)}")
+        return value
+
+    @field_validator("secret_file")
+    @classmethod
+    def _one_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("token_file"):
+            raise ValueError("set token_file or secret_file, not both")
+        return value
 
     def spec(self) -> HookSpec:
         return HookSpec(self.name, self.type, self.on_failure, self.gate_timeout)
