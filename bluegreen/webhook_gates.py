@@ -128,12 +128,13 @@ class Webhook(Strict):
 
 def unique_names(hooks: list[Webhook]) -> list[Webhook]:
     """The list, or ValueError when two webhooks share a name (the state records them by name)."""
+    # secret_value: the problem line must not echo the list, whose URLs may carry secrets.
     if len(hooks) > MAX_WEBHOOKS:
-        raise ValueError(f"at most {MAX_WEBHOOKS} webhooks (got {len(hooks)})")
+        raise PydanticCustomError("secret_value", f"at most {MAX_WEBHOOKS} webhooks (got {len(hooks)})")
     names = [hook.name for hook in hooks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"webhook names must be unique: {', '.join(duplicates)}")
+        raise PydanticCustomError("secret_value", f"webhook names must be unique: {', '.join(duplicates)}")
     return hooks
 
 

@@ -298,9 +298,11 @@ def test_bad_webhook_config_names_the_key_and_value(hook, problem):
 
 
 def test_webhook_lists_are_bounded_unique_and_per_app_replaces_the_top_level():
-    assert "webhook names must be unique: migrate" in problems(webhooks=[HOOK, HOOK])[0]
-    assert "at most 10 webhooks" in problems(webhooks=[{**HOOK, "name": f"h{i}"} for i in range(11)])[0]
-    assert problems(apps={"web": {"webhooks": [HOOK, HOOK]}})[0].startswith("config: apps.web.webhooks: ")
+    assert problems(webhooks=[HOOK, HOOK]) == ["config: webhooks: webhook names must be unique: migrate"]
+    assert problems(webhooks=[{**HOOK, "name": f"h{i}"} for i in range(11)]) == [
+        "config: webhooks: at most 10 webhooks (got 11)"]
+    assert problems(apps={"web": {"webhooks": [HOOK, HOOK]}}) == [
+        "config: apps.web.webhooks: webhook names must be unique: migrate"]
     config = BlueGreenConfig(webhooks=[HOOK], apps={"shop_web": {"webhooks": []},
                                                     "blog_web": {"webhooks": [{**HOOK, "name": "own"}]}})
     assert [s.name for s in config.settings("other").webhooks] == ["migrate"]
