@@ -63,7 +63,8 @@ RestartPolicy = Literal["resume", "rollback"]
 class Settings:
     """The controller config's knobs that the machine reads: `BlueGreenConfig.settings()` makes them.
 
-    No defaults here: they are the validated config's (bluegreen.config), in one place.
+    No defaults here: they are the validated config's (bluegreen.config), in one place; only
+    `webhooks` has one (none), so that a machine built without webhook gates need not name them.
     """
 
     probe_interval: float
