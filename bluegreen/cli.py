@@ -26,6 +26,7 @@ from bluegreen.apps import Color
 from bluegreen.client import DEFAULT_URL, Answer, ControllerClient, ControllerUnreachable, token_from_env
 from bluegreen.config import BlueGreenConfig
 from bluegreen.state import Phase, Result
+from bluegreen.webhooks import SecretUnreadable, read_secret
 from swarmshift import logs
 from swarmshift.commands import (
     EXIT_FAILED,
@@ -84,6 +85,11 @@ def _startup_problems(cfg: BlueGreenConfig) -> tuple[TokenFile | None, list[str]
         token = load_token(cfg.token_file)
     except ConfigError as err:
         problems += err.problems
+    for key, path in cfg.webhook_files():
+        try:
+            read_secret(path)
+        except SecretUnreadable as err:
+            problems.append(f"config: {key}: {err} (got {path!r})")
     written = routers.directory(cfg.router)
     if written is not None:
         key, directory = written
@@ -272,6 +278,9 @@ def render_status(apps: list[dict[str, Any]], unattached: list[str] = ()) -> str
             notes.append(f"{view['app']}: {canary_line(view['canary'])}")
         elif view.get("phase") in IN_FLIGHT and view.get("reason"):
             notes.append(f"{view['app']}: {view['phase']}: {view['reason']}")
+        hooks = view.get("webhooks") or {}
+        if hooks.get("gate") == "post-rollout":
+            notes.append(f"{view['app']}: post-rollout webhook(s) pending: {', '.join(hooks['pending'])}")
     notes += [f"(no app) {line}" for line in unattached]
     return table(rows, empty="(no app: label two services swarmshift.bluegreen.app=<app>, …color=blue and …color=green)",
                  notes=notes)

@@ -24,6 +24,7 @@ from bluegreen.routers.traefik_doc import DEFAULT_PRIORITY, MAX_PRIORITY
 from bluegreen.rules import Rule
 from bluegreen.smoke import MAX_REQUESTS, SmokeRequest
 from bluegreen.state import validate_steps
+from bluegreen.webhook_gates import Webhook, unique_names
 from swarmshift.config import CommaList, Duration, IntList, Strict, selects
 from swarmshift.daemon import DaemonSettings
 from swarmshift.notify import NotifySettings
@@ -309,6 +310,8 @@ def _app_key(value: str) -> str:
 
 AppKey = Annotated[str, AfterValidator(_app_key)]
 SmokeList = Annotated[list[SmokeRequest], Field(max_length=MAX_REQUESTS)]
+# The webhook gates (bluegreen.webhook_gates): at most MAX_WEBHOOKS, names unique in each list.
+WebhookList = Annotated[list[Webhook], AfterValidator(unique_names)]
 
 
 class CanarySettings(Strict):
@@ -367,6 +370,7 @@ class AppGates(Strict):
     auto_promotion_after: Duration | None = None
     # A mapping sets the app's canary, key by key over the top-level one; false: no canary for the app.
     canary: CanarySettings | Literal[False] | None = None
+    webhooks: WebhookList | None = None  # replaces the top-level list for this app; [] turns them off
 
 
 class PrometheusSettings(Strict):
@@ -415,6 +419,9 @@ class BlueGreenConfig(DaemonSettings):
     auto_promotion_after: Duration | None = None
     # A canary step before the full switch, for every app (apps.<key>.canary for one); Traefik only.
     canary: CanarySettings | None = None
+    # Flagger-style webhook gates: pre-rollout, confirm-promotion and post-rollout (docs/bluegreen.md,
+    # "Webhook gates"). Secrets come from files (`token_file`, `secret_file`), never from labels.
+    webhooks: WebhookList = []
     apps: dict[AppKey, AppGates] = {}
 
     def selects(self, labels: Mapping[str, str]) -> bool:
@@ -536,6 +543,18 @@ class BlueGreenConfig(DaemonSettings):
                  else self.auto_promotion_after)
         return list(smoke), auto, None if auto else after
 
+    def webhooks_for(self, app: str | None) -> list[Webhook]:
+        """The webhook gates of the app with key `app`: its own list under `apps`, else the top-level one."""
+        own = self.apps.get(app) if app is not None else None
+        return list(own.webhooks if own is not None and own.webhooks is not None else self.webhooks)
+
+    def webhook_files(self) -> list[tuple[str, str]]:
+        """Every webhook's token_file and secret_file, with its key (`webhooks[0].secret_file`): read at start."""
+        lists = [("webhooks", self.webhooks)] + [(f"apps.{key}.webhooks", gates.webhooks or [])
+                                                 for key, gates in self.apps.items()]
+        return [(f"{where}[{i}].{name}", path) for where, hooks in lists for i, hook in enumerate(hooks)
+                for name, path in (("token_file", hook.token_file), ("secret_file", hook.secret_file)) if path]
+
     @property
     def probe_timeout_seconds(self) -> float:
         return self.probe_timeout if self.probe_timeout is not None else min(2.0, self.probe_interval)
@@ -573,6 +592,7 @@ class BlueGreenConfig(DaemonSettings):
             auto_promotion=auto,
             auto_promotion_after=after,
             canary=self.canary_policy(app),
+            webhooks=tuple(hook.spec() for hook in self.webhooks_for(app)),
         )
 
     def app_defaults(self) -> AppDefaults:

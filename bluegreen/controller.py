@@ -48,6 +48,7 @@ from bluegreen.state import AppState, Result, alerts_seen, new_deploy_id
 from bluegreen.telemetry import Telemetry
 from bluegreen.tick import ATTEMPTS, Ticker, hurry
 from bluegreen.views import app_view
+from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification, alert_key, answer_each
 from swarmshift.notify import Notifier
@@ -96,6 +97,7 @@ class Controller:
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
         analyst: Analyst | None = None,
+        webhooks: WebhookCaller | None = None,
     ) -> None:
         self.swarm = swarm
         self.router = router
@@ -105,7 +107,7 @@ class Controller:
         self.notifier = notifier or Notifier([])
         self.telemetry = telemetry or Telemetry()
         self.clock = clock
-        self.observer = Observer(swarm, router, prober, checks, config, clock, analyst=analyst)
+        self.observer = Observer(swarm, router, prober, checks, config, clock, analyst=analyst, webhooks=webhooks)
         self.executor = Executor(swarm, router, self.notifier, self.telemetry)
         self.ticker = Ticker(self.observer, self.executor, self.settings, clock, settings_for=self.settings_for)
         self.apps: dict[str, Runtime] = {}
@@ -171,6 +173,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.prober.close()
+        await self.observer.webhooks.close()
 
     async def _first_tick(self, rt: Runtime) -> str:
         """Reconcile one app: "done" (or broken: nothing to reconcile), "docker" (Docker is down) or "failed"."""

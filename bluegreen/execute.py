@@ -127,6 +127,18 @@ class Executor:
     def _notify(self, notice: Notify) -> None:
         self.notifier.send({"type": notice.event, **notice.fields}, notice.text)
 
+    @staticmethod
+    def _record_webhooks(name: str, step: Step) -> None:
+        """Log each webhook gate the step recorded as done for its deploy: it is never sent again for that deploy."""
+        old, new = step.previous.deploy, step.state.deploy
+        if new is None:
+            return
+        before = old.webhooks if old is not None and old.id == new.id else ()
+        for webhook, outcome in new.webhooks[len(before):]:
+            level = log.info if outcome == "passed" else log.warning
+            level("webhook_recorded", app=name, deploy=new.id, webhook=webhook, outcome=outcome,
+                  phase=step.previous.phase.value, generation=step.state.generation)
+
     def _record(self, app: App, step: Step, cause: str) -> None:
         """Log a step's transition with stable event names, and count it."""
         old, new, name = step.previous, step.state, app.name
@@ -135,6 +147,7 @@ class Executor:
             if isinstance(intent, Notify) and intent.event == "retire":
                 log.info("color_retired", app=name, color=new.active.other.value, service=intent.fields.get("service"),
                          reason=step.reason)
+        self._record_webhooks(name, step)
         if not step.transitioned:
             if step.reason and new.phase.in_flight:
                 log.debug("tick", app=name, phase=new.phase.value, reason=step.reason)

@@ -50,10 +50,15 @@ K_DEPLOY_FAILURES = f"{DEPLOY_PREFIX}failures"
 K_DEPLOY_REASON = f"{DEPLOY_PREFIX}reason"
 K_DEPLOY_FORCE = f"{DEPLOY_PREFIX}force"
 K_DEPLOY_CANARY = f"{DEPLOY_PREFIX}canary"  # "true" when the deploy's first step is a canary; absent otherwise
+# The deploy's webhook gates done (bluegreen.webhook_gates): `name:passed` (or `name:failed`, a
+# post-rollout hold given up), so that a restarted controller never sends one of them again.
+K_DEPLOY_WEBHOOKS = f"{DEPLOY_PREFIX}webhooks"
+K_DEPLOY_POST_ROLLOUT = f"{DEPLOY_PREFIX}post_rollout"  # "true": the post-rollout webhooks are due
 STATE_KEYS = (
     K_GENERATION, K_ACTIVE, K_PHASE, K_SINCE, K_RESULT, K_RETIRE_AT, K_DEPLOY_ID, K_DEPLOY_KIND,
     K_DEPLOY_SOURCE, K_DEPLOY_IMAGE, K_DEPLOY_PREVIOUS, K_DEPLOY_STARTED, K_DEPLOY_STEPS, K_DEPLOY_STEP,
-    K_DEPLOY_FAILURES, K_DEPLOY_REASON, K_DEPLOY_FORCE, K_DEPLOY_CANARY,
+    K_DEPLOY_FAILURES, K_DEPLOY_REASON, K_DEPLOY_FORCE, K_DEPLOY_CANARY, K_DEPLOY_WEBHOOKS,
+    K_DEPLOY_POST_ROLLOUT,
 )
 
 

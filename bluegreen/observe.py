@@ -26,6 +26,8 @@ from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import CanaryTrack, Runtime
 from bluegreen.smoke import SmokeOutcome, SmokeRound, excerpt
 from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
+from bluegreen.webhook_gates import HookCall, HookRound
+from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
 from swarmshift.prometheus import Prometheus, PrometheusUnavailable, QueryError
 from swarmshift.swarm import Service, SwarmAccess
@@ -97,7 +99,8 @@ class Observer:
     """Reads an app for a tick, probes its colors and runs its checks."""
 
     def __init__(self, swarm: SwarmAccess, router: Router, prober: Prober, checker: Checks, config: BlueGreenConfig,
-                 clock: Callable[[], float] = time.time, analyst: Analyst | None = None) -> None:
+                 clock: Callable[[], float] = time.time, analyst: Analyst | None = None,
+                 webhooks: WebhookCaller | None = None) -> None:
         self.swarm = swarm
         self.analyst = analyst or NoAnalyst()
         self.router = router
@@ -106,6 +109,7 @@ class Observer:
         self.config = config
         self.defaults = config.app_defaults()
         self.clock = clock
+        self.webhooks = webhooks or WebhookCaller()
         self.board = Board()  # every app's claim as the controller's discovery last saw them
 
     def contests(self, rt: Runtime, app: App, services: list[Service], valid: bool = True) -> list[str]:
@@ -326,6 +330,19 @@ class Observer:
             track.next_at = now + min(max(1.0, policy.interval / 4) * 2 ** (track.failures - 1), cap)
             log.warning("canary_unavailable", app=rt.name, color=color.value, service=service, error=result.error,
                         failures=track.failures, action="analysed again with backoff; no answer is never a pass")
+        return result
+
+    async def call_webhooks(self, rt: Runtime, reading: Reading, call: HookCall | None) -> HookRound | None:
+        """The webhooks of the gate a step stands at that are still pending, when it asks; None when none is."""
+        if call is None:
+            return None
+        hooks = [hook for hook in self.config.webhooks_for(rt.name) if hook.name in call.names]
+        if not hooks:
+            return None
+        result = await self.webhooks.round(rt.name, call.gate, hooks, reading.loaded.state)
+        rt.webhooks = {"gate": str(call.gate), "at": format_time(self.clock()),
+                       "results": [{"webhook": r.name, "passed": r.passed, "status": r.status, "detail": r.detail,
+                                    "attempts": r.attempts} for r in result.results]}
         return result
 
     async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:

@@ -11,11 +11,15 @@ Everything here is plain data and functions; the daemon loop does the I/O. One t
    confirm), `then` (the other color), `notifications`. Keep `step.progress` in memory.
 
 Before any traffic moves, a deploy passes PreChecks and then the app's release gates: SmokeTests
-(the config's smoke requests to the idle color; one wrong answer fails the deploy) and Paused
-(auto_promotion: false; left by promote, abort or auto_promotion_after, timed from the stored
-`since`). With a canary policy, the switch then goes first to the canary weight: Switching →
-Canary (the new color's Traefik metrics analysed for canary.analysis, timed from the stored
-`since`) → Switching to 100 % → Verifying; a breach rolls back at once.
+(the config's smoke requests to the idle color; one wrong answer fails the deploy), PreRollout
+(the pre-rollout webhooks), Paused (auto_promotion: false; left by promote, abort or
+auto_promotion_after, timed from the stored `since`) and ConfirmPromotion (the confirm-promotion
+webhooks, polled). Once Stable, a deploy calls its post-rollout webhooks. Each webhook that passed
+is recorded in the deploy's state in the step that saw it pass, so it is never sent again for
+that deploy; a webhook's hold is timed from the phase's stored `since`. With a canary policy,
+the switch then goes first to the canary weight: Switching → Canary (the new color's Traefik
+metrics analysed for canary.analysis, timed from the stored `since`) → Switching to 100 % →
+Verifying; a breach rolls back at once.
 
 Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
 
@@ -42,7 +46,7 @@ failed round) plus the time the router takes to apply.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
@@ -53,6 +57,7 @@ from bluegreen.canary import CanaryPolicy, CanaryReading
 from bluegreen.labels import LOCK_LABEL
 from bluegreen.smoke import SmokeOutcome, SmokeRound
 from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, new_deploy_id
+from bluegreen.webhook_gates import Gate, HookCall, HookRound, HookSpec
 from swarmshift.config import format_duration
 
 AlertPolicy = Literal["verification", "always", "never"]
@@ -63,7 +68,8 @@ RestartPolicy = Literal["resume", "rollback"]
 class Settings:
     """The controller config's knobs that the machine reads: `BlueGreenConfig.settings()` makes them.
 
-    No defaults here: they are the validated config's (bluegreen.config), in one place.
+    No defaults here: they are the validated config's (bluegreen.config), in one place; only
+    `webhooks` has one (none), so that a machine built without webhook gates need not name them.
     """
 
     probe_interval: float
@@ -83,6 +89,7 @@ class Settings:
     auto_promotion: bool  # False: a deploy waits in Paused, after its checks, for promote or abort
     auto_promotion_after: float | None  # with auto_promotion False: Paused goes on by itself after this
     canary: CanaryPolicy | None = None  # a canary step before the full switch (Traefik routers only); None: none
+    webhooks: tuple[HookSpec, ...] = ()  # the app's webhook gates (`webhooks`, `apps.<key>.webhooks`)
 
     @property
     def window_rounds(self) -> int:
@@ -157,6 +164,7 @@ class Observation:
     alert: str | None = None  # a firing alert for this app, received since the last tick
     smoke: SmokeRound | None = None  # the smoke requests sent to the color `needs` named, this tick
     canary: CanaryReading | None = None  # the canary analysis of the color `needs` named, when one was due this tick
+    webhooks: HookRound | None = None  # the webhooks `needs` named, called this tick
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class Needs:
     checks: Color | None = None
     smoke: Color | None = None
     canary: Color | None = None
+    webhooks: HookCall | None = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,8 @@ class Refused(Exception):
 # --- The machine -------------------------------------------------------------------------------
 
 
-def needs(state: AppState) -> Needs:
+def needs(state: AppState, settings: Settings | None = None) -> Needs:
+    """What to measure for `state`; the webhooks to call only with the app's `settings`."""
     target = state.deploy.target if state.deploy is not None else None
     if state.phase in (Phase.PRECHECKS, Phase.PROGRESSING, Phase.VERIFYING):
         return Needs(probe=target, checks=target)
@@ -256,7 +266,29 @@ def needs(state: AppState) -> Needs:
         return Needs(smoke=target)
     if state.phase is Phase.CANARY:
         return Needs(canary=target)
+    gate = hook_gate(state)
+    if gate is not None and settings is not None and state.deploy is not None:
+        names = tuple(spec.name for spec in pending_hooks(settings, state.deploy, gate))
+        if names:
+            return Needs(webhooks=HookCall(gate, names))
     return Needs()
+
+
+def hook_gate(state: AppState) -> Gate | None:
+    """The webhook gate `state` stands at, if any: its phase's, or post-rollout for a deploy armed for it."""
+    if state.phase is Phase.PRE_ROLLOUT:
+        return Gate.PRE_ROLLOUT
+    if state.phase is Phase.CONFIRM_PROMOTION:
+        return Gate.CONFIRM_PROMOTION
+    d = state.deploy
+    if state.phase is Phase.STABLE and state.result is Result.SUCCEEDED and d is not None and d.post_rollout:
+        return Gate.POST_ROLLOUT
+    return None
+
+
+def pending_hooks(settings: Settings, deploy: Deploy, gate: Gate) -> tuple[HookSpec, ...]:
+    """The app's webhooks of `gate` that the deploy has not recorded as done."""
+    return tuple(spec for spec in settings.webhooks if spec.gate is gate and not deploy.webhook_done(spec.name))
 
 
 @dataclass(frozen=True)
@@ -366,6 +398,9 @@ def _rollback(tick: _Tick, reason: str, deploy: Deploy | None = None) -> _Outcom
 
 
 def _succeed(tick: _Tick, reason: str, deploy: Deploy) -> _Outcome:
+    if deploy.kind is Operation.DEPLOY and pending_hooks(tick.settings, deploy, Gate.POST_ROLLOUT):
+        deploy = replace(deploy, post_rollout=True)
+        reason += "; the post-rollout webhook(s) are called next"
     return _goto(tick, Phase.STABLE, reason, active=deploy.target, deploy=deploy, result=Result.SUCCEEDED,
                  retire_at=_retire_at(tick))
 
@@ -394,6 +429,9 @@ def _at_rest(tick: _Tick, restarted: bool) -> _Outcome:
                                  reason=f"alert {tick.obs.alert} fired: rolling back to {to} "
                                         f"({tick.color(to).service}, {tick.color(to).image})")
         alert_note = f"alert {tick.obs.alert} fired, but no previous release is up to roll back to"
+    post = _post_rollout(tick)
+    if post is not None:
+        return post
     if state.retire_at is not None and tick.now >= state.retire_at:
         idle = tick.color(state.active.other)
         if idle.replicas == 0:
@@ -491,11 +529,20 @@ def _changed_outside(tick: _Tick) -> _Outcome | None:
 
 
 def _checks_passed(tick: _Tick, why: str) -> _Outcome:
-    """The pre-switch checks passed: the smoke tests next, if the app has any, else the promotion gate."""
+    """The pre-switch checks passed: the smoke tests next, if the app has any, else the pre-rollout webhooks."""
     if tick.settings.smoke_tests:
         target = tick.color(tick.deploy.target)
         return _goto(tick, Phase.SMOKE_TESTS, f"{why}; sending {tick.settings.smoke_tests} smoke request(s) to "
                                               f"{target.service} before any traffic")
+    return _pre_rollout_gate(tick, why)
+
+
+def _pre_rollout_gate(tick: _Tick, why: str) -> _Outcome:
+    """The smoke tests passed (or there are none): the pre-rollout webhooks, if the app has any, else the pause."""
+    pending = pending_hooks(tick.settings, tick.deploy, Gate.PRE_ROLLOUT)
+    if pending:
+        return _goto(tick, Phase.PRE_ROLLOUT, f"{why}; calling the pre-rollout webhook(s) "
+                                              f"{', '.join(s.name for s in pending)} before any traffic")
     return _promotion_gate(tick, why)
 
 
@@ -511,6 +558,18 @@ def _promotion_gate(tick: _Tick, why: str) -> _Outcome:
         return _goto(tick, Phase.PAUSED, f"{why}; paused before the switch (auto_promotion: false){by_itself}: "
                                          f"`swarmshift bluegreen promote {tick.app}` switches to {deploy.target}, "
                                          f"`swarmshift bluegreen abort {tick.app}` fails the deploy")
+    return _confirm_gate(tick, why)
+
+
+def _confirm_gate(tick: _Tick, why: str) -> _Outcome:
+    """Past the pause (or without one): the confirm-promotion webhooks of a deploy, if the app has any, else the switch.
+
+    As for the pause, a rollback that redeploys the previous image does not wait for them.
+    """
+    pending = pending_hooks(tick.settings, tick.deploy, Gate.CONFIRM_PROMOTION)
+    if pending and tick.deploy.kind is Operation.DEPLOY:
+        return _goto(tick, Phase.CONFIRM_PROMOTION, f"{why}; polling the confirm-promotion webhook(s) "
+                                                    f"{', '.join(s.name for s in pending)} before the switch")
     return _switch(tick, why)
 
 
@@ -532,10 +591,10 @@ def _smoke_testing(tick: _Tick, restarted: bool) -> _Outcome:
     target = tick.color(deploy.target)
     smoke = tick.obs.smoke
     if smoke is None and not settings.smoke_tests:
-        return _promotion_gate(tick, "no smoke requests are configured for the app any more")
+        return _pre_rollout_gate(tick, "no smoke requests are configured for the app any more")
     if smoke is not None and smoke.outcome is SmokeOutcome.PASSED:
-        return _promotion_gate(tick, f"{len(smoke.verdicts)} smoke request(s) to {target.service} answered as "
-                                     "expected")
+        return _pre_rollout_gate(tick, f"{len(smoke.verdicts)} smoke request(s) to {target.service} answered "
+                                       "as expected")
     if smoke is not None and smoke.outcome is SmokeOutcome.FAILED:
         return _fail(tick, f"smoke test failed on {target.service}: {smoke.summary()}; traffic stays on "
                            f"{deploy.source}")
@@ -562,7 +621,124 @@ def _paused(tick: _Tick, restarted: bool) -> _Outcome:
     if not target.ready():
         return _stay(tick, f"auto_promotion_after {format_duration(after)} is over, but {target.service}: "
                            f"{target.describe()}; it promotes itself once the tasks are ready")
-    return _switch(tick, f"auto_promotion_after {format_duration(after)} is over")
+    return _confirm_gate(tick, f"auto_promotion_after {format_duration(after)} is over")
+
+
+@dataclass(frozen=True)
+class _HookVerdict:
+    """A webhook gate weighed on this tick's round: the record with this round's passes, and what is left."""
+
+    deploy: Deploy  # with this round's passes recorded
+    pending: tuple[HookSpec, ...]  # still to pass
+    failed: tuple[str, ...]  # why the gate fails now: a webhook with on_failure: fail answered wrongly
+    expired: tuple[HookSpec, ...]  # held past their gate_timeout
+    held: tuple[str, ...]  # why the others wait
+
+
+def _weigh_hooks(tick: _Tick, gate: Gate) -> _HookVerdict:
+    deploy, round_ = tick.deploy, tick.obs.webhooks
+    results = {r.name: r for r in round_.results} if round_ is not None and round_.gate is gate else {}
+    record = list(deploy.webhooks)
+    pending, failed, expired, held = [], [], [], []
+    for spec in pending_hooks(tick.settings, deploy, gate):
+        result = results.get(spec.name)
+        if result is not None and result.passed:
+            record.append((spec.name, "passed"))
+            continue
+        pending.append(spec)
+        if result is not None and spec.on_failure == "fail":
+            failed.append(f"{gate} webhook {spec.name} failed: {result.detail} (on_failure: fail)")
+        elif tick.now >= tick.state.since + spec.gate_timeout:
+            expired.append(spec)
+        elif result is not None:
+            held.append(f"{gate} webhook {spec.name}: {result.detail}; held until it answers 2xx, at most "
+                        f"gate_timeout {format_duration(spec.gate_timeout)}")
+    updated = replace(deploy, webhooks=tuple(record)) if len(record) != len(deploy.webhooks) else deploy
+    return _HookVerdict(updated, tuple(pending), tuple(failed), tuple(expired), tuple(held))
+
+
+def _expired_reason(gate: Gate, expired: tuple[HookSpec, ...]) -> str:
+    return "; ".join(f"{gate} webhook {s.name} did not answer 2xx within gate_timeout "
+                     f"{format_duration(s.gate_timeout)}" for s in expired)
+
+
+def _hook_phase(tick: _Tick, gate: Gate, done: Callable[[_Tick, str], _Outcome]) -> _Outcome:
+    """PreRollout and ConfirmPromotion: every webhook of the gate answered 2xx, on to `done`; else hold or fail.
+
+    A pass is recorded in the step that saw it, whether the phase ends or not: a restarted
+    controller calls only the webhooks still pending.
+    """
+    changed = _changed_outside(tick)
+    if changed is not None:
+        return changed
+    verdict = _weigh_hooks(tick, gate)
+    source = tick.deploy.source
+    if verdict.failed:
+        return _fail(replace(tick, state=replace(tick.state, deploy=verdict.deploy)),
+                     f"{'; '.join(verdict.failed)}; traffic stays on {source}")
+    if verdict.expired:
+        return _fail(replace(tick, state=replace(tick.state, deploy=verdict.deploy)),
+                     f"{_expired_reason(gate, verdict.expired)}; traffic stays on {source}")
+    if not verdict.pending:
+        passed = [name for name, outcome in verdict.deploy.webhooks if outcome == "passed"]
+        why = f"the {gate} webhook(s) answered 2xx" + (f" ({', '.join(passed)})" if passed else "")
+        return done(replace(tick, state=replace(tick.state, deploy=verdict.deploy)), why)
+    reason = "; ".join(verdict.held)
+    if verdict.deploy is not tick.deploy:
+        return _stay(tick, reason, deploy=verdict.deploy)
+    return _stay(tick, reason)
+
+
+def _pre_rollout(tick: _Tick, restarted: bool) -> _Outcome:
+    return _hook_phase(tick, Gate.PRE_ROLLOUT, _promotion_gate)
+
+
+def _confirm_promotion(tick: _Tick, restarted: bool) -> _Outcome:
+    return _hook_phase(tick, Gate.CONFIRM_PROMOTION, _switch)
+
+
+def _post_rollout(tick: _Tick) -> _Outcome | None:
+    """A Stable deploy's post-rollout webhooks: None when none is due or this round records nothing.
+
+    The release already has all the traffic. A webhook with on_failure: fail rolls back, as an
+    operator's rollback would (a switch to the previous color while it is up, else a deploy of
+    the previous image); one with hold is called each tick until it answers 2xx or its
+    gate_timeout (from the Stable's `since`) passes, and then recorded as failed: the app stays.
+    """
+    if hook_gate(tick.state) is not Gate.POST_ROLLOUT:
+        return None
+    verdict = _weigh_hooks(tick, Gate.POST_ROLLOUT)
+    state = tick.state
+    if verdict.failed:
+        reason = "; ".join(verdict.failed)
+        previous = state.active.other
+        deploy_id = new_deploy_id(tick.app, tick.now, f"g{state.generation}")
+        if _previous_available(tick):
+            return _begin_switch(tick, Operation.ROLLBACK, previous, gate=False, force=False, deploy_id=deploy_id,
+                                 reason=f"{reason}: rolling back to {previous} ({tick.color(previous).service}, "
+                                        f"{tick.color(previous).image})")
+        return _redeploy(tick, state.deploy.previous_image if state.deploy else "", deploy_id,
+                         f"{reason}: rolling back by deploying the previous image to {previous}")
+    record = list(verdict.deploy.webhooks) + [(s.name, "failed") for s in verdict.expired]
+    notes = list(verdict.held)
+    if verdict.expired:
+        notes.append(f"{_expired_reason(Gate.POST_ROLLOUT, verdict.expired)}; given up (on_failure: hold), "
+                     f"{state.active} stays")
+    if len(record) != len(tick.deploy.webhooks):
+        return _stay(tick, "; ".join(notes), deploy=replace(verdict.deploy, webhooks=tuple(record)))
+    # Nothing to record (a hold answered no again): the app at rest goes on, retiring its idle color included.
+    return None
+
+
+def _redeploy(tick: _Tick, image: str, deploy_id: str, reason: str) -> _Outcome:
+    """A rollback as a deploy of `image` to the idle color (its previous release was scaled down)."""
+    state, obs = tick.state, tick.obs
+    source = state.active
+    deploy = Deploy(id=deploy_id, kind=Operation.ROLLBACK, source=source, image=image,
+                    previous_image=obs.colors[source].image, started_at=tick.now)
+    preparing = state.evolve(phase=Phase.PREPARING, since=tick.now, deploy=deploy, retire_at=None)
+    outcome = _preparing(replace(tick, state=preparing, progress=Progress(started=tick.now)), False)
+    return replace(outcome, reason=f"{reason}; {outcome.reason}")
 
 
 def _switching(tick: _Tick, restarted: bool) -> _Outcome:
@@ -693,7 +869,9 @@ _HANDLERS = {
     Phase.WAITING: _waiting,
     Phase.PRECHECKS: _prechecks,
     Phase.SMOKE_TESTS: _smoke_testing,
+    Phase.PRE_ROLLOUT: _pre_rollout,
     Phase.PAUSED: _paused,
+    Phase.CONFIRM_PROMOTION: _confirm_promotion,
     Phase.SWITCHING: _switching,
     Phase.CANARY: _canary,
     Phase.PROGRESSING: _verifying,
@@ -778,7 +956,8 @@ def _begin_switch(tick: _Tick, kind: Operation, to: Color, *, gate: bool, force:
 
 
 # The phases of a deploy before any user traffic reaches its target.
-_BEFORE_TRAFFIC = (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PAUSED)
+_BEFORE_TRAFFIC = (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PRE_ROLLOUT, Phase.PAUSED,
+                   Phase.CONFIRM_PROMOTION)
 
 
 def start_promote(app: str, state: AppState, obs: Observation, *, settings: Settings) -> Step:
@@ -791,7 +970,7 @@ def start_promote(app: str, state: AppState, obs: Observation, *, settings: Sett
         raise Refused("unhealthy", f"{app}: refusing to promote: {target.service}: {target.describe()}; wait until "
                                    f"its tasks are ready, or abort the deploy")
     tick = _tick_for(app, state, obs, settings)
-    return _finish(tick, _switch(tick, "promoted by request"))
+    return _finish(tick, _confirm_gate(tick, "promoted by request"))
 
 
 def start_abort(app: str, state: AppState, obs: Observation, *, settings: Settings) -> Step:

@@ -44,6 +44,7 @@ class Runtime:
     probe: dict[str, Any] | None = None  # the last probe round, for status
     smoke: dict[str, Any] | None = None  # the last smoke round, for status
     canary: CanaryTrack | None = None  # the canary analyses of the deploy in Canary, for pacing and status
+    webhooks: dict[str, Any] | None = None  # the last round of webhook gates, for status
     unreachable: str | None = None  # the unreachable probe already logged
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.

@@ -37,12 +37,14 @@ from bluegreen.labels import (
     K_DEPLOY_ID,
     K_DEPLOY_IMAGE,
     K_DEPLOY_KIND,
+    K_DEPLOY_POST_ROLLOUT,
     K_DEPLOY_PREVIOUS,
     K_DEPLOY_REASON,
     K_DEPLOY_SOURCE,
     K_DEPLOY_STARTED,
     K_DEPLOY_STEP,
     K_DEPLOY_STEPS,
+    K_DEPLOY_WEBHOOKS,
     K_GENERATION,
     K_PHASE,
     K_RESULT,
@@ -51,6 +53,7 @@ from bluegreen.labels import (
     STATE_KEYS,
     problem,
 )
+from bluegreen.webhook_gates import decode_record, encode_record
 from swarmshift.alerts import append_seen, decode_seen
 from swarmshift.numbers import whole_number
 
@@ -115,7 +118,9 @@ class Phase(StrEnum):
     WAITING = "Waiting"  # for every task of the idle color to run and be Docker-healthy
     PRECHECKS = "PreChecks"  # healthy_threshold probes in a row, plus PromQL checks, before any traffic
     SMOKE_TESTS = "SmokeTests"  # the config's smoke requests, sent to the idle color before any traffic
+    PRE_ROLLOUT = "PreRollout"  # the pre-rollout webhooks, until each answers 2xx (or fails, or gate_timeout)
     PAUSED = "Paused"  # auto_promotion off: waits for promote, abort or auto_promotion_after (from `since`)
+    CONFIRM_PROMOTION = "ConfirmPromotion"  # the confirm-promotion webhooks, polled until each answers 2xx
     SWITCHING = "Switching"  # the router is told the new weights; left when it confirms them
     CANARY = "Canary"  # canary.weight % on the new color, analysed from Traefik's metrics for canary.analysis (from `since`)
     PROGRESSING = "Progressing"  # progressive mode: verifying a partial weight step
@@ -162,6 +167,15 @@ class Deploy:
     reason: str = ""  # why it failed or was rolled back
     force: bool = False  # a forced switch skips the health gate and the verification
     canary: bool = False  # the first step (steps[0]) is a canary: analysed in Canary, not verified in Progressing
+    # The webhook gates done for this deploy, in order: (name, "passed" or "failed"); stored, so a
+    # restarted controller never sends one again (bluegreen.webhook_gates).
+    webhooks: tuple[tuple[str, str], ...] = ()
+    # Armed when the deploy went Stable with post-rollout webhooks configured: only then are they
+    # called, so a webhook added to the config later is never sent for an old release.
+    post_rollout: bool = False
+
+    def webhook_done(self, name: str) -> bool:
+        return any(done == name for done, _ in self.webhooks)
 
     @property
     def target(self) -> Color:
@@ -226,6 +240,8 @@ class AppState:
                 K_DEPLOY_FORCE: "true" if d.force else "false",
                 K_DEPLOY_REASON: _one_line(d.reason) or None,
                 K_DEPLOY_CANARY: "true" if d.canary else None,
+                K_DEPLOY_WEBHOOKS: encode_record(d.webhooks),
+                K_DEPLOY_POST_ROLLOUT: "true" if d.post_rollout else None,
             })
         return labels
 
@@ -262,6 +278,8 @@ class AppState:
                 reason=present.get(K_DEPLOY_REASON, ""),
                 force=reader.boolean(K_DEPLOY_FORCE),
                 canary=reader.boolean(K_DEPLOY_CANARY),
+                webhooks=reader.webhooks(K_DEPLOY_WEBHOOKS),
+                post_rollout=reader.boolean(K_DEPLOY_POST_ROLLOUT),
             )
             if not reader.problems:
                 deploy = Deploy(**deploy_fields)  # type: ignore[arg-type]
@@ -337,6 +355,16 @@ class _LabelReader:
             return True
         self.problems.append(problem(self.service, key, "expected true or false", value))
         return False
+
+    def webhooks(self, key: str) -> tuple[tuple[str, str], ...]:
+        value = self._raw(key, False)
+        if value is None:
+            return ()
+        try:
+            return decode_record(value)
+        except ValueError as err:
+            self.problems.append(problem(self.service, key, str(err), value))
+            return ()
 
     def steps(self, key: str) -> tuple[int, ...] | None:
         value = self._raw(key, True)

@@ -96,18 +96,20 @@ class Ticker:
             if early is None:  # an early probe began when the tick did, which the loop set as observed_at
                 rt.observed_at = time.monotonic()
             state = reading.loaded.state
-            want = needs(state)
+            settings = self.settings_for(rt.name)
+            want = needs(state, settings)
             verify = state.phase in (Phase.PROGRESSING, Phase.VERIFYING)
-            probe, results, smoke, canary = await asyncio.gather(
+            probe, results, smoke, canary, hooks = await asyncio.gather(
                 self.observer.probe(rt, reading, want.probe, verify, early),
                 self.observer.checks(reading.app, want.checks if checks else None),
                 self.observer.smoke(rt, reading, want.smoke),
-                self.observer.canary(rt, reading, want.canary))
+                self.observer.canary(rt, reading, want.canary),
+                self.observer.call_webhooks(rt, reading, want.webhooks))
             early, checks = None, True
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
-                              checks=results, alert=alert, smoke=smoke, canary=canary)
+                              checks=results, alert=alert, smoke=smoke, canary=canary, webhooks=hooks)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
-            step = advance(rt.name, state, rt.progress, obs, self.settings_for(rt.name))
+            step = advance(rt.name, state, rt.progress, obs, settings)
             services, confirmed = await self.executor.execute(rt, reading, step, cause=_cause(step, alert, restarted))
             done.append(step)
             alert = None  # it has acted, or been weighed, once
@@ -122,11 +124,11 @@ class Ticker:
 
 
 def hurry(step: Step) -> bool:
-    """Whether the next tick should come at once: after routing moved, or on entering smoke tests or a verification window."""
+    """Whether the next tick should come at once: after routing moved, or on entering a gate or a verification window."""
     if any(isinstance(i, Route) for i in step.intents):
         return True
     return step.transitioned and step.state.phase in (Phase.VERIFYING, Phase.PROGRESSING, Phase.SMOKE_TESTS,
-                                                      Phase.CANARY)
+                                                      Phase.CANARY, Phase.PRE_ROLLOUT, Phase.CONFIRM_PROMOTION)
 
 
 def _cause(step: Step, alert: str | None, restarted: bool) -> str:

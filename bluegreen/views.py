@@ -7,7 +7,7 @@ from typing import Any
 
 from bluegreen.apps import Color
 from bluegreen.observe import Reading
-from bluegreen.phases import Settings
+from bluegreen.phases import Settings, hook_gate, pending_hooks
 from bluegreen.runtime import Runtime
 from bluegreen.state import AppState, Operation, Phase, Result, format_time
 
@@ -44,6 +44,16 @@ def canary_view(rt: Runtime, state: AppState, settings: Settings | None, now: fl
             "require_traffic": policy.require_traffic,
         },
     }
+
+
+def webhooks_view(rt: Runtime, state: AppState, settings: Settings | None) -> dict[str, Any]:
+    """The app's webhook gates: the one it stands at and the webhooks still pending there, each done, the last round."""
+    gate = hook_gate(state)
+    d = state.deploy
+    pending = [s.name for s in pending_hooks(settings, d, gate)] if gate and d and settings else []
+    return {"gate": str(gate) if gate and pending else None, "pending": pending,
+            "done": [{"webhook": name, "outcome": outcome} for name, outcome in (d.webhooks if d else ())],
+            "last": rt.webhooks}
 
 
 def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
@@ -108,6 +118,7 @@ def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
         "smoke": rt.smoke,
         "gate": gate_view(rt.name, state, settings),
         "canary": canary_view(rt, state, settings, time.time() if now is None else now),
+        "webhooks": webhooks_view(rt, state, settings),
         "problems": [*reading.problems, *reading.loaded.problems],
         "refused": refused,
         "app_config": {"name": app.label, "stack": app.stack, "port": app.port, "rule": str(app.rule),

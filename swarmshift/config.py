@@ -149,7 +149,8 @@ def problems_from(err: ValidationError, data: Any, origin: str, sources: Mapping
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
         found, value = _lookup(data, loc)
-        got = f" (got {value!r})" if found and item["type"] != "missing" else ""
+        # A validator raises PydanticCustomError("secret_value", ...) for a value that may hold a secret.
+        got = f" (got {value!r})" if found and item["type"] not in ("missing", "secret_value") else ""
         lines.append(f"{where}: {_key_path(loc) or '<top>'}: {msg}{got}")
     return lines
 

@@ -19,7 +19,7 @@ from bluegreen.apps import Color
 from bluegreen.cli import render_status
 from bluegreen.phases import Refused
 from bluegreen.smoke import Answer
-from bluegreen.state import Routing
+from bluegreen.state import Phase, Routing
 from swarmshift.http import TokenFile
 from tests.unit.test_bluegreen_controller import World, restarted, run
 
@@ -35,8 +35,7 @@ async def settle(w: World, limit: int = 30, until: Callable[[str], bool] = lambd
     raise AssertionError(f"still {w.phase()} after {limit} ticks")
 
 
-IN_FLIGHT = {"Preparing", "Waiting", "PreChecks", "SmokeTests", "Paused", "Switching", "Progressing", "Verifying",
-             "RollingBack"}
+IN_FLIGHT = {phase.value for phase in Phase if phase.in_flight}
 
 
 def green_weights(w: World) -> list[int]:

@@ -262,7 +262,7 @@ def _stored(name: str, **changes: str | None) -> dict[str, str]:
     (_stored("fresh", active="red"),
      "web-blue: swarmshift.bluegreen.state.active: expected one of blue, green (got 'red')"),
     (_stored("fresh", phase="Deploying"),
-     "web-blue: swarmshift.bluegreen.state.phase: expected one of Stable, Preparing, Waiting, PreChecks, SmokeTests, Paused, Switching, Canary, "
+     "web-blue: swarmshift.bluegreen.state.phase: expected one of Stable, Preparing, Waiting, PreChecks, SmokeTests, PreRollout, Paused, ConfirmPromotion, Switching, Canary, "
      "Progressing, Verifying, RollingBack, RolledBack, Failed (got 'Deploying')"),
     (_stored("fresh", since="yesterday"),
      "web-blue: swarmshift.bluegreen.state.since: expected a UTC time such as 2025-01-31T12:00:00.000Z "
