@@ -49,10 +49,16 @@ K_DEPLOY_STEP = f"{DEPLOY_PREFIX}step"
 K_DEPLOY_FAILURES = f"{DEPLOY_PREFIX}failures"
 K_DEPLOY_REASON = f"{DEPLOY_PREFIX}reason"
 K_DEPLOY_FORCE = f"{DEPLOY_PREFIX}force"
+K_DEPLOY_BY = f"{DEPLOY_PREFIX}requested_by"  # who asked: the request's `by`, `alert:<name>`
+K_DEPLOY_PHASES = f"{DEPLOY_PREFIX}phases"  # seconds spent in each phase so far: Preparing=1.2,Waiting=3.4
+# The app's last releases (bluegreen.state.History): compact JSON, bounded. One of STATE_KEYS, so
+# an entry travels in the very write of the final phase it records; a damaged value never breaks
+# the app (it is logged once and reset), unlike the other state labels.
+K_HISTORY = f"{STATE_PREFIX}history"
 STATE_KEYS = (
     K_GENERATION, K_ACTIVE, K_PHASE, K_SINCE, K_RESULT, K_RETIRE_AT, K_DEPLOY_ID, K_DEPLOY_KIND,
     K_DEPLOY_SOURCE, K_DEPLOY_IMAGE, K_DEPLOY_PREVIOUS, K_DEPLOY_STARTED, K_DEPLOY_STEPS, K_DEPLOY_STEP,
-    K_DEPLOY_FAILURES, K_DEPLOY_REASON, K_DEPLOY_FORCE,
+    K_DEPLOY_FAILURES, K_DEPLOY_REASON, K_DEPLOY_FORCE, K_DEPLOY_BY, K_DEPLOY_PHASES, K_HISTORY,
 )
 
 
