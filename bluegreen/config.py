@@ -304,6 +304,7 @@ class AppGates(Strict):
     smoke: SmokeList | None = None  # [] turns the top-level smoke requests off for this app
     auto_promotion: bool | None = None
     auto_promotion_after: Duration | None = None
+    preview_replicas: int | None = Field(None, ge=1, le=1000)  # the idle color's replicas until ScalingUp
 
 
 class PrometheusSettings(Strict):
@@ -337,6 +338,13 @@ class BlueGreenConfig(DaemonSettings):
     prometheus: PrometheusSettings = PrometheusSettings()
     checks: list[PromCheck] = []
     scale_down_delay: Duration = 600.0
+    # A failed or rolled-back deploy's color is retired after this instead (Argo Rollouts'
+    # abortScaleDownDelaySeconds, 30 s by default there too): it is kept for inspection, not for a
+    # way back, since nothing routes to it.
+    abort_scale_down_delay: Duration = 30.0
+    # A color is scaled down only once the router confirms its weight 0 and this long after, so
+    # requests in flight on it finish (and Docker's stop_grace_period covers the tasks' own stop).
+    drain_grace: Duration = 10.0
     keep: bool = False
     rollback_on_alert: Literal["verification", "always", "never"] = "verification"
     # Alerts looked at per POST /v1/alerts; the rest of a bigger notification is answered 429.
@@ -350,6 +358,9 @@ class BlueGreenConfig(DaemonSettings):
     smoke: SmokeList = []
     auto_promotion: bool = True
     auto_promotion_after: Duration | None = None
+    # The idle color runs with this many replicas (at most the active count) through the gates,
+    # and is scaled to the active count in ScalingUp, before the switch. None: the active count.
+    preview_replicas: int | None = Field(None, ge=1, le=1000)
     apps: dict[AppKey, AppGates] = {}
 
     def selects(self, labels: Mapping[str, str]) -> bool:
@@ -445,6 +456,11 @@ class BlueGreenConfig(DaemonSettings):
                  else self.auto_promotion_after)
         return list(smoke), auto, None if auto else after
 
+    def preview_for(self, app: str | None) -> int | None:
+        """The preview_replicas of the app with key `app`: its own under `apps`, else the top-level one."""
+        own = self.apps.get(app) if app is not None else None
+        return own.preview_replicas if own is not None and own.preview_replicas is not None else self.preview_replicas
+
     @property
     def probe_timeout_seconds(self) -> float:
         return self.probe_timeout if self.probe_timeout is not None else min(2.0, self.probe_interval)
@@ -481,6 +497,9 @@ class BlueGreenConfig(DaemonSettings):
             smoke_tests=len(smoke),
             auto_promotion=auto,
             auto_promotion_after=after,
+            preview_replicas=self.preview_for(app),
+            abort_scale_down_delay=self.abort_scale_down_delay,
+            drain_grace=self.drain_grace,
         )
 
     def app_defaults(self) -> AppDefaults:

@@ -32,6 +32,7 @@ class Runtime:
     probe: dict[str, Any] | None = None  # the last probe round, for status
     smoke: dict[str, Any] | None = None  # the last smoke round, for status
     unreachable: str | None = None  # the unreachable probe already logged
+    history_problem: str | None = None  # the damaged history label already logged (history_reset)
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.
     alert_key: str | None = None
