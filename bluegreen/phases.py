@@ -13,7 +13,11 @@ Everything here is plain data and functions; the daemon loop does the I/O. One t
 Before any traffic moves, a deploy passes PreChecks and then the app's release gates: SmokeTests
 (the config's smoke requests to the idle color; one wrong answer fails the deploy) and Paused
 (auto_promotion: false; left by promote, abort or auto_promotion_after, timed from the stored
-`since`).
+`since`), then, when the idle color ran with `preview_replicas`, ScalingUp to the active count.
+
+A final transition appends the operation to the state's history in that same state, so the
+entry is written with the phase it records. A color is retired only with weight 0 confirmed by
+the router and `drain_grace` after it left the routing (`drain_problem`).
 
 Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
 
