@@ -478,3 +478,11 @@ def test_a_history_entry_is_never_written_twice_after_a_restart_mid_write():
                       result=Result.SUCCEEDED, history=(release(1, "web:2"),))
     step = advance("web", stable, Progress(), observe(stable, blue={"replicas": 2}), S)
     assert step.state.history == stable.history
+
+
+def test_an_alerts_rollback_at_rest_is_requested_by_the_alert():
+    state = at_rest(deploy=replace(D, by="alice"), result=Result.SUCCEEDED, active=Color.GREEN)
+    obs = observe(state, blue={"image": "web:1", "replicas": 2}, green={"image": "web:2", "replicas": 2},
+                  alert="HighErrorRate")
+    step = advance("web", state, replace_progress(), obs, replace(S, rollback_on_alert="always"))
+    assert step.state.deploy.kind is Operation.ROLLBACK and step.state.deploy.by == "alert:HighErrorRate"
