@@ -11,8 +11,19 @@ from bluegreen.apps import Color, valid_key
 from bluegreen.controller import AmbiguousApp, BrokenApp, Busy, UnknownApp
 from bluegreen.phases import Refused
 from bluegreen.routers import RouterError
+from bluegreen.state import HISTORY_MAX
 from swarmshift import alerts, logs
-from swarmshift.http import HTTPProblem, TokenFile, authenticated, new_app, read_json, shown
+from swarmshift.http import (
+    QUERY,
+    HTTPProblem,
+    TokenFile,
+    accepts,
+    authenticated,
+    new_app,
+    read_json,
+    shown,
+    whole_number,
+)
 from swarmshift.swarm import DockerUnavailable, SwarmError
 
 if TYPE_CHECKING:
@@ -29,6 +40,8 @@ _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 # (409: a promote when not Paused), or the app cannot take it in its present state (422: an
 # unhealthy target, nothing to roll back to, a no-op).
 _REFUSED_STATUS = {"busy": 409, "phase": 409}
+# Who asked for an operation, as the history records it: the CLI sends $USER (or --by).
+_BY = re.compile(r"[A-Za-z0-9._@:+/=-][A-Za-z0-9._@:+/= -]{0,63}")
 
 
 def make_app(controller: Controller, token: TokenFile | None) -> web.Application:
@@ -43,6 +56,8 @@ def make_app(controller: Controller, token: TokenFile | None) -> web.Application
         web.post("/v1/apps/{app}/rollback", rollback),
         web.post("/v1/apps/{app}/promote", promote),
         web.post("/v1/apps/{app}/abort", abort),
+        web.post("/v1/apps/{app}/undo", undo),
+        web.get("/v1/apps/{app}/history", history),
         web.post("/v1/alerts", receive_alerts),
         web.get("/v1/traefik", traefik),
     ])
@@ -95,6 +110,17 @@ def _body(raw: Any, allowed: dict[str, type | tuple[type, ...]], required: tuple
     return raw
 
 
+def _by(body: dict[str, Any]) -> str:
+    """The body's `by` (who asked), checked: up to 64 characters of a user or tool name; "" when absent."""
+    by = body.get("by")
+    if by is None:
+        return ""
+    if not _BY.fullmatch(by):
+        raise HTTPProblem(400, "bad request body", problems=[
+            f"body.by: expected who asks, 1 to 64 letters, digits, spaces or ._@:+/=- (got {shown(by)})"])
+    return by.strip()
+
+
 async def _optional_json(request: web.Request) -> Any:
     if not request.can_read_body:
         return None
@@ -124,32 +150,54 @@ async def show_app(request: web.Request) -> web.Response:
 @authenticated
 async def deploy(request: web.Request) -> web.Response:
     name = _app(request)
-    body = _body(await read_json(request), {"image": str}, required=("image",))
+    body = _body(await read_json(request), {"image": str, "by": str}, required=("image",))
     image = body["image"].strip()
     if not _IMAGE.fullmatch(image):
         raise HTTPProblem(400, "bad request body", problems=[f"body.image: expected an image reference (got {shown(image)})"])
-    state = await request.app[CONTROLLER].deploy(name, image)
+    state = await request.app[CONTROLLER].deploy(name, image, by=_by(body))
     return _accepted(state)
 
 
 @authenticated
 async def switch(request: web.Request) -> web.Response:
     name = _app(request)
-    body = _body(await _optional_json(request), {"to": str, "force": bool})
+    body = _body(await _optional_json(request), {"to": str, "force": bool, "by": str})
     to = body.get("to")
     color = Color.named(to)
     if to is not None and color is None:
         raise HTTPProblem(400, "bad request body", problems=[f"body.to: expected blue or green (got {shown(to)})"])
-    state = await request.app[CONTROLLER].switch(name, color, force=bool(body.get("force")))
+    state = await request.app[CONTROLLER].switch(name, color, force=bool(body.get("force")), by=_by(body))
     return _accepted(state)
 
 
 @authenticated
 async def rollback(request: web.Request) -> web.Response:
     name = _app(request)
-    _body(await _optional_json(request), {})
-    state = await request.app[CONTROLLER].rollback(name)
+    body = _body(await _optional_json(request), {"by": str})
+    state = await request.app[CONTROLLER].rollback(name, by=_by(body))
     return _accepted(state)
+
+
+@authenticated
+async def undo(request: web.Request) -> web.Response:
+    """Deploy an earlier release (the last successful one, or `revision`) through the gates; 422 when there is none."""
+    name = _app(request)
+    body = _body(await _optional_json(request), {"revision": int, "by": str})
+    revision = body.get("revision")
+    if revision is not None and (isinstance(revision, bool) or not 1 <= revision <= 10**9):
+        raise HTTPProblem(400, "bad request body", problems=[f"body.revision: expected a revision number from 1 "
+                                                             f"(got {shown(revision)})"])
+    return _accepted(await request.app[CONTROLLER].undo(name, revision, by=_by(body)))
+
+
+@accepts(limit=whole_number(1, HISTORY_MAX))
+async def history(request: web.Request) -> web.Response:
+    """The app's last releases, newest first (`?limit=` keeps the newest N); `problem` when the label was damaged."""
+    found = await request.app[CONTROLLER].history(_app(request))
+    limit = request[QUERY].get("limit")
+    if limit is not None:
+        found["releases"] = found["releases"][:limit]
+    return web.json_response(found)
 
 
 @authenticated

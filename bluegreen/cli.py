@@ -64,7 +64,7 @@ def bluegreen() -> None:
 
     An app is two services labelled swarmshift.bluegreen.app=<app> and
     swarmshift.bluegreen.color=blue|green. `run` is the controller daemon; status, deploy,
-    switch, rollback, promote and abort talk to it. Exit codes: 0 success, 1 failed or refused, 2 bad usage or
+    switch, rollback, promote, abort, undo and history talk to it. Exit codes: 0 success, 1 failed or refused, 2 bad usage or
     config, 3 controller unreachable.
     """
 
@@ -356,6 +356,12 @@ def _wait(client: ControllerClient, app: str, deploy_id: str | None, timeout: fl
         time.sleep(0.5)
 
 
+def _default_by() -> str:
+    return (os.environ.get("USER") or os.environ.get("LOGNAME") or "")[:64]
+
+
+by_option = click.option("--by", default=_default_by, show_default="$USER", metavar="NAME",
+                         help="Who asks, as the history records it.")
 wait_option = click.option("--wait", is_flag=True, help="Follow the operation to its end; exit 0 only if it ends Stable.")
 timeout_option = click.option("--timeout", type=float, default=None, metavar="SECONDS",
                               help="With --wait: give up (exit 1) after this long.")
@@ -371,13 +377,14 @@ def _started(app: str, body: dict[str, Any]) -> str | None:
 @bluegreen.command()
 @click.argument("app")
 @click.option("--image", required=True, help="The image the idle color gets.")
+@by_option
 @wait_option
 @timeout_option
 @controller_option
-def deploy(app, image, wait, timeout, controller_url) -> None:
+def deploy(app, image, by, wait, timeout, controller_url) -> None:
     """Deploy IMAGE to APP's idle color; with --wait, follow it (per phase on a TTY) to its end."""
     client = _client(controller_url)
-    answer = _call(client, "POST", f"{_app_path(app)}/deploy", {"image": image})
+    answer = _call(client, "POST", f"{_app_path(app)}/deploy", _with_by({"image": image}, by))
     deploy_id = _started(app, answer.body)
     sys.exit(_wait(client, app, deploy_id, timeout) if wait else EXIT_OK)
 
@@ -386,13 +393,14 @@ def deploy(app, image, wait, timeout, controller_url) -> None:
 @click.argument("app")
 @click.option("--to", type=click.Choice([c.value for c in Color]), default=None, help="Default: the other color.")
 @click.option("--force", is_flag=True, help="Skip the health check of the target and the verification.")
+@by_option
 @wait_option
 @timeout_option
 @controller_option
-def switch(app, to, force, wait, timeout, controller_url) -> None:
+def switch(app, to, force, by, wait, timeout, controller_url) -> None:
     """Move APP's traffic to the other color; refused (exit 1) when it is unhealthy, unless --force."""
     client = _client(controller_url)
-    body: dict[str, Any] = {"force": force}
+    body: dict[str, Any] = _with_by({"force": force}, by)
     if to:
         body["to"] = to
     answer = _call(client, "POST", f"{_app_path(app)}/switch", body)
@@ -400,15 +408,20 @@ def switch(app, to, force, wait, timeout, controller_url) -> None:
     sys.exit(_wait(client, app, deploy_id, timeout) if wait else EXIT_OK)
 
 
+def _with_by(body: dict[str, Any], by: str | None) -> dict[str, Any]:
+    return {**body, "by": by.strip()} if by and by.strip() else body
+
+
 @bluegreen.command()
 @click.argument("app")
+@by_option
 @wait_option
 @timeout_option
 @controller_option
-def rollback(app, wait, timeout, controller_url) -> None:
+def rollback(app, by, wait, timeout, controller_url) -> None:
     """Return APP to its previous color: abort a deploy in flight, or go back to the last release."""
     client = _client(controller_url)
-    answer = _call(client, "POST", f"{_app_path(app)}/rollback")
+    answer = _call(client, "POST", f"{_app_path(app)}/rollback", _with_by({}, by))
     deploy_id = _started(app, answer.body)
     if not wait:
         sys.exit(EXIT_OK)
@@ -447,3 +460,58 @@ def abort(app, controller_url) -> None:
     click.echo(f"{app}: {d.get('operation', 'deploy')} {d.get('id', '')} aborted: {body.get('phase')}; traffic stays "
                f"on {body.get('active')}")
     sys.exit(EXIT_OK)
+
+
+@bluegreen.command()
+@click.argument("app")
+@click.option("--to", "revision", type=click.IntRange(min=1), default=None, metavar="REVISION",
+              help="The revision to go back to (see `history`). Default: the last successful release whose image "
+                   "is not the one running.")
+@by_option
+@wait_option
+@timeout_option
+@controller_option
+def undo(app, revision, by, wait, timeout, controller_url) -> None:
+    """Deploy an earlier release of APP through the same gates as a deploy; refused (exit 1) when there is none."""
+    client = _client(controller_url)
+    body = _with_by({} if revision is None else {"revision": revision}, by)
+    answer = _call(client, "POST", f"{_app_path(app)}/undo", body)
+    deploy_id = _started(app, answer.body)
+    sys.exit(_wait(client, app, deploy_id, timeout) if wait else EXIT_OK)
+
+
+@bluegreen.command()
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True, help="Print the controller's JSON instead of a table.")
+@controller_option
+def history(app, as_json, controller_url) -> None:
+    """APP's last releases, newest first: revision, kind, image, result, when, how long each phase took, who asked."""
+    client = _client(controller_url)
+    body = _call(client, "GET", f"{_app_path(app)}/history").body
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    else:
+        click.echo(render_history(body))
+    sys.exit(EXIT_OK)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def render_history(body: dict[str, Any]) -> str:
+    """A table like `argo rollouts history`, newest first, then why each failed release failed."""
+    rows = [("REV", "KIND", "IMAGE", "RESULT", "STARTED", "TOOK", "PHASES", "BY")]
+    notes = []
+    for r in body.get("releases", []):
+        phases = " ".join(f"{name} {_duration(seconds)}" for name, seconds in (r.get("phases") or {}).items())
+        rows.append((str(r["revision"]), r["kind"], r["image"], r["result"], r["started"],
+                     _duration(r.get("seconds", 0)), phases or "-", r.get("requested_by") or "-"))
+        if r.get("reason"):
+            notes.append(f"rev {r['revision']} {r['result']}: {r['reason']}")
+    if body.get("problem"):
+        notes.append(f"note: {body['problem']}")
+    return table(rows, empty=f"(no release recorded yet for {body.get('app', 'the app')})", notes=notes)

@@ -371,6 +371,7 @@ class AppGates(Strict):
     # A mapping sets the app's canary, key by key over the top-level one; false: no canary for the app.
     canary: CanarySettings | Literal[False] | None = None
     webhooks: WebhookList | None = None  # replaces the top-level list for this app; [] turns them off
+    preview_replicas: int | None = Field(None, ge=1, le=1000)  # the idle color's replicas until ScalingUp
 
 
 class PrometheusSettings(Strict):
@@ -404,6 +405,13 @@ class BlueGreenConfig(DaemonSettings):
     prometheus: PrometheusSettings = PrometheusSettings()
     checks: list[PromCheck] = []
     scale_down_delay: Duration = 600.0
+    # A failed or rolled-back deploy's color is retired after this instead (Argo Rollouts'
+    # abortScaleDownDelaySeconds, 30 s by default there too): it is kept for inspection, not for a
+    # way back, since nothing routes to it.
+    abort_scale_down_delay: Duration = 30.0
+    # A color is scaled down only once the router confirms its weight 0 and this long after, so
+    # requests in flight on it finish (and Docker's stop_grace_period covers the tasks' own stop).
+    drain_grace: Duration = 10.0
     keep: bool = False
     rollback_on_alert: Literal["verification", "always", "never"] = "verification"
     # Alerts looked at per POST /v1/alerts; the rest of a bigger notification is answered 429.
@@ -422,6 +430,9 @@ class BlueGreenConfig(DaemonSettings):
     # Flagger-style webhook gates: pre-rollout, confirm-promotion and post-rollout (docs/bluegreen.md,
     # "Webhook gates"). Secrets come from files (`token_file`, `secret_file`), never from labels.
     webhooks: WebhookList = []
+    # The idle color runs with this many replicas (at most the active count) through the gates,
+    # and is scaled to the active count in ScalingUp, before the switch. None: the active count.
+    preview_replicas: int | None = Field(None, ge=1, le=1000)
     apps: dict[AppKey, AppGates] = {}
 
     def selects(self, labels: Mapping[str, str]) -> bool:
@@ -554,6 +565,10 @@ class BlueGreenConfig(DaemonSettings):
                                                  for key, gates in self.apps.items()]
         return [(f"{where}[{i}].{name}", path) for where, hooks in lists for i, hook in enumerate(hooks)
                 for name, path in (("token_file", hook.token_file), ("secret_file", hook.secret_file)) if path]
+    def preview_for(self, app: str | None) -> int | None:
+        """The preview_replicas of the app with key `app`: its own under `apps`, else the top-level one."""
+        own = self.apps.get(app) if app is not None else None
+        return own.preview_replicas if own is not None and own.preview_replicas is not None else self.preview_replicas
 
     @property
     def probe_timeout_seconds(self) -> float:
@@ -593,6 +608,9 @@ class BlueGreenConfig(DaemonSettings):
             auto_promotion_after=after,
             canary=self.canary_policy(app),
             webhooks=tuple(hook.spec() for hook in self.webhooks_for(app)),
+            preview_replicas=self.preview_for(app),
+            abort_scale_down_delay=self.abort_scale_down_delay,
+            drain_grace=self.drain_grace,
         )
 
     def app_defaults(self) -> AppDefaults:

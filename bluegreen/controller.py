@@ -40,6 +40,7 @@ from bluegreen.phases import (
     start_promote,
     start_rollback,
     start_switch,
+    start_undo,
 )
 from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
@@ -47,7 +48,7 @@ from bluegreen.runtime import Runtime
 from bluegreen.state import AppState, Result, alerts_seen, new_deploy_id
 from bluegreen.telemetry import Telemetry
 from bluegreen.tick import ATTEMPTS, Ticker, hurry
-from bluegreen.views import app_view
+from bluegreen.views import app_view, history_view
 from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification, alert_key, answer_each
@@ -337,22 +338,22 @@ class Controller:
             return step
         raise SwarmError(f"{rt.name}: the services kept changing under the request ({ATTEMPTS} version conflicts)")
 
-    async def deploy(self, name: str, image: str) -> AppState:
+    async def deploy(self, name: str, image: str, by: str = "") -> AppState:
         """Begin deploying `image` to the idle color. Refused (busy) while an operation is in flight."""
         async with self._request(name, f"deploy {image}") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
                 return start_deploy(rt.name, state, obs, image=image, deploy_id=new_deploy_id(rt.name, obs.now),
-                                    settings=self.settings_for(rt.name), strategy=app.strategy)
+                                    settings=self.settings_for(rt.name), strategy=app.strategy, by=by)
 
             step = await self._operate(rt, begin, lambda state, colors: None)
         return step.state
 
-    async def switch(self, name: str, to: Color | None = None, force: bool = False) -> AppState:
+    async def switch(self, name: str, to: Color | None = None, force: bool = False, by: str = "") -> AppState:
         """Move all traffic to the other color; its health is probed first and must pass unless `force`."""
         async with self._request(name, f"switch to {to or 'the other color'}") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
                 return start_switch(rt.name, state, obs, deploy_id=new_deploy_id(rt.name, obs.now), settings=self.settings,
-                                    to=to, force=force)
+                                    to=to, force=force, by=by)
 
             def target(state: AppState, colors: Mapping[Color, ColorStatus]) -> Color | None:
                 color = to or state.active.other
@@ -361,12 +362,12 @@ class Controller:
             step = await self._operate(rt, begin, target)
         return step.state
 
-    async def rollback(self, name: str) -> AppState:
+    async def rollback(self, name: str, by: str = "") -> AppState:
         """Return to the previous color: abort a deploy in flight, or go back to the last release."""
         async with self._request(name, "rollback") as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
                 return start_rollback(rt.name, state, obs, deploy_id=new_deploy_id(rt.name, obs.now),
-                                      settings=self.settings)
+                                      settings=self.settings_for(rt.name), by=by)
 
             def previous(state: AppState, colors: Mapping[Color, ColorStatus]) -> Color | None:
                 # The machine switches back only to a previous color still up, after a health check.
@@ -375,6 +376,27 @@ class Controller:
 
             step = await self._operate(rt, begin, previous)
         return step.state
+
+    async def undo(self, name: str, revision: int | None = None, by: str = "") -> AppState:
+        """Deploy an earlier release's image (the last successful one, or `revision`) through every gate."""
+        async with self._request(name, "undo" + (f" to revision {revision}" if revision is not None else "")) as rt:
+            def begin(state: AppState, obs: Observation, app: App) -> Step:
+                return start_undo(rt.name, state, obs, deploy_id=new_deploy_id(rt.name, obs.now),
+                                  settings=self.settings_for(rt.name), revision=revision, by=by,
+                                  strategy=app.strategy)
+
+            step = await self._operate(rt, begin, lambda state, colors: None)
+        return step.state
+
+    async def history(self, name: str) -> dict[str, Any]:
+        """The app's history as stored on its services, newest first (read fresh, no change)."""
+        rt = await self.runtime(name)
+        reading = await self.observer.read(rt)
+        if reading is None:
+            raise BrokenApp(rt.name, list(rt.problems))
+        loaded = reading.loaded
+        return {"app": rt.name, "releases": [history_view(r) for r in reversed(loaded.state.history)],
+                "problem": loaded.history_problem}
 
     async def promote(self, name: str) -> AppState:
         """Go on with a Paused deploy: switch to its color. Refused (phase) unless the app is Paused."""

@@ -160,7 +160,7 @@ class Executor:
             return
         if not old.phase.in_flight and new.phase.in_flight:
             log.info("deploy_started", app=name, deploy=d.id, operation=d.kind.value, image=d.image,
-                     source=d.source.value, target=d.target.value, cause=cause)
+                     source=d.source.value, target=d.target.value, cause=cause, requested_by=d.by or None)
             if d.kind is Operation.ROLLBACK:
                 self.telemetry.rollbacks.labels(name, cause).inc()
         if old.phase is Phase.SWITCHING and new.phase in (Phase.CANARY, Phase.VERIFYING, Phase.PROGRESSING,
@@ -181,10 +181,17 @@ class Executor:
             log.warning("rolled_back", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
         elif new.phase is Phase.PAUSED:
             log.info("deploy_paused", app=name, deploy=d.id, image=d.image, target=d.target.value, reason=step.reason)
+        elif new.phase is Phase.SCALING_UP:
+            log.info("deploy_scaling_up", app=name, deploy=d.id, target=d.target.value, reason=step.reason)
         elif new.phase is Phase.FAILED:
             log.error("deploy_failed", app=name, deploy=d.id, active=new.active.value, reason=d.reason)
         elif new.phase is Phase.STABLE and new.result is Result.SUCCEEDED:
             log.info("deploy_stable", app=name, deploy=d.id, operation=d.kind.value, active=new.active.value,
                      image=d.image, failed_checks=d.failures)
-        if not new.phase.in_flight and d.kind is Operation.DEPLOY and new.result is not None:
+        if not new.phase.in_flight and d.kind.gated and new.result is not None:
             self.telemetry.deploys.labels(name, new.result.value).inc()
+        if new.history and new.history != old.history:
+            r = new.history[-1]
+            log.info("release_recorded", app=name, revision=r.revision, deploy=d.id, kind=r.kind.value, image=r.image,
+                     result=r.outcome.value, seconds=round(r.ended - r.started, 3), phases=dict(r.phases),
+                     requested_by=r.by or None, reason=r.reason)

@@ -54,11 +54,17 @@ K_DEPLOY_CANARY = f"{DEPLOY_PREFIX}canary"  # "true" when the deploy's first ste
 # post-rollout hold given up), so that a restarted controller never sends one of them again.
 K_DEPLOY_WEBHOOKS = f"{DEPLOY_PREFIX}webhooks"
 K_DEPLOY_POST_ROLLOUT = f"{DEPLOY_PREFIX}post_rollout"  # "true": the post-rollout webhooks are due
+K_DEPLOY_BY = f"{DEPLOY_PREFIX}requested_by"  # who asked: the request's `by`, `alert:<name>`
+K_DEPLOY_PHASES = f"{DEPLOY_PREFIX}phases"  # seconds spent in each phase so far: Preparing=1.2,Waiting=3.4
+# The app's last releases (bluegreen.state.History): compact JSON, bounded. One of STATE_KEYS, so
+# an entry travels in the very write of the final phase it records; a damaged value never breaks
+# the app (it is logged once and reset), unlike the other state labels.
+K_HISTORY = f"{STATE_PREFIX}history"
 STATE_KEYS = (
     K_GENERATION, K_ACTIVE, K_PHASE, K_SINCE, K_RESULT, K_RETIRE_AT, K_DEPLOY_ID, K_DEPLOY_KIND,
     K_DEPLOY_SOURCE, K_DEPLOY_IMAGE, K_DEPLOY_PREVIOUS, K_DEPLOY_STARTED, K_DEPLOY_STEPS, K_DEPLOY_STEP,
     K_DEPLOY_FAILURES, K_DEPLOY_REASON, K_DEPLOY_FORCE, K_DEPLOY_CANARY, K_DEPLOY_WEBHOOKS,
-    K_DEPLOY_POST_ROLLOUT,
+    K_DEPLOY_POST_ROLLOUT, K_DEPLOY_BY, K_DEPLOY_PHASES, K_HISTORY,
 )
 
 

@@ -182,6 +182,12 @@ class Observer:
         self.report(rt, [*problems, *loaded.problems])
         if loaded.adopted:
             log.warning("state_adopted", app=app.name, active=loaded.state.active.value, why=loaded.adopted)
+        if loaded.history_problem != rt.history_problem:
+            # Once per damage, not per tick: the history is bookkeeping, the app goes on without it.
+            if loaded.history_problem:
+                log.warning("history_reset", app=app.name, problem=loaded.history_problem,
+                            action="the history starts again empty; it is rewritten at the next state change")
+            rt.history_problem = loaded.history_problem
         return Reading(app, chosen, colors, routed, loaded, problems)
 
     async def _routed(self, app: App) -> Routing | None:

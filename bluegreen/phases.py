@@ -19,7 +19,12 @@ is recorded in the deploy's state in the step that saw it pass, so it is never s
 that deploy; a webhook's hold is timed from the phase's stored `since`. With a canary policy,
 the switch then goes first to the canary weight: Switching → Canary (the new color's Traefik
 metrics analysed for canary.analysis, timed from the stored `since`) → Switching to 100 % →
-Verifying; a breach rolls back at once.
+Verifying; a breach rolls back at once. When the idle color ran with `preview_replicas`,
+ScalingUp brings it to the active count before the switch.
+
+A final transition appends the operation to the state's history in that same state, so the
+entry is written with the phase it records. A color is retired only with weight 0 confirmed by
+the router and `drain_grace` after it left the routing (`drain_problem`).
 
 Why a restart can neither repeat a side effect nor leave traffic on an unverified color:
 
@@ -56,7 +61,20 @@ from bluegreen.apps import Color, Strategy, same_image
 from bluegreen.canary import CanaryPolicy, CanaryReading
 from bluegreen.labels import LOCK_LABEL
 from bluegreen.smoke import SmokeOutcome, SmokeRound
-from bluegreen.state import AppState, Deploy, Operation, Phase, Result, Routing, new_deploy_id
+from bluegreen.state import (
+    AppState,
+    Deploy,
+    Operation,
+    Outcome,
+    Phase,
+    Release,
+    Result,
+    Routing,
+    add_phase_time,
+    format_time,
+    new_deploy_id,
+    record,
+)
 from bluegreen.webhook_gates import Gate, HookCall, HookRound, HookSpec
 from swarmshift.config import format_duration
 
@@ -90,6 +108,11 @@ class Settings:
     auto_promotion_after: float | None  # with auto_promotion False: Paused goes on by itself after this
     canary: CanaryPolicy | None = None  # a canary step before the full switch (Traefik routers only); None: none
     webhooks: tuple[HookSpec, ...] = ()  # the app's webhook gates (`webhooks`, `apps.<key>.webhooks`)
+    # Cost and retirement (issue 11). Defaults keep the behaviour without them; the config's own
+    # defaults are in bluegreen.config.
+    preview_replicas: int | None = None  # the idle color runs with this many until ScalingUp; None: the active count
+    abort_scale_down_delay: float | None = None  # a failed or rolled-back color's retirement; None: scale_down_delay
+    drain_grace: float = 0.0  # a color is scaled down only this long after the router confirmed its weight 0
 
     @property
     def window_rounds(self) -> int:
@@ -322,6 +345,7 @@ class _Outcome:
     progress: Progress
     intents: tuple[Intent, ...] = ()
     reason: str = ""
+    verdict: Outcome | None = None  # the history's outcome when it is not the result's (Aborted)
 
 
 def advance(app: str, state: AppState, progress: Progress, obs: Observation, settings: Settings) -> Step:
@@ -334,7 +358,7 @@ def advance(app: str, state: AppState, progress: Progress, obs: Observation, set
 
 def _finish(tick: _Tick, outcome: _Outcome) -> Step:
     """Add what every state requires: its locks and its routing, and a notification for a new phase."""
-    new, obs = outcome.state, tick.obs
+    new, obs = _bookkeeping(tick, outcome), tick.obs
     intents = list(outcome.intents)
     for color, want in new.locks().items():
         if obs.colors[color].lock != want:
@@ -346,6 +370,27 @@ def _finish(tick: _Tick, outcome: _Outcome) -> Step:
         intents.append(_notification(tick.app, tick.state, new, outcome.reason))
     return Step(previous=tick.state, state=new, progress=outcome.progress, intents=tuple(intents),
                 reason=outcome.reason)
+
+
+_OUTCOMES = {Result.SUCCEEDED: Outcome.SUCCEEDED, Result.ROLLED_BACK: Outcome.ROLLED_BACK, Result.FAILED: Outcome.FAILED}
+
+
+def _bookkeeping(tick: _Tick, outcome: _Outcome) -> AppState:
+    """The new state with the time spent in the phase left, and a history entry when an operation ends.
+
+    Both travel in the state of the transition itself, so the entry is written in the same
+    versioned update as the final phase: a kill can neither lose it nor write it twice.
+    """
+    old, new = tick.state, outcome.state
+    d = new.deploy
+    if new.phase is old.phase or not old.phase.in_flight or d is None or old.deploy is None or old.deploy.id != d.id:
+        return new
+    d = replace(d, phases=add_phase_time(d.phases, old.phase, tick.now - old.since))
+    new = replace(new, deploy=d)
+    if not new.phase.in_flight and new.result is not None:
+        verdict = outcome.verdict or _OUTCOMES[new.result]
+        new = replace(new, history=record(new.history, d, verdict, tick.now))
+    return new
 
 
 def _notification(app: str, old: AppState, new: AppState, reason: str) -> Notify:
@@ -382,14 +427,27 @@ def _goto(tick: _Tick, phase: Phase, reason: str, intents: tuple[Intent, ...] = 
     return _Outcome(state, Progress(started=tick.now), intents, reason)
 
 
-def _retire_at(tick: _Tick) -> float | None:
-    return None if tick.settings.keep else tick.now + tick.settings.scale_down_delay
+def retire_delay(settings: Settings, failed: bool) -> float:
+    """How long the color without traffic stays up after an operation ends: the drain grace at least.
+
+    `failed`: the deploy failed or was rolled back (the failed color's retirement), which Argo
+    Rollouts' abortScaleDownDelaySeconds times apart from a success's scaleDownDelaySeconds.
+    """
+    delay = settings.scale_down_delay
+    if failed and settings.abort_scale_down_delay is not None:
+        delay = settings.abort_scale_down_delay
+    return max(delay, settings.drain_grace)
 
 
-def _fail(tick: _Tick, reason: str) -> _Outcome:
+def _retire_at(tick: _Tick, failed: bool = False) -> float | None:
+    return None if tick.settings.keep else tick.now + retire_delay(tick.settings, failed)
+
+
+def _fail(tick: _Tick, reason: str, aborted: bool = False) -> _Outcome:
     """Give up before traffic moved: the active color was never touched."""
-    return _goto(tick, Phase.FAILED, reason, deploy=replace(tick.deploy, reason=reason), result=Result.FAILED,
-                 retire_at=_retire_at(tick))
+    outcome = _goto(tick, Phase.FAILED, reason, deploy=replace(tick.deploy, reason=reason), result=Result.FAILED,
+                    retire_at=_retire_at(tick, failed=True))
+    return replace(outcome, verdict=Outcome.ABORTED) if aborted else outcome
 
 
 def _rollback(tick: _Tick, reason: str, deploy: Deploy | None = None) -> _Outcome:
@@ -398,7 +456,7 @@ def _rollback(tick: _Tick, reason: str, deploy: Deploy | None = None) -> _Outcom
 
 
 def _succeed(tick: _Tick, reason: str, deploy: Deploy) -> _Outcome:
-    if deploy.kind is Operation.DEPLOY and pending_hooks(tick.settings, deploy, Gate.POST_ROLLOUT):
+    if deploy.kind.gated and pending_hooks(tick.settings, deploy, Gate.POST_ROLLOUT):
         deploy = replace(deploy, post_rollout=True)
         reason += "; the post-rollout webhook(s) are called next"
     return _goto(tick, Phase.STABLE, reason, active=deploy.target, deploy=deploy, result=Result.SUCCEEDED,
@@ -427,7 +485,8 @@ def _at_rest(tick: _Tick, restarted: bool) -> _Outcome:
             return _begin_switch(tick, Operation.ROLLBACK, to, gate=False, force=False,
                                  deploy_id=new_deploy_id(tick.app, tick.now, f"g{state.generation}"),
                                  reason=f"alert {tick.obs.alert} fired: rolling back to {to} "
-                                        f"({tick.color(to).service}, {tick.color(to).image})")
+                                        f"({tick.color(to).service}, {tick.color(to).image})",
+                                 by=f"alert:{tick.obs.alert}")
         alert_note = f"alert {tick.obs.alert} fired, but no previous release is up to roll back to"
     post = _post_rollout(tick)
     if post is not None:
@@ -436,15 +495,49 @@ def _at_rest(tick: _Tick, restarted: bool) -> _Outcome:
         idle = tick.color(state.active.other)
         if idle.replicas == 0:
             return _stay(tick, f"{idle.service} is already at 0 replicas", retire_at=None)
+        drained = drain_problem(state, tick.obs.routed, tick.now, tick.settings.drain_grace)
+        if drained:
+            return _stay(tick, f"{idle.service} is due to retire, but {drained}")
         reason = f"scale_down_delay is over: scaling {idle.service} to 0"
         notice = Notify("retire", f"{tick.app}: {reason}", {"app": tick.app, "service": idle.service})
         return _stay(tick, reason, (Scale(state.active.other, 0), notice), retire_at=None)
     return _stay(tick, alert_note)
 
 
-def _want_replicas(tick: _Tick) -> int:
+def drain_problem(state: AppState, routed: Routing | None, now: float, grace: float) -> str:
+    """Why the color without traffic may not be scaled down yet; "" once it may.
+
+    Its weight must be 0 as the router reports it, and it must have been out of the routing for
+    `grace`: the at-rest phase began when the router confirmed the routing without it (Stable,
+    RolledBack) or it never had weight (Failed), so `since` is when the drain began.
+    """
+    idle = state.active.other
+    if routed is None:
+        return "the router reports no routing: waiting until it confirms the color has weight 0"
+    if routed.weight(idle) != 0:
+        return f"the router still gives it weight {routed.weight(idle)} ({routed}): waiting for weight 0"
+    if now < state.since + grace:
+        return f"it is draining until {format_time(state.since + grace)} (drain_grace)"
+    return ""
+
+
+def _full_replicas(tick: _Tick) -> int:
     # The source is locked for the whole deploy, so its count cannot move under us.
     return max(tick.color(tick.deploy.source).replicas, 1)
+
+
+def preview_count(active: int, preview: int | None) -> int:
+    """The idle color's replicas before ScalingUp: preview_replicas, at most the active count, at least 1."""
+    full = max(active, 1)
+    return full if preview is None else max(1, min(preview, full))
+
+
+def _want_replicas(tick: _Tick) -> int:
+    """The target's replica count the phase calls for: the preview's before ScalingUp, the active count from it."""
+    full = _full_replicas(tick)
+    if tick.state.phase is Phase.SCALING_UP or tick.state.phase.moves_traffic:
+        return full
+    return preview_count(full, tick.settings.preview_replicas)
 
 
 def _preparing(tick: _Tick, restarted: bool) -> _Outcome:
@@ -551,7 +644,7 @@ def _promotion_gate(tick: _Tick, why: str) -> _Outcome:
     settings, deploy = tick.settings, tick.deploy
     # A rollback that redeploys the previous image was asked for by a person already (or an
     # alert): it passes the smoke requests, but waiting for a second yes would only delay it.
-    if not settings.auto_promotion and deploy.kind is Operation.DEPLOY:
+    if not settings.auto_promotion and deploy.kind.gated:
         after = settings.auto_promotion_after
         by_itself = (f"; it promotes itself after {format_duration(after)}" if after is not None
                      else "; it waits for a person")
@@ -567,15 +660,42 @@ def _confirm_gate(tick: _Tick, why: str) -> _Outcome:
     As for the pause, a rollback that redeploys the previous image does not wait for them.
     """
     pending = pending_hooks(tick.settings, tick.deploy, Gate.CONFIRM_PROMOTION)
-    if pending and tick.deploy.kind is Operation.DEPLOY:
+    if pending and tick.deploy.kind.gated:
         return _goto(tick, Phase.CONFIRM_PROMOTION, f"{why}; polling the confirm-promotion webhook(s) "
                                                     f"{', '.join(s.name for s in pending)} before the switch")
     return _switch(tick, why)
 
 
 def _switch(tick: _Tick, why: str) -> _Outcome:
+    """Every gate passed: switch, after ScalingUp when the target ran with fewer replicas (preview_replicas)."""
     deploy = tick.deploy
+    target, full = tick.color(deploy.target), _full_replicas(tick)
+    if target.replicas < full:
+        return _goto(tick, Phase.SCALING_UP, f"{why}; scaling {target.service} from {target.replicas} to {full} "
+                                             "replicas before the switch", (Scale(deploy.target, full),))
     return _goto(tick, Phase.SWITCHING, f"{why}; switching {deploy.percent}% of the traffic to {deploy.target}")
+
+
+def _scaling_up(tick: _Tick, restarted: bool) -> _Outcome:
+    """The target goes from its preview_replicas to the active count, and is waited for before the switch.
+
+    Declarative like Preparing: the Scale is emitted while the count is not in place, so a count
+    changed from outside is put back; only a changed image sends the deploy back to Preparing.
+    """
+    deploy = tick.deploy
+    target, full = tick.color(deploy.target), _full_replicas(tick)
+    if not same_image(target.image, deploy.image):
+        return _goto(tick, Phase.PREPARING, f"{target.service} was changed outside the controller "
+                                            f"({target.image} × {target.replicas}); preparing it again")
+    if target.replicas == full and target.ready():
+        return _goto(tick, Phase.SWITCHING, f"{target.service}: all {full} tasks running and healthy; switching "
+                                            f"{deploy.percent}% of the traffic to {deploy.target}")
+    if tick.elapsed() >= tick.settings.wait_timeout:
+        return _fail(tick, f"{target.service} did not scale up to {full} ready tasks within "
+                           f"{format_duration(tick.settings.wait_timeout)} ({target.describe()}); traffic stays on "
+                           f"{deploy.source}")
+    intents = (Scale(deploy.target, full),) if target.replicas != full else ()
+    return _stay(tick, f"scaling {target.service} up to {full}: {target.describe()}", intents)
 
 
 def _smoke_testing(tick: _Tick, restarted: bool) -> _Outcome:
@@ -857,7 +977,7 @@ def _rolling_back(tick: _Tick, restarted: bool) -> _Outcome:
     want = tick.state.routing()
     if tick.obs.routed == want:
         return _goto(tick, Phase.ROLLED_BACK, f"traffic is back on {tick.state.active}: {tick.deploy.reason}",
-                     result=Result.ROLLED_BACK, retire_at=_retire_at(tick))
+                     result=Result.ROLLED_BACK, retire_at=_retire_at(tick, failed=True))
     return _stay(tick, f"waiting for the router to confirm {want}")
 
 
@@ -872,6 +992,7 @@ _HANDLERS = {
     Phase.PRE_ROLLOUT: _pre_rollout,
     Phase.PAUSED: _paused,
     Phase.CONFIRM_PROMOTION: _confirm_promotion,
+    Phase.SCALING_UP: _scaling_up,
     Phase.SWITCHING: _switching,
     Phase.CANARY: _canary,
     Phase.PROGRESSING: _verifying,
@@ -896,7 +1017,7 @@ def _tick_for(app: str, state: AppState, obs: Observation, settings: Settings) -
 
 
 def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, deploy_id: str, settings: Settings,
-                 strategy: Strategy = Strategy.BLUEGREEN, kind: Operation = Operation.DEPLOY) -> Step:
+                 strategy: Strategy = Strategy.BLUEGREEN, kind: Operation = Operation.DEPLOY, by: str = "") -> Step:
     """Begin deploying `image` to the idle color: Preparing, with its intents in this step."""
     _refuse_if_busy(app, state)
     if not image.strip():
@@ -905,12 +1026,13 @@ def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, dep
     steps: tuple[int, ...] = settings.progressive_steps if strategy is Strategy.PROGRESSIVE else (100,)
     # A canary comes first, then the strategy's steps above its weight. A rollback that redeploys
     # the previous image has none: that image served users before, and someone asked for it back.
-    canary = settings.canary is not None and kind is Operation.DEPLOY
+    canary = settings.canary is not None and kind.gated
     if canary:
         assert settings.canary is not None
         steps = (settings.canary.weight, *(s for s in steps if s > settings.canary.weight))
     deploy = Deploy(id=deploy_id, kind=kind, source=source, image=image,
-                    previous_image=obs.colors[source].image, started_at=obs.now, steps=tuple(steps), canary=canary)
+                    previous_image=obs.colors[source].image, started_at=obs.now, steps=tuple(steps), canary=canary,
+                    by=by)
     # A pending scale-down of the idle color is cancelled: it is about to receive the new release.
     preparing = state.evolve(phase=Phase.PREPARING, since=obs.now, deploy=deploy, retire_at=None)
     tick = _tick_for(app, preparing, obs, settings)
@@ -920,7 +1042,7 @@ def start_deploy(app: str, state: AppState, obs: Observation, *, image: str, dep
 
 
 def start_switch(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings,
-                 to: Color | None = None, force: bool = False) -> Step:
+                 to: Color | None = None, force: bool = False, by: str = "") -> Step:
     """Move all traffic to the other color as it is, after checking its health (unless forced).
 
     The target must have every task running and healthy and have passed the probe in `obs`;
@@ -932,11 +1054,11 @@ def start_switch(app: str, state: AppState, obs: Observation, *, deploy_id: str,
         raise Refused("noop", f"{app}: traffic is already on {to}")
     tick = _tick_for(app, state, obs, settings)
     return _finish(tick, _begin_switch(tick, Operation.SWITCH, to, gate=not force, force=force, deploy_id=deploy_id,
-                                       reason=f"switch to {to} requested" + (" (forced)" if force else "")))
+                                       reason=f"switch to {to} requested" + (" (forced)" if force else ""), by=by))
 
 
 def _begin_switch(tick: _Tick, kind: Operation, to: Color, *, gate: bool, force: bool, deploy_id: str,
-                  reason: str) -> _Outcome:
+                  reason: str, by: str = "") -> _Outcome:
     state, obs = tick.state, tick.obs
     target = obs.colors[to]
     if gate:
@@ -951,13 +1073,13 @@ def _begin_switch(tick: _Tick, kind: Operation, to: Color, *, gate: bool, force:
             raise Refused("unhealthy", f"{tick.app}: refusing to switch to {to}: {'; '.join(problems)}; "
                                        "force the switch to do it anyway")
     deploy = Deploy(id=deploy_id, kind=kind, source=state.active, image=target.image,
-                    previous_image=obs.colors[state.active].image, started_at=tick.now, force=force)
+                    previous_image=obs.colors[state.active].image, started_at=tick.now, force=force, by=by)
     return _goto(tick, Phase.SWITCHING, reason, deploy=deploy, retire_at=None)
 
 
 # The phases of a deploy before any user traffic reaches its target.
 _BEFORE_TRAFFIC = (Phase.PREPARING, Phase.WAITING, Phase.PRECHECKS, Phase.SMOKE_TESTS, Phase.PRE_ROLLOUT, Phase.PAUSED,
-                   Phase.CONFIRM_PROMOTION)
+                   Phase.CONFIRM_PROMOTION, Phase.SCALING_UP)
 
 
 def start_promote(app: str, state: AppState, obs: Observation, *, settings: Settings) -> Step:
@@ -977,7 +1099,8 @@ def start_abort(app: str, state: AppState, obs: Observation, *, settings: Settin
     """Fail a deploy that has not moved traffic yet: traffic stays where it is, the idle color is retired later."""
     if state.phase in _BEFORE_TRAFFIC:
         tick = _tick_for(app, state, obs, settings)
-        return _finish(tick, _fail(tick, f"aborted by request in {state.phase}; traffic stays on {state.active}"))
+        return _finish(tick, _fail(tick, f"aborted by request in {state.phase}; traffic stays on {state.active}",
+                                   aborted=True))
     if state.phase.in_flight:
         raise Refused("phase", f"{app}: cannot abort in {state.phase}{_doing(state)}: traffic has moved already; "
                                f"`swarmshift bluegreen rollback {app}` sends it back")
@@ -989,12 +1112,14 @@ def _doing(state: AppState) -> str:
     return f" ({d.kind} {d.id}, {d.image} on {d.target})" if d is not None and state.phase.in_flight else ""
 
 
-def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings) -> Step:
+def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings,
+                   by: str = "") -> Step:
     """Return to the previous color: abort a deploy in flight, or go back to the last release."""
     tick = _tick_for(app, state, obs, settings)
     phase = state.phase
     if phase in _BEFORE_TRAFFIC:
-        return _finish(tick, _fail(tick, f"rolled back by request in {phase}, before any traffic moved"))
+        return _finish(tick, _fail(tick, f"rolled back by request in {phase}, before any traffic moved",
+                                   aborted=True))
     if phase in (Phase.SWITCHING, Phase.CANARY, Phase.PROGRESSING, Phase.VERIFYING):
         return _finish(tick, _rollback(tick, f"rollback requested in {phase}"))
     if phase is Phase.ROLLING_BACK:
@@ -1005,10 +1130,44 @@ def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: st
     previous = state.active.other
     if obs.colors[previous].replicas > 0:
         return _finish(tick, _begin_switch(tick, Operation.ROLLBACK, previous, gate=True, force=False,
-                                           deploy_id=deploy_id, reason=f"rollback to {previous} requested"))
+                                           deploy_id=deploy_id, reason=f"rollback to {previous} requested", by=by))
     # The previous color was scaled down: bring its release back the safe way, as a deploy.
     return start_deploy(app, state, obs, image=state.deploy.previous_image, deploy_id=deploy_id, settings=settings,
-                        kind=Operation.ROLLBACK)
+                        kind=Operation.ROLLBACK, by=by)
+
+
+def undo_target(app: str, history: tuple[Release, ...], running: str, revision: int | None = None) -> Release:
+    """The release an undo deploys: `revision`, else the newest successful one whose image is not running.
+
+    Refused (422) when the history has no such release, the revision is unknown, or its image is
+    the one the active color runs already (nothing to undo).
+    """
+    if revision is not None:
+        found = [r for r in history if r.revision == revision]
+        if not found:
+            known = (f"revisions {history[0].revision} to {history[-1].revision}" if history
+                     else "the history is empty")
+            raise Refused("unknown", f"{app}: no revision {revision} in the history ({known}); "
+                                     f"`swarmshift bluegreen history {app}` lists them")
+        if same_image(found[0].image, running):
+            raise Refused("noop", f"{app}: revision {revision} is {found[0].image}, which the active color runs "
+                                  "already: nothing to undo")
+        return found[0]
+    for release in reversed(history):
+        if release.outcome is Outcome.SUCCEEDED and not same_image(release.image, running):
+            return release
+    raise Refused("nothing", f"{app}: no earlier successful release to go back to: the history has none whose image "
+                             f"differs from {running}")
+
+
+def start_undo(app: str, state: AppState, obs: Observation, *, deploy_id: str, settings: Settings,
+               revision: int | None = None, by: str = "", strategy: Strategy = Strategy.BLUEGREEN) -> Step:
+    """Deploy an earlier release's image through the same gates as a deploy (smoke requests, Paused)."""
+    _refuse_if_busy(app, state)
+    release = undo_target(app, state.history, obs.colors[state.active].image, revision)
+    step = start_deploy(app, state, obs, image=release.image, deploy_id=deploy_id, settings=settings,
+                        strategy=strategy, kind=Operation.UNDO, by=by)
+    return replace(step, reason=f"undo to revision {release.revision}: {step.reason}")
 
 
 # --- Executing a step --------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Runtime:
     canary: CanaryTrack | None = None  # the canary analyses of the deploy in Canary, for pacing and status
     webhooks: dict[str, Any] | None = None  # the last round of webhook gates, for status
     unreachable: str | None = None  # the unreachable probe already logged
+    history_problem: str | None = None  # the damaged history label already logged (history_reset)
     # The key of the alert being weighed by the tick under way (swarmshift.alerts.alert_key): the
     # executor records it in the same write as the rollback it causes, or refuses a repeat.
     alert_key: str | None = None

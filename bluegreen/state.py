@@ -18,6 +18,8 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -31,12 +33,14 @@ from bluegreen.labels import (
     IDLE_LOCK,
     K_ACTIVE,
     K_ALERTS,
+    K_DEPLOY_BY,
     K_DEPLOY_CANARY,
     K_DEPLOY_FAILURES,
     K_DEPLOY_FORCE,
     K_DEPLOY_ID,
     K_DEPLOY_IMAGE,
     K_DEPLOY_KIND,
+    K_DEPLOY_PHASES,
     K_DEPLOY_POST_ROLLOUT,
     K_DEPLOY_PREVIOUS,
     K_DEPLOY_REASON,
@@ -46,6 +50,7 @@ from bluegreen.labels import (
     K_DEPLOY_STEPS,
     K_DEPLOY_WEBHOOKS,
     K_GENERATION,
+    K_HISTORY,
     K_PHASE,
     K_RESULT,
     K_RETIRE_AT,
@@ -121,6 +126,7 @@ class Phase(StrEnum):
     PRE_ROLLOUT = "PreRollout"  # the pre-rollout webhooks, until each answers 2xx (or fails, or gate_timeout)
     PAUSED = "Paused"  # auto_promotion off: waits for promote, abort or auto_promotion_after (from `since`)
     CONFIRM_PROMOTION = "ConfirmPromotion"  # the confirm-promotion webhooks, polled until each answers 2xx
+    SCALING_UP = "ScalingUp"  # preview_replicas: the idle color goes to the active count, then is waited for
     SWITCHING = "Switching"  # the router is told the new weights; left when it confirms them
     CANARY = "Canary"  # canary.weight % on the new color, analysed from Traefik's metrics for canary.analysis (from `since`)
     PROGRESSING = "Progressing"  # progressive mode: verifying a partial weight step
@@ -143,6 +149,12 @@ class Operation(StrEnum):
     DEPLOY = "deploy"  # a new image to the idle color
     SWITCH = "switch"  # move traffic to the other color as it is
     ROLLBACK = "rollback"  # return to the previous color
+    UNDO = "undo"  # an earlier release's image, deployed through the same gates as a deploy
+
+    @property
+    def gated(self) -> bool:
+        """Whether a person's promotion gate applies: a release someone chose, not a rollback already asked for."""
+        return self in (Operation.DEPLOY, Operation.UNDO)
 
 
 class Result(StrEnum):
@@ -176,6 +188,8 @@ class Deploy:
 
     def webhook_done(self, name: str) -> bool:
         return any(done == name for done, _ in self.webhooks)
+    by: str = ""  # who asked: the request's `by` (the CLI sends $USER), `alert:<name>`; "" unknown
+    phases: tuple[tuple[str, float], ...] = ()  # seconds spent in each phase left so far, in order
 
     @property
     def target(self) -> Color:
@@ -197,6 +211,7 @@ class AppState:
     deploy: Deploy | None = None
     result: Result | None = None  # of the last finished operation
     retire_at: float | None = None  # when the color without traffic (active.other) is scaled to 0
+    history: tuple[Release, ...] = ()  # the last HISTORY_MAX finished operations, oldest first
 
     def routing(self) -> Routing:
         """The routing this state calls for; regenerating it is always safe."""
@@ -221,6 +236,7 @@ class AppState:
         labels[K_ACTIVE] = self.active.value
         labels[K_PHASE] = self.phase.value
         labels[K_SINCE] = format_time(self.since)
+        labels[K_HISTORY] = encode_history(self.history)
         if self.result is not None:
             labels[K_RESULT] = self.result.value
         if self.retire_at is not None:
@@ -242,6 +258,8 @@ class AppState:
                 K_DEPLOY_CANARY: "true" if d.canary else None,
                 K_DEPLOY_WEBHOOKS: encode_record(d.webhooks),
                 K_DEPLOY_POST_ROLLOUT: "true" if d.post_rollout else None,
+                K_DEPLOY_BY: requester(d.by) or None,
+                K_DEPLOY_PHASES: encode_phases(d.phases),
             })
         return labels
 
@@ -280,6 +298,9 @@ class AppState:
                 canary=reader.boolean(K_DEPLOY_CANARY),
                 webhooks=reader.webhooks(K_DEPLOY_WEBHOOKS),
                 post_rollout=reader.boolean(K_DEPLOY_POST_ROLLOUT),
+                # Bookkeeping for the history, read leniently: a damaged value is no reason to stop a deploy.
+                by=requester(present.get(K_DEPLOY_BY, "")),
+                phases=decode_phases(present.get(K_DEPLOY_PHASES)),
             )
             if not reader.problems:
                 deploy = Deploy(**deploy_fields)  # type: ignore[arg-type]
@@ -289,8 +310,9 @@ class AppState:
         if reader.problems:
             return None, reader.problems
         assert generation is not None and active is not None and phase is not None and since is not None
+        history, _ = decode_history(present.get(K_HISTORY))
         return cls(active=active, phase=phase, since=since, generation=generation, deploy=deploy,
-                   result=result, retire_at=retire_at), []
+                   result=result, retire_at=retire_at, history=history), []
 
     def evolve(self, **changes: object) -> AppState:
         """A copy with `changes` and the next generation: every change to the state is a new generation."""
@@ -459,6 +481,7 @@ class Loaded:
     stored: dict[Color, int | None]  # the generation each color holds now (None: no usable copy)
     problems: list[str]  # bad state labels, one line each
     adopted: str | None = None  # why the state was inferred, when neither color held a usable copy
+    history_problem: str | None = None  # why the chosen copy's history was unreadable (and reset)
 
 
 def load_state(app: App, labels: Mapping[Color, Mapping[str, str]], replicas: Mapping[Color, int],
@@ -473,6 +496,175 @@ def load_state(app: App, labels: Mapping[Color, Mapping[str, str]], replicas: Ma
     stored = {color: state.generation if state else None for color, state in copies.items()}
     chosen = choose_state(copies)
     if chosen is not None:
-        return Loaded(chosen, stored, problems)
+        color = next(c for c in Color if copies[c] is chosen)
+        _, bad_history = decode_history(labels.get(color, {}).get(K_HISTORY))
+        note = f"{app.service(color)}: {K_HISTORY}: {bad_history}; the history starts again" if bad_history else None
+        return Loaded(chosen, stored, problems, history_problem=note)
     inferred, why = infer_state(replicas, routed, now)
     return Loaded(inferred, stored, problems, adopted=why)
+
+
+# --- History: the app's last releases, on the services -----------------------------------------
+
+HISTORY_MAX = 10  # entries kept: the label stays a few KiB
+_HISTORY_CHARS = 32_000  # more than HISTORY_MAX bounded entries can take: a longer value is not read
+_HISTORY_REASON = 160
+_BY_MAX = 64
+_IMAGE_MAX = 512
+_PHASE_NAMES = frozenset(p.value for p in Phase if p.in_flight)
+_ENTRY_KEYS = {"rev", "image", "kind", "result", "start", "end", "phases", "reason", "by"}
+
+
+class Outcome(StrEnum):
+    """How a finished operation ended, as its history entry says."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"  # before the switch: a gate or a timeout
+    ROLLED_BACK = "RolledBack"  # after traffic moved
+    ABORTED = "Aborted"  # by request (abort, or a rollback before the switch)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One finished deploy, switch, rollback or undo: an entry of the app's history."""
+
+    revision: int  # grows by one per entry, per app
+    image: str  # what the operation's target color ran
+    kind: Operation
+    outcome: Outcome
+    started: float
+    ended: float
+    phases: tuple[tuple[str, float], ...] = ()  # seconds per phase, in order
+    reason: str = ""  # why it failed or was rolled back, short
+    by: str = ""  # who asked
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"rev": self.revision, "image": self.image, "kind": self.kind.value,
+                                  "result": self.outcome.value, "start": format_time(self.started),
+                                  "end": format_time(self.ended)}
+        if self.phases:
+            out["phases"] = {name: seconds for name, seconds in self.phases}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.by:
+            out["by"] = self.by
+        return out
+
+    @classmethod
+    def from_json(cls, raw: object) -> Release:
+        """The entry `to_json` wrote; ValueError naming what is wrong with anything else."""
+        if not isinstance(raw, dict):
+            raise ValueError("an entry is not an object")
+        unknown = set(raw) - _ENTRY_KEYS
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
+        rev = raw.get("rev")
+        if type(rev) is not int or not 1 <= rev <= 10**9:
+            raise ValueError("rev: expected a whole number from 1")
+        image = _bounded_text(raw.get("image"), "image", _IMAGE_MAX, required=True)
+        try:
+            kind, outcome = Operation(raw.get("kind")), Outcome(raw.get("result"))
+        except ValueError as err:
+            raise ValueError(f"kind or result: {err}") from None
+        started, ended = (parse_time(_bounded_text(raw.get(k), k, 30, required=True)) for k in ("start", "end"))
+        phases = raw.get("phases", {})
+        if not isinstance(phases, dict) or len(phases) > len(_PHASE_NAMES):
+            raise ValueError("phases: expected an object of phase: seconds")
+        timed = []
+        for name, seconds in phases.items():
+            if name not in _PHASE_NAMES or type(seconds) not in (int, float) or not 0 <= seconds <= 10**9:
+                raise ValueError(f"phases: bad entry {str(name)[:40]!r}")
+            timed.append((name, float(seconds)))
+        return cls(revision=rev, image=image, kind=kind, outcome=outcome, started=started, ended=ended,
+                   phases=tuple(timed), reason=_bounded_text(raw.get("reason", ""), "reason", _HISTORY_REASON),
+                   by=_bounded_text(raw.get("by", ""), "by", _BY_MAX))
+
+
+def _bounded_text(value: object, key: str, limit: int, required: bool = False) -> str:
+    if not isinstance(value, str) or len(value) > limit or (required and not value) or not value.isprintable():
+        raise ValueError(f"{key}: expected printable text of at most {limit} characters")
+    return value
+
+
+def encode_history(history: tuple[Release, ...]) -> str | None:
+    """The history label's value: compact JSON, oldest first; None (no label) when empty."""
+    if not history:
+        return None
+    return json.dumps([r.to_json() for r in history[-HISTORY_MAX:]], separators=(",", ":"), ensure_ascii=True)
+
+
+def decode_history(text: str | None) -> tuple[tuple[Release, ...], str | None]:
+    """The history a label holds, and None; or an empty history and why the label could not be read.
+
+    Never raises: a damaged history must not break the app, it only starts again.
+    """
+    if text is None or text == "":
+        return (), None
+    if len(text) > _HISTORY_CHARS:
+        return (), f"longer than {_HISTORY_CHARS} characters"
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, list) or len(raw) > HISTORY_MAX:
+            raise ValueError(f"expected a list of at most {HISTORY_MAX} entries")
+        history = tuple(Release.from_json(entry) for entry in raw)
+    except (ValueError, RecursionError) as err:
+        return (), f"not a history ({str(err)[:120]})"
+    revisions = [r.revision for r in history]
+    if revisions != sorted(set(revisions)):
+        return (), "not a history (revisions must rise)"
+    return history, None
+
+
+def record(history: tuple[Release, ...], deploy: Deploy, outcome: Outcome, ended: float) -> tuple[Release, ...]:
+    """The history with `deploy` appended as the next revision, keeping the last HISTORY_MAX."""
+    reason = "" if outcome is Outcome.SUCCEEDED else _one_line(deploy.reason)
+    if len(reason) > _HISTORY_REASON:
+        reason = reason[: _HISTORY_REASON - 1] + "…"
+    image = deploy.image if len(deploy.image) <= _IMAGE_MAX else deploy.image[: _IMAGE_MAX - 1] + "…"
+    entry = Release(revision=next_revision(history), image=image, kind=deploy.kind, outcome=outcome,
+                    started=deploy.started_at, ended=ended, phases=deploy.phases, reason=reason,
+                    by=requester(deploy.by))
+    return (*history, entry)[-HISTORY_MAX:]
+
+
+def next_revision(history: tuple[Release, ...]) -> int:
+    return max((r.revision for r in history), default=0) + 1
+
+
+def requester(text: str) -> str:
+    """Who asked, as stored: one printable line of at most 64 characters."""
+    text = "".join(ch for ch in " ".join(text.split()) if ch.isprintable())
+    return text if len(text) <= _BY_MAX else text[: _BY_MAX - 1] + "…"
+
+
+def add_phase_time(phases: tuple[tuple[str, float], ...], phase: Phase, seconds: float) -> tuple[tuple[str, float], ...]:
+    """`phases` with `seconds` more spent in `phase` (a phase entered twice adds up), at millisecond precision."""
+    seconds = round(max(0.0, seconds), 3)
+    if any(name == phase.value for name, _ in phases):
+        return tuple((name, round(s + seconds, 3) if name == phase.value else s) for name, s in phases)
+    return (*phases, (phase.value, seconds))
+
+
+def encode_phases(phases: tuple[tuple[str, float], ...]) -> str | None:
+    return ",".join(f"{name}={_seconds(value)}" for name, value in phases) or None
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def decode_phases(text: str | None) -> tuple[tuple[str, float], ...]:
+    """The phase times `encode_phases` wrote; empty for anything else (they are bookkeeping, not state)."""
+    if not text or len(text) > 1000:
+        return ()
+    out = []
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            seconds = float(value) if re.fullmatch(r"[0-9]{1,10}(?:\.[0-9]{1,3})?", value, re.ASCII) else math.nan
+        except ValueError:
+            return ()
+        if name not in _PHASE_NAMES or math.isnan(seconds) or any(n == name for n, _ in out):
+            return ()
+        out.append((name, seconds))
+    return tuple(out)

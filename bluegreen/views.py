@@ -9,7 +9,15 @@ from bluegreen.apps import Color
 from bluegreen.observe import Reading
 from bluegreen.phases import Settings, hook_gate, pending_hooks
 from bluegreen.runtime import Runtime
-from bluegreen.state import AppState, Operation, Phase, Result, format_time
+from bluegreen.state import AppState, Phase, Release, Result, format_time
+
+
+def history_view(release: Release) -> dict[str, Any]:
+    """One history entry as `history` and `GET /v1/apps/{app}/history` show it."""
+    return {"revision": release.revision, "image": release.image, "kind": release.kind.value,
+            "result": release.outcome.value, "started": format_time(release.started),
+            "ended": format_time(release.ended), "seconds": round(release.ended - release.started, 3),
+            "phases": dict(release.phases), "reason": release.reason, "requested_by": release.by or None}
 
 
 def gate_view(key: str, state: AppState, settings: Settings | None) -> dict[str, Any] | None:
@@ -88,7 +96,7 @@ def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
         if reading.routed != wanted:
             degraded.append(f"the router serves {reading.routed or 'nothing'}, not {wanted}")
         d = state.deploy
-        if d is not None and d.kind is Operation.DEPLOY and state.result in (Result.ROLLED_BACK, Result.FAILED):
+        if d is not None and d.kind.gated and state.result in (Result.ROLLED_BACK, Result.FAILED):
             degraded.append(f"the last deploy ({d.id}, {d.image}) {state.result}: {d.reason}")
     health = "degraded" if degraded else "progressing" if state.phase.in_flight else "healthy"
     d = state.deploy
@@ -110,8 +118,9 @@ def app_view(rt: Runtime, reading: Reading | None, error: str | None = None,
             "id": d.id, "operation": d.kind.value, "source": d.source.value, "target": d.target.value,
             "image": d.image, "previous_image": d.previous_image, "started_at": format_time(d.started_at),
             "steps": list(d.steps), "step": d.step, "failures": d.failures, "reason": d.reason, "force": d.force,
-            "canary": d.canary,
+            "canary": d.canary, "requested_by": d.by or None, "phases": dict(d.phases),
         },
+        "revision": state.history[-1].revision if state.history else None,
         "request": rt.request,
         "route_error": rt.route_error,
         "probe": rt.probe,

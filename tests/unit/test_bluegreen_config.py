@@ -34,7 +34,7 @@ def test_the_defaults_are_a_working_config():
         probe_interval=2, healthy_threshold=3, failure_threshold=2, wait_timeout=300, precheck_timeout=120,
         switch_timeout=30, verification_window=60, scale_down_delay=600, keep=False, rollback_on_alert="verification",
         on_restart="resume", progressive_steps=(10, 50, 100), smoke_tests=0, auto_promotion=True,
-        auto_promotion_after=None)
+        auto_promotion_after=None, preview_replicas=None, abort_scale_down_delay=30, drain_grace=10)
     assert config.rollback_deadline == 4.0
     assert config.probe_timeout_seconds == 2.0
 
@@ -67,7 +67,7 @@ notify: {webhooks: ["http://hooks.example.com/a"]}
         probe_interval=1, healthy_threshold=5, failure_threshold=4, wait_timeout=300, precheck_timeout=120,
         switch_timeout=120, verification_window=120, scale_down_delay=900, keep=True, rollback_on_alert="always",
         on_restart="resume", progressive_steps=(5, 25, 100), smoke_tests=0, auto_promotion=True,
-        auto_promotion_after=None)
+        auto_promotion_after=None, preview_replicas=None, abort_scale_down_delay=30, drain_grace=10)
     # traefik-http: Traefik may have backed off its polls while the controller was away.
     assert config.router.traefik.confirm_seconds(config.router.kind) == 90
     assert config.app_defaults().rule == "Host(`{app}.example.com`)"

@@ -262,7 +262,8 @@ def _stored(name: str, **changes: str | None) -> dict[str, str]:
     (_stored("fresh", active="red"),
      "web-blue: swarmshift.bluegreen.state.active: expected one of blue, green (got 'red')"),
     (_stored("fresh", phase="Deploying"),
-     "web-blue: swarmshift.bluegreen.state.phase: expected one of Stable, Preparing, Waiting, PreChecks, SmokeTests, PreRollout, Paused, ConfirmPromotion, Switching, Canary, "
+     "web-blue: swarmshift.bluegreen.state.phase: expected one of Stable, Preparing, Waiting, PreChecks, SmokeTests, PreRollout, Paused, "
+     "ConfirmPromotion, ScalingUp, Switching, Canary, "
      "Progressing, Verifying, RollingBack, RolledBack, Failed (got 'Deploying')"),
     (_stored("fresh", since="yesterday"),
      "web-blue: swarmshift.bluegreen.state.since: expected a UTC time such as 2025-01-31T12:00:00.000Z "
@@ -283,7 +284,7 @@ def _stored(name: str, **changes: str | None) -> dict[str, str]:
     (_stored("verifying", deploy__image=None),
      "web-blue: swarmshift.bluegreen.state.deploy.image: missing: the other state labels are present"),
     (_stored("verifying", deploy__kind="canary"),
-     "web-blue: swarmshift.bluegreen.state.deploy.kind: expected one of deploy, switch, rollback (got 'canary')"),
+     "web-blue: swarmshift.bluegreen.state.deploy.kind: expected one of deploy, switch, rollback, undo (got 'canary')"),
 ])
 def test_bad_state_labels_give_one_line_each(labels, problem):
     state, problems = AppState.from_labels(labels, "web-blue")
