@@ -1136,8 +1136,11 @@ def start_rollback(app: str, state: AppState, obs: Observation, *, deploy_id: st
                         kind=Operation.ROLLBACK, by=by)
 
 
-def undo_target(app: str, history: tuple[Release, ...], running: str, revision: int | None = None) -> Release:
-    """The release an undo deploys: `revision`, else the newest successful one whose image is not running.
+def undo_target(app: str, history: tuple[Release, ...], running: str, revision: int | None = None) -> tuple[str, str]:
+    """The image an undo deploys, and which release it is: `revision`, else the newest successful one not running.
+
+    Without such a release, the image the newest success replaced (its `previous`): an undo right
+    after the first deploy goes back to what ran before it, as an operator expects.
 
     Refused (422) when the history has no such release, the revision is unknown, or its image is
     the one the active color runs already (nothing to undo).
@@ -1152,10 +1155,15 @@ def undo_target(app: str, history: tuple[Release, ...], running: str, revision: 
         if same_image(found[0].image, running):
             raise Refused("noop", f"{app}: revision {revision} is {found[0].image}, which the active color runs "
                                   "already: nothing to undo")
-        return found[0]
+        return found[0].image, f"revision {revision}"
     for release in reversed(history):
         if release.outcome is Outcome.SUCCEEDED and not same_image(release.image, running):
-            return release
+            return release.image, f"revision {release.revision}"
+    # No other success in the history (the first release through the controller, say): the image
+    # that the newest success replaced, which served users before it.
+    for release in reversed(history):
+        if release.outcome is Outcome.SUCCEEDED and release.previous and not same_image(release.previous, running):
+            return release.previous, f"the image revision {release.revision} replaced"
     raise Refused("nothing", f"{app}: no earlier successful release to go back to: the history has none whose image "
                              f"differs from {running}")
 
@@ -1164,10 +1172,10 @@ def start_undo(app: str, state: AppState, obs: Observation, *, deploy_id: str, s
                revision: int | None = None, by: str = "", strategy: Strategy = Strategy.BLUEGREEN) -> Step:
     """Deploy an earlier release's image through the same gates as a deploy (smoke requests, Paused)."""
     _refuse_if_busy(app, state)
-    release = undo_target(app, state.history, obs.colors[state.active].image, revision)
-    step = start_deploy(app, state, obs, image=release.image, deploy_id=deploy_id, settings=settings,
+    image, what = undo_target(app, state.history, obs.colors[state.active].image, revision)
+    step = start_deploy(app, state, obs, image=image, deploy_id=deploy_id, settings=settings,
                         strategy=strategy, kind=Operation.UNDO, by=by)
-    return replace(step, reason=f"undo to revision {release.revision}: {step.reason}")
+    return replace(step, reason=f"undo to {what}: {step.reason}")
 
 
 # --- Executing a step --------------------------------------------------------------------------

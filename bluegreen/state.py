@@ -512,7 +512,7 @@ _HISTORY_REASON = 160
 _BY_MAX = 64
 _IMAGE_MAX = 512
 _PHASE_NAMES = frozenset(p.value for p in Phase if p.in_flight)
-_ENTRY_KEYS = {"rev", "image", "kind", "result", "start", "end", "phases", "reason", "by"}
+_ENTRY_KEYS = {"rev", "image", "kind", "result", "start", "end", "phases", "reason", "by", "prev"}
 
 
 class Outcome(StrEnum):
@@ -537,6 +537,7 @@ class Release:
     phases: tuple[tuple[str, float], ...] = ()  # seconds per phase, in order
     reason: str = ""  # why it failed or was rolled back, short
     by: str = ""  # who asked
+    previous: str = ""  # what the active color ran before it: where an undo of the first release goes
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"rev": self.revision, "image": self.image, "kind": self.kind.value,
@@ -548,6 +549,8 @@ class Release:
             out["reason"] = self.reason
         if self.by:
             out["by"] = self.by
+        if self.previous:
+            out["prev"] = self.previous
         return out
 
     @classmethod
@@ -577,7 +580,8 @@ class Release:
             timed.append((name, float(seconds)))
         return cls(revision=rev, image=image, kind=kind, outcome=outcome, started=started, ended=ended,
                    phases=tuple(timed), reason=_bounded_text(raw.get("reason", ""), "reason", _HISTORY_REASON),
-                   by=_bounded_text(raw.get("by", ""), "by", _BY_MAX))
+                   by=_bounded_text(raw.get("by", ""), "by", _BY_MAX),
+                   previous=_bounded_text(raw.get("prev", ""), "prev", _IMAGE_MAX))
 
 
 def _bounded_text(value: object, key: str, limit: int, required: bool = False) -> str:
@@ -620,10 +624,11 @@ def record(history: tuple[Release, ...], deploy: Deploy, outcome: Outcome, ended
     reason = "" if outcome is Outcome.SUCCEEDED else _one_line(deploy.reason)
     if len(reason) > _HISTORY_REASON:
         reason = reason[: _HISTORY_REASON - 1] + "…"
-    image = deploy.image if len(deploy.image) <= _IMAGE_MAX else deploy.image[: _IMAGE_MAX - 1] + "…"
+    image, previous = (text if len(text) <= _IMAGE_MAX else text[: _IMAGE_MAX - 1] + "…"
+                       for text in (deploy.image, deploy.previous_image or ""))
     entry = Release(revision=next_revision(history), image=image, kind=deploy.kind, outcome=outcome,
                     started=deploy.started_at, ended=ended, phases=deploy.phases, reason=reason,
-                    by=requester(deploy.by))
+                    by=requester(deploy.by), previous=previous)
     return (*history, entry)[-HISTORY_MAX:]
 
 

@@ -17,7 +17,8 @@ def history_view(release: Release) -> dict[str, Any]:
     return {"revision": release.revision, "image": release.image, "kind": release.kind.value,
             "result": release.outcome.value, "started": format_time(release.started),
             "ended": format_time(release.ended), "seconds": round(release.ended - release.started, 3),
-            "phases": dict(release.phases), "reason": release.reason, "requested_by": release.by or None}
+            "phases": dict(release.phases), "reason": release.reason, "requested_by": release.by or None,
+            "previous": release.previous or None}
 
 
 def gate_view(key: str, state: AppState, settings: Settings | None) -> dict[str, Any] | None:

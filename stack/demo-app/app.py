@@ -1,9 +1,11 @@
 """The demo app: a tiny HTTP service whose CPU, memory, health and error rate can be steered."""
 
+import contextlib
 import json
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,6 +30,9 @@ _held: list[bytearray] = []
 _lock = threading.Lock()
 
 MAX_BURN_MS = 10_000
+MAX_SLEEP_MS = 10_000
+STOPPING = threading.Event()  # set on SIGTERM: answer what is in flight, take nothing new
+_connections: set = set()  # open client connections, so a stop can end the idle keep-alive ones
 MAX_ALLOC_MB = 1024
 
 
@@ -50,6 +55,16 @@ def burn(ms: int) -> int:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with _lock:
+            _connections.add(self.connection)
+
+    def finish(self) -> None:
+        with _lock:
+            _connections.discard(self.connection)
+        super().finish()
     server_version = "swarmshift-demo"
 
     def log_message(self, fmt, *args):  # access logs would drown the load tests
@@ -62,6 +77,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-App-Version", VERSION)
         self.send_header("X-App-Color", COLOR)
+        if STOPPING.is_set():
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -101,8 +119,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"held_mb": 0, **identity})
             return
         if url.path == "/":
-            if SLOW_MS:
-                time.sleep(SLOW_MS / 1000)
+            # ?ms=N: a slow request (at most MAX_SLEEP_MS), as long-running ones in flight at a retirement.
+            slow = _int_arg(query, "ms", SLOW_MS, MAX_SLEEP_MS)
+            if slow:
+                time.sleep(slow / 1000)
             if ERROR_RATE and random.random() < ERROR_RATE:
                 self._send(500, {"error": "injected failure", **identity})
             else:
@@ -113,11 +133,28 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
-    server.daemon_threads = True
-    # Swarm stops tasks with SIGTERM; exit promptly so scale-downs and updates are quick.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Swarm stops a task with SIGTERM, then SIGKILL after its stop_grace_period (10s by default).
+    # A graceful stop: accept nothing new, answer every request already in flight (with
+    # `Connection: close`), then exit; server_close() waits for the request threads. Shutting
+    # the read side of every connection ends the idle keep-alive ones at once, and leaves a
+    # request that was read free to send its answer.
+    server.daemon_threads = False
+    server.block_on_close = True
+
+    def stop(*_) -> None:
+        STOPPING.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+        with _lock:
+            for conn in list(_connections):
+                with contextlib.suppress(OSError):  # already closed by the client
+                    conn.shutdown(socket.SHUT_RD)
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"demo app {VERSION} color={COLOR or '-'} listening on :{PORT}", flush=True)
     server.serve_forever()
+    server.server_close()
+    print(f"demo app {VERSION} stopped: every request in flight was answered", flush=True)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

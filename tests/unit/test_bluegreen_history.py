@@ -146,7 +146,7 @@ def test_the_final_transition_appends_the_entry_with_phase_times_and_who_asked()
     (entry,) = step.state.history
     assert entry == Release(revision=1, image="web:2", kind=Operation.DEPLOY, outcome=Outcome.SUCCEEDED,
                             started=D.started_at, ended=T, phases=(("Preparing", 2.0), ("Switching", 0.5),
-                                                                   ("Verifying", 6.0)), by="alice")
+                                                                   ("Verifying", 6.0)), by="alice", previous="web:1")
     assert step.state.to_labels()[K_HISTORY] == encode_history(step.state.history)  # in the same write
 
 
@@ -182,6 +182,10 @@ HISTORY = (release(1, "web:1"), release(2, "web:2"), release(3, "web:3", Outcome
     ((), "web:1", None, "nothing"),
     ((), "web:1", 1, "unknown"),
     ((release(1, "web:1"),), "web:1", None, "nothing"),  # no earlier release
+    # The first release through the controller: back to the image it replaced.
+    ((release(1, "web:2", previous="web:1"),), "web:2", None, "web:1"),
+    ((release(1, "web:2", previous="web:1"), release(2, "web:1", kind=Operation.UNDO, previous="web:2")), "web:1",
+     None, "web:2"),
 ])
 def test_undo_picks_the_previous_successful_release_or_refuses_saying_why(history, running, revision, image_or_code):
     if image_or_code in ("noop", "unknown", "nothing"):
@@ -189,7 +193,7 @@ def test_undo_picks_the_previous_successful_release_or_refuses_saying_why(histor
             undo_target("web", history, running, revision)
         assert err.value.code == image_or_code
     else:
-        assert undo_target("web", history, running, revision).image == image_or_code
+        assert undo_target("web", history, running, revision)[0] == image_or_code
 
 
 def test_undo_is_a_deploy_through_the_same_gates_recorded_as_undo():
