@@ -17,7 +17,7 @@ import pytest
 from tests.support import lab
 from tests.support.bluegreen import release_images, wait_phase
 from tests.support.load import HostLoad
-from tests.support.swarmshift_proc import BlueGreenDaemon
+from tests.support.swarmshift_proc import BlueGreenDaemon, event_time
 from tests.support.traefik import PREVIEW_HOST, ControllerService, TraefikStack
 
 SWITCHES = 20
@@ -439,3 +439,47 @@ def test_a_canary_aborts_on_its_error_rate_and_its_blast_radius_is_a_fraction_of
     print(f"\nblast radius at {rate} req/s of a release failing 33 % of /: canary 5 % -> {failed['canary']} "
           f"failed user requests, direct switch -> {failed['direct']} (ratio {ratio:.2f})")
     assert failed["direct"] > 0 and failed["canary"] < failed["direct"], failed
+
+
+# --- preview_replicas, and a retirement that drains: no request cut off under 100 req/s -------------
+
+
+@pytest.mark.heavy
+def test_the_old_color_retires_under_100_rps_without_cutting_off_a_request_and_preview_replicas_scale_up_first(
+        swarm, tmp_path, images, bluegreen_proc):
+    stack = TraefikStack(swarm, tmp_path, images)
+    app = stack.app
+    drain = 3.0
+    daemon = start(stack, bluegreen_proc, scale_down_delay="0s", drain_grace=f"{drain:g}s", preview_replicas=1)
+    offset = time.time() - time.monotonic()
+    # Every request takes 0.3 s: some 30 are in flight at any moment, on whichever color serves.
+    load = HostLoad(stack.web_port, "/?ms=300", rate=100, max_seconds=70, max_requests=7000, workers=64,
+                    timeout=5.0).start()
+    try:
+        time.sleep(2)
+        code, body = daemon.api("POST", f"/v1/apps/{app}/deploy", {"image": stack.images["v2"]})
+        assert code == 202, body
+        waiting = daemon.wait_event("phase_changed", 60, app=app, to="PreChecks")
+        preview = stack.spec("green")["Mode"]["Replicated"]["Replicas"]
+        retired = daemon.wait_event("color_retired", 90, app=app, color="blue")
+        time.sleep(4)  # the load goes on past the retirement, on green alone
+        assert stack.spec("blue")["Mode"]["Replicated"]["Replicas"] == 0
+    finally:
+        result = load.stop()
+    assert waiting and preview == 1, "the idle color did not run with preview_replicas through the gates"
+    phases = [e["to"] for e in daemon.events("phase_changed", app=app)]
+    assert phases == ["Preparing", "Waiting", "PreChecks", "ScalingUp", "Switching", "Verifying", "Stable"], phases
+    assert daemon.status(app)["colors"]["green"]["running"] == 2
+    stable = next(e for e in daemon.events("phase_changed", app=app) if e["to"] == "Stable")
+    switched = daemon.wait_event("switched", 1, app=app)
+    held = event_time(retired) - event_time(stable)
+    seconds = result.bodies[-1][0] - result.bodies[0][0]
+    in_flight = [t for t, _, v in result.bodies if v == "v1" and t + offset > event_time(switched)]
+    print(f"\ndrain: blue retired {held:.1f}s after Stable (drain_grace {drain:g}s); {result.sent} requests in "
+          f"{seconds:.0f}s, {len(in_flight)} answered by blue after the switch, {result.failed} failed")
+    assert held >= drain - 0.1, held
+    assert result.sent / seconds >= 90, f"{result.sent} requests in {seconds:.1f}s"
+    assert result.failed == 0 and not result.errors, (result.statuses, result.errors)
+    assert set(result.statuses) == {200}
+    assert in_flight, "no request was in flight on blue at the switch: the test proves nothing"
+    assert {v for t, _, v in result.bodies if t + offset > event_time(retired)} == {"v2"}
