@@ -35,6 +35,7 @@ RATE_WINDOW_SECONDS = 15
 RATE_WINDOW = f"{RATE_WINDOW_SECONDS}s"
 BASE_IMAGE = os.environ.get("LAB_BASE_IMAGE", "swarmshift-lab/python:bookworm")
 POOL = "10.201.0.0/16"
+CLUSTER_POOL = "10.202.0.0/16"  # the overlay pool of `make cluster` (lab/cluster.sh), guarded the same way
 
 
 class LabUnavailable(RuntimeError):
