@@ -1,4 +1,4 @@
-"""The autoscaler's HTTP API, wired in one place: health, metrics, events and alert webhooks."""
+"""The autoscaler's HTTP API, wired in one place: health, readiness, metrics, events and alert webhooks."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ EVENTS_KEPT_MAX = 100_000  # AutoscalerConfig.events_kept's bound: no limit abov
 
 
 def make_app(autoscaler: Autoscaler, token: TokenFile | None) -> web.Application:
-    app = new_app(autoscaler.telemetry.registry, token)
+    app = new_app(autoscaler.telemetry.registry, token, readiness=autoscaler.readiness)
     app[AUTOSCALER] = autoscaler
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/alerts", receive_alerts)

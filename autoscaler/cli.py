@@ -28,7 +28,7 @@ from swarmshift.commands import (
     table,
 )
 from swarmshift.config import ConfigError, load, read_yaml
-from swarmshift.daemon import serve
+from swarmshift.daemon import require_manager, serve
 from swarmshift.http import TokenFile, load_token
 from swarmshift.notify import Notifier
 from swarmshift.prometheus import Prometheus
@@ -141,6 +141,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
         swarm, make_source(cfg, swarm), policy_file,
         telemetry=Telemetry(), events=events, notifier=notifier,
         dry_run=cfg.dry_run, selector=cfg.selector, max_alerts=cfg.max_alerts_per_request,
+        allow_partial=cfg.docker_stats.allow_partial,
     )
 
     async def close_events() -> None:
@@ -149,6 +150,7 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
     async def work(stop: asyncio.Event) -> None:
         if token is None:
             log.warning("alerts_disabled", reason="no token_file configured: POST /v1/alerts answers 401")
+        await require_manager(swarm)
         log.info("autoscaler_started", source=scaler.source.name, interval=cfg.interval, listen=cfg.listen,
                  dry_run=cfg.dry_run, events_file=cfg.events_file)
         try:
@@ -159,6 +161,14 @@ async def _serve(cfg: AutoscalerConfig, policy_file: PolicyFile, token: TokenFil
     await serve(make_app(scaler, token), cfg.listen, notifier, work, close=[close_events, swarm.close])
 
 
+async def reach_of(swarm: Swarm) -> list[str]:
+    """The nodes a docker stats source on this engine cannot see (names), for `check`."""
+    from autoscaler.sources.reach import reach
+
+    local = await swarm.local_node_id()
+    return list(reach([(n.id, n.name) for n in await swarm.nodes()], local).unseen)
+
+
 @autoscaler.command()
 @config_option
 def check(config_path) -> None:
@@ -167,10 +177,12 @@ def check(config_path) -> None:
     with config_errors():
         cfg, policy_file = load_config(config_path)
     try:
-        services = asyncio.run(Swarm().services(label=cfg.selector))
+        services, unseen = asyncio.run(_check_reads(cfg))
     except DockerUnavailable as err:
         click.echo(f"cannot list services: {err}", err=True)
         sys.exit(EXIT_FAILED)
+    if unseen:
+        click.echo(f"warning: {partial_warning(unseen, cfg.docker_stats.allow_partial)}", err=True)
     problems: list[str] = []
     checked = 0
     for svc in services:
@@ -191,6 +203,23 @@ def check(config_path) -> None:
     click.echo(f"ok: {checked} service(s) in scope, no problems")
 
 
+async def _check_reads(cfg: AutoscalerConfig) -> tuple[list, list[str]]:
+    swarm = Swarm(timeout=cfg.docker_timeout)
+    try:
+        services = await swarm.services(label=cfg.selector)
+        return services, (await reach_of(swarm) if cfg.effective_source == "docker" else [])
+    finally:
+        await swarm.close()
+
+
+def partial_warning(unseen: list[str], allow_partial: bool) -> str:
+    """What `check` and `plan` say when the docker source cannot see every node."""
+    then = ("services with tasks there are scaled on their visible tasks only (docker_stats.allow_partial)"
+            if allow_partial else "services with tasks there are held as missing data")
+    return (f"the docker source sees only this node's containers; it cannot see node(s) {', '.join(unseen)}: "
+            f"{then}. Use the prometheus source, with cAdvisor on every node, on a multi-node swarm")
+
+
 @autoscaler.command()
 @config_option
 @prometheus_option
@@ -202,25 +231,30 @@ def plan(config_path, prometheus_url, source, as_json) -> None:
     with config_errors():
         cfg, policy_file = load_config(config_path, prometheus_url=prometheus_url, source=source)
     try:
-        evaluations = asyncio.run(_plan(cfg, policy_file))
+        evaluations, unseen = asyncio.run(_plan(cfg, policy_file))
     except DockerUnavailable as err:
         click.echo(f"cannot read the swarm: {err}", err=True)
         sys.exit(EXIT_FAILED)
+    if unseen:
+        click.echo(f"warning: {partial_warning(unseen, cfg.docker_stats.allow_partial)}", err=True)
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in evaluations], indent=2))
     else:
         click.echo(render_plan(evaluations))
 
 
-async def _plan(cfg: AutoscalerConfig, policy_file: PolicyFile) -> list[Evaluation]:
+async def _plan(cfg: AutoscalerConfig, policy_file: PolicyFile) -> tuple[list[Evaluation], list[str]]:
+    """One evaluation, and the nodes the source cannot see (none but with the docker source on several nodes)."""
     swarm = Swarm(timeout=cfg.docker_timeout)
-    scaler = Autoscaler(swarm, make_source(cfg, swarm), policy_file, selector=cfg.selector)
-    if scaler.source.name == "docker":
-        # CPU from Docker stats is the counter's increase between two reads.
-        await scaler.evaluate(act=False)
-        await asyncio.sleep(1.0)
+    scaler = Autoscaler(swarm, make_source(cfg, swarm), policy_file, selector=cfg.selector,
+                        allow_partial=cfg.docker_stats.allow_partial)
     try:
-        return await scaler.evaluate(act=False)
+        if scaler.source.name == "docker":
+            # CPU from Docker stats is the counter's increase between two reads.
+            await scaler.evaluate(act=False)
+            await asyncio.sleep(1.0)
+        evaluations = await scaler.evaluate(act=False)
+        return evaluations, list(scaler.reach.unseen) if scaler.reach else []
     finally:
         await swarm.close()
 
@@ -240,6 +274,8 @@ def render_plan(evaluations: list[Evaluation]) -> str:
         replicas = f"{e.running}/{e.replicas if e.replicas is not None else '-'}"
         if e.decision is None:
             rows.append((e.service, replicas, "-", "-", e.skipped or "-", e.source))
+            if e.unseen_nodes:
+                notes.append(f"{e.service}: unseen nodes: {', '.join(e.unseen_nodes)}")
         else:
             metrics = ", ".join(_metric_cell(m) for m in d["metrics"]) or "-"
             rows.append((e.service, replicas, metrics, str(e.decision.desired), str(e.decision.reason), e.source))

@@ -26,6 +26,12 @@ class PrometheusSettings(Strict):
     memory_query: str = MEMORY_QUERY
 
 
+class DockerStatsSettings(Strict):
+    # On a multi-node swarm the docker source sees only its own node's tasks: a service with tasks
+    # elsewhere is held as missing data, unless this is true and it is scaled on the visible ones.
+    allow_partial: bool = False
+
+
 class AutoscalerConfig(DaemonSettings):
     # listen, token_file, selector, log_format, log_level and dry_run: DaemonSettings, as the controller's.
     source: Literal["auto", "prometheus", "docker"] = "auto"
@@ -36,6 +42,7 @@ class AutoscalerConfig(DaemonSettings):
     events_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
     docker_timeout: Duration = 10.0
     prometheus: PrometheusSettings = PrometheusSettings()
+    docker_stats: DockerStatsSettings = DockerStatsSettings()
     # Named PromQL templates: the label swarmshift.autoscale.query=NAME picks one; `{{service}}`
     # is the service's name. Anyone who can label a service cannot make the daemon run other PromQL
     # unless allow_label_queries is true. Checked by autoscaler.policy.query_problems.

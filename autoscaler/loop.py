@@ -37,9 +37,11 @@ from autoscaler.policy import (
     utilisation_base,
 )
 from autoscaler.sources import MetricsSource, SourceDown, Target, Usage
+from autoscaler.sources.reach import Reach, coverage, hold_reason, partial_note, reach
 from autoscaler.telemetry import Telemetry
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification, alert_key, answer_each, append_seen, seen
+from swarmshift.availability import Availability
 from swarmshift.config import selects
 from swarmshift.labels import BLUEGREEN_LOCK_LABEL
 from swarmshift.notify import Notifier
@@ -83,6 +85,7 @@ class Evaluation:
     skipped: str | None = None  # why the service was not evaluated
     problems: list[str] = field(default_factory=list)
     scaled: bool = False
+    unseen_nodes: list[str] = field(default_factory=list)  # nodes with tasks of it that the source cannot see
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,6 +95,7 @@ class Evaluation:
             "policy_source": self.source,
             "skipped": self.skipped,
             "problems": self.problems,
+            "unseen_nodes": self.unseen_nodes,
         }
         if self.decision is not None:
             out.update(self.decision.as_dict())
@@ -126,6 +130,7 @@ class Autoscaler:
         selector: str | None = None,
         clock: Callable[[], float] = time.time,
         max_alerts: int = MAX_ALERTS,
+        allow_partial: bool = False,
     ) -> None:
         self.swarm = swarm
         self.source = source
@@ -146,7 +151,24 @@ class Autoscaler:
         self._in_scope: set[str] = set()  # names
         self._in_scope_ids: set[str] = set()
         self.source_up: bool | None = None
-        self.docker_up: bool | None = None
+        self.availability = Availability("holding every service, retrying")
+        # A node-local source (docker stats) on a multi-node swarm: what it cannot see, as last found.
+        self.allow_partial = allow_partial  # docker_stats.allow_partial: scale on the visible tasks only
+        self.reach: Reach | None = None
+        self._reach_logged: tuple[str, ...] = ()
+        self._partial_notes: set[str] = set()  # this loop's notes of services measured on visible tasks only
+        self._unseen_tasks: dict[str, frozenset[str]] = {}  # this loop's, per service: tasks standing in for
+
+    @property
+    def docker_up(self) -> bool | None:
+        return self.availability.up
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """`/readyz`: whether Swarm answered the last loop, and what the docker source cannot see."""
+        ready, fields = self.availability.readiness()
+        if self.reach is not None and self.reach.partial:
+            fields["unseen_nodes"] = list(self.reach.unseen)
+        return ready, fields
 
     # -- one loop ----------------------------------------------------------------------------
 
@@ -158,6 +180,12 @@ class Autoscaler:
         by_service: dict[str, list[Task]] = {}
         for task in tasks:
             by_service.setdefault(task.service_id, []).append(task)
+
+        names: dict[str, str] = {}
+        self._partial_notes.clear()
+        self._unseen_tasks.clear()
+        if getattr(self.source, "local_only", False):  # a source without the attribute sees every node
+            self.reach, names = await self._reach(tasks)
 
         evaluations: dict[str, Evaluation] = {}
         candidates: list[tuple[Service, Resolved, Target]] = []
@@ -172,6 +200,8 @@ class Autoscaler:
                 ev = Evaluation(svc.name, svc.replicas, len(running), source=resolved.source)
                 evaluations[svc.name] = ev
                 target = self._target(svc, resolved, running, ev)
+                if target is not None and self.reach is not None and self.reach.partial:
+                    target = self._visible(svc, target, by_service.get(svc.id, []), names, ev)
             except Exception as err:  # noqa: BLE001 - one service's failure must not stop the others
                 ev = evaluations.setdefault(svc.name, Evaluation(svc.name, svc.replicas, 0))
                 ids.add(svc.id)
@@ -227,6 +257,51 @@ class Autoscaler:
             query=query,
         )
 
+    async def _reach(self, tasks: list[Task]) -> tuple[Reach, dict[str, str]]:
+        """What the node-local source cannot see (logged once per change: `stats_partial`), and node names by id."""
+        local = await self.swarm.local_node_id()
+        try:
+            nodes = [(n.id, n.name) for n in await self.swarm.nodes()]
+        except DockerUnavailable:
+            raise
+        except SwarmError as err:  # a socket proxy without NODES: the tasks still name their nodes
+            log.debug("nodes_unreadable", error=str(err))
+            nodes = [(node, node) for node in sorted({t.node_id for t in tasks if t.node_id} | {local})]
+        found = reach(nodes, local)
+        if found.unseen != self._reach_logged:
+            if found.unseen:
+                log.warning("stats_partial", source=self.source.name, local_node=dict(nodes).get(local) or local,
+                            unseen_nodes=list(found.unseen), allow_partial=self.allow_partial,
+                            action="scaling services on visible tasks only" if self.allow_partial else
+                            "holding every service with tasks on those nodes as missing data")
+            else:
+                log.info("stats_partial_cleared", source=self.source.name)
+            self._reach_logged = found.unseen
+        return found, dict(nodes)
+
+    def _visible(self, svc: Service, target: Target, tasks: list[Task], names: dict[str, str],
+                 ev: Evaluation) -> Target | None:
+        """The target cut to what a node-local source sees; None (held, `ev` saying why) when tasks run elsewhere."""
+        assert self.reach is not None
+        placed = {t.id: t.node_id for t in tasks if t.node_id}
+        cover = coverage(placed, self.reach.local, names)
+        if not cover.partial:
+            self._report(svc.name, (), "service_stats_partial")
+            return target
+        ev.unseen_nodes = list(cover.elsewhere)
+        if self.allow_partial:
+            note = partial_note(svc.name, cover, len(placed))
+            self._partial_notes.add(note)
+            ev.problems.append(note)
+            self._report(svc.name, [note], "service_stats_partial", level="warning")
+            # The unseen tasks count at the visible tasks' mean: a partial sum would under-count.
+            self._unseen_tasks[svc.name] = target.tasks - cover.visible
+            return target
+        reason = hold_reason(svc.name, cover, len(placed))
+        ev.skipped, ev.problems = f"missing data: tasks on {', '.join(cover.elsewhere)}: holding", [reason]
+        self._report(svc.name, [reason], "service_stats_partial", level="warning")
+        return None
+
     def _failed(self, service: str, doing: str, err: Exception, ev: Evaluation | None) -> None:
         """A bug or a surprise while evaluating one service: hold it, say so once, go on with the others."""
         problem = f"service {service}: evaluation failed while {doing}: {type(err).__name__}: {err}"
@@ -258,7 +333,8 @@ class Autoscaler:
             return f"Swarm {svc.update_status.state.replace('_', ' ')} in progress", []
         return None
 
-    def _report(self, service: str, problems: Iterable[str], event: str = "service_policy_invalid") -> None:
+    def _report(self, service: str, problems: Iterable[str], event: str = "service_policy_invalid",
+                level: str = "error") -> None:
         """Log a service's problems of one kind once, not every loop, and say when they are gone."""
         problems = tuple(problems)
         key = f"{service}#{event}"
@@ -267,7 +343,7 @@ class Autoscaler:
             return
         self._reported[key] = problems
         if problems:
-            log.error(event, service=service, problems=list(problems))
+            getattr(log, level)(event, service=service, problems=list(problems))
         elif before:
             log.info(f"{event}_cleared", service=service)
 
@@ -315,6 +391,10 @@ class Autoscaler:
                 samples.append(MetricSample("query", goal, total=usage.query))
                 continue
             values = usage.cpu if metric == "cpu" else usage.memory
+            unseen = self._unseen_tasks.get(svc.name)
+            if unseen and values:
+                mean = sum(values.values()) / len(values)
+                values = {**dict.fromkeys(unseen, mean), **values}
             missing = tuple(sorted(target.tasks - set(values)))
             if target.tasks and not values:
                 no_series.append(metric)
@@ -323,7 +403,8 @@ class Autoscaler:
         # default message is about cAdvisor, which only the Prometheus source reads.
         reasons = list(dict.fromkeys(usage.missing.get(m) or no_series_message(svc.name) for m in no_series))
         ev.problems.extend(reasons)
-        self._report(svc.name, ev.problems, "service_metrics_missing")
+        # The note of a service measured on its visible tasks only has its own event (service_stats_partial).
+        self._report(svc.name, [p for p in ev.problems if p not in self._partial_notes], "service_metrics_missing")
         return Observation(svc.name, svc.replicas or 0, tuple(samples), running=len(target.tasks))
 
     def _history(self, svc: Service, now: float) -> History:
@@ -444,6 +525,8 @@ class Autoscaler:
         async with lock:
             try:
                 done = await self.swarm.modify(read.id, attempt)
+            except DockerUnavailable:
+                raise  # no quorum or no engine: nothing was written, and the loop holds every service
             except (VersionConflict, NotFound, SwarmError) as err:
                 log.warning("scale_write_failed", service_id=read.id, error=str(err))
                 if not tried:
@@ -495,13 +578,9 @@ class Autoscaler:
             started = time.monotonic()
             try:
                 await self.evaluate(act=True)
-                if self.docker_up is False:
-                    log.info("docker_recovered")
-                self.docker_up = True
-            except DockerUnavailable as err:
-                if self.docker_up is not False:
-                    log.error("docker_unavailable", error=str(err), action="holding every service, retrying")
-                self.docker_up = False
+                self.availability.answered()
+            except DockerUnavailable as err:  # NoQuorum and NotManager included: logged once per outage
+                self.availability.failed(err)
             except Exception:  # noqa: BLE001 - the loop must survive anything one evaluation does
                 log.exception("loop_failed")
             elapsed = time.monotonic() - started

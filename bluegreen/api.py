@@ -24,7 +24,7 @@ from swarmshift.http import (
     shown,
     whole_number,
 )
-from swarmshift.swarm import DockerUnavailable, SwarmError
+from swarmshift.swarm import DockerUnavailable, NoQuorum, SwarmError
 
 if TYPE_CHECKING:
     from bluegreen.controller import Controller
@@ -45,7 +45,7 @@ _BY = re.compile(r"[A-Za-z0-9._@:+/=-][A-Za-z0-9._@:+/= -]{0,63}")
 
 
 def make_app(controller: Controller, token: TokenFile | None) -> web.Application:
-    app = new_app(controller.telemetry.registry, token)  # with /healthz and /metrics
+    app = new_app(controller.telemetry.registry, token, readiness=controller.readiness)  # /healthz, /readyz, /metrics
     app[CONTROLLER] = controller
     app.middlewares.append(_domain_errors)
     app.router.add_routes([
@@ -79,6 +79,9 @@ async def _domain_errors(request: web.Request, handler) -> web.StreamResponse:
         raise HTTPProblem(_REFUSED_STATUS.get(err.code, 422), err.message, code=err.code) from err
     except BrokenApp as err:
         raise HTTPProblem(422, str(err), code="invalid", problems=err.problems) from err
+    except NoQuorum as err:
+        raise HTTPProblem(503, f"Swarm has no quorum: the controller writes nothing and holds every app until its "
+                               f"managers elect a leader: {err}", code="no_quorum") from err
     except DockerUnavailable as err:
         raise HTTPProblem(503, f"Docker does not answer: {err}") from err
     except SwarmError as err:

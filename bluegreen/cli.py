@@ -39,7 +39,7 @@ from swarmshift.commands import (
     table,
 )
 from swarmshift.config import ConfigError, load
-from swarmshift.daemon import serve
+from swarmshift.daemon import require_manager, serve
 from swarmshift.http import TokenFile, load_token
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, Swarm
@@ -134,6 +134,7 @@ async def _serve(cfg: BlueGreenConfig, token: TokenFile | None) -> None:
         if token is None:
             log.warning("operations_disabled", reason="no token_file configured: deploy, switch, rollback and alerts "
                                                       "answer 401")
+        await require_manager(swarm)
         log.info("controller_started", router=router.kind, probe_via=cfg.probe.via, listen=cfg.listen,
                  probe_interval=cfg.probe_interval, failure_threshold=cfg.failure_threshold,
                  rollback_deadline=cfg.rollback_deadline)

@@ -52,6 +52,7 @@ from bluegreen.views import app_view, history_view
 from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
 from swarmshift.alerts import Alert, Notification, alert_key, answer_each
+from swarmshift.availability import Availability
 from swarmshift.notify import Notifier
 from swarmshift.swarm import DockerUnavailable, SwarmAccess, SwarmError, VersionConflict
 
@@ -112,11 +113,21 @@ class Controller:
         self.executor = Executor(swarm, router, self.notifier, self.telemetry)
         self.ticker = Ticker(self.observer, self.executor, self.settings, clock, settings_for=self.settings_for)
         self.apps: dict[str, Runtime] = {}
-        self.docker_up: bool | None = None
+        # Docker away or no quorum: every app holds (nothing is written), each outage logged once.
+        self.availability = Availability("holding every app, retrying")
         self._stop = asyncio.Event()
         self._started = False  # the apps' loops run only once start() has reconciled every app
         self._discovery: asyncio.Task | None = None
         self._unattached: tuple[str, ...] = ()  # problems of services that name no app, as last logged
+
+    @property
+    def docker_up(self) -> bool | None:
+        return self.availability.up
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """`/readyz`: every app reconciled once, and Swarm answering."""
+        ready, fields = self.availability.readiness()
+        return ready and self._started, {**fields, "reconciled": self._started}
 
     def settings_for(self, name: str) -> Settings:
         """The machine's settings for the app with key `name`: the config's, with that app's release gates."""
@@ -138,8 +149,9 @@ class Controller:
         while pending is None or pending:
             try:
                 names = await self._discover(remove=False)
-            except DockerUnavailable as err:
-                log.error("docker_unavailable", error=str(err), action="retrying the start-up reconciliation")
+                self.availability.answered()
+            except DockerUnavailable as err:  # no quorum included: logged once, retried each probe_interval
+                self.availability.failed(err)
                 await asyncio.sleep(self.settings.probe_interval)
                 continue
             todo = names if pending is None else [n for n in pending if n in names]
@@ -182,7 +194,7 @@ class Controller:
             async with rt.lock:
                 steps = await self.ticker.run(rt)
         except DockerUnavailable as err:
-            log.error("docker_unavailable", app=rt.name, error=str(err), action="retrying the start-up reconciliation")
+            self.availability.failed(err, app=rt.name)
             return "docker"
         except Exception as err:  # noqa: BLE001 - one app must not keep the others from starting
             log.error("app_reconcile_failed", app=rt.name, error=str(err) or type(err).__name__,
@@ -238,6 +250,9 @@ class Controller:
                 return
             try:
                 await self._discover()
+            except DockerUnavailable as err:
+                self.availability.failed(err)
+                continue
             except Exception as err:  # noqa: BLE001 - discovery retries next interval
                 log.warning("discovery_failed", error=str(err) or type(err).__name__)
                 continue
@@ -260,13 +275,9 @@ class Controller:
             try:
                 async with rt.lock:
                     steps = await self.ticker.run(rt)
-                if self.docker_up is False:
-                    log.info("docker_recovered")
-                self.docker_up = True
-            except DockerUnavailable as err:
-                if self.docker_up is not False:
-                    log.error("docker_unavailable", error=str(err), action="holding every app, retrying")
-                self.docker_up = False
+                self.availability.answered()
+            except DockerUnavailable as err:  # no quorum included: nothing of the step was written
+                self.availability.failed(err)
             except Exception:  # noqa: BLE001 - the loop must survive anything one tick does
                 log.exception("tick_failed", app=rt.name)
             if steps and hurry(steps[-1]) and hurries < _HURRY_LIMIT:

@@ -8,9 +8,14 @@ from typing import Literal
 
 from aiohttp import web
 
+from swarmshift import logs
+from swarmshift.commands import EXIT_FAILED
 from swarmshift.config import LabelSelector, Strict
 from swarmshift.http import ListenAddress, parse_listen, start, stop_event
 from swarmshift.notify import Notifier
+from swarmshift.swarm import DockerUnavailable, NotManager, Swarm
+
+log = logs.get("swarmshift.daemon")
 
 
 class DaemonSettings(Strict):
@@ -27,6 +32,20 @@ class DaemonSettings(Strict):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dry_run: bool = False  # decide and log, write nothing (the controller refuses it: see bluegreen.config)
+
+
+async def require_manager(swarm: Swarm) -> None:
+    """Exit (1) with `swarm_not_manager` unless the engine is a swarm manager.
+
+    An engine that does not answer yet is not an error here: the daemon starts and its loop retries.
+    """
+    try:
+        await swarm.check_manager()
+    except NotManager as err:
+        log.error("swarm_not_manager", error=str(err), action="exiting: the daemons need a swarm manager's API")
+        raise SystemExit(EXIT_FAILED) from err
+    except DockerUnavailable as err:
+        log.warning("docker_unavailable_at_start", error=str(err), action="starting; the loop retries")
 
 
 async def serve(app: web.Application, listen: str, notifier: Notifier,

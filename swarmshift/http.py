@@ -40,6 +40,8 @@ SHOWN = 120  # characters of a client's value quoted back in an error
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_KEY = web.AppKey("token", "TokenFile | None")
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+# What /readyz answers: (ready, the body's fields), from the daemon (its view of Swarm).
+READINESS_KEY = web.AppKey("readiness", Callable)
 # Request storage: typed keys where aiohttp has them (it warns about plain strings), else strings.
 _KEY = getattr(web, "RequestKey", None)
 QUERY: Any = _KEY("query", dict) if _KEY else "swarmshift.query"  # the query parameters the route accepts, parsed
@@ -332,7 +334,15 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def healthz(request: web.Request) -> web.Response:
+    # Liveness only, and Docker's HEALTHCHECK: the daemon answers. Swarm being away (no quorum) is
+    # /readyz's business; an unhealthy task would be restarted, losing nothing but gaining nothing.
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while the daemon can act (Swarm answers), else 503 with why: `swarm` is ok, no_quorum, docker_unavailable..."""
+    ready, fields = request.app[READINESS_KEY]()
+    return web.json_response({"status": "ready" if ready else "not_ready", **fields}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -360,8 +370,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def new_app(registry: CollectorRegistry, token: TokenFile | None) -> web.Application:
-    """An app with the shared middleware, /healthz and /metrics; each daemon adds its routes."""
+def new_app(registry: CollectorRegistry, token: TokenFile | None,
+            readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> web.Application:
+    """An app with the shared middleware, /healthz, /metrics (and /readyz with `readiness`); each daemon adds its routes."""
     # aiohttp's default Expect handler puts the header's text into its 417, and a header of
     # undecodable bytes (held as surrogates) makes building it fail: a 500 on any path, found
     # by tests/unit/test_api_fuzz.py. The default is read when a route is made, unmatched
@@ -372,6 +383,9 @@ def new_app(registry: CollectorRegistry, token: TokenFile | None) -> web.Applica
     app[TOKEN_KEY] = token
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if readiness is not None:
+        app[READINESS_KEY] = readiness
+        app.router.add_get("/readyz", readyz)
     return app
 
 

@@ -28,6 +28,19 @@ T = TypeVar("T")
 
 # Docker answers an update whose version is stale with this text (HTTP 500, or 409 on newer engines).
 _CONFLICT_MARKERS = ("update out of sequence", "version mismatch", "out of sequence")
+# What a manager answers (HTTP 500, some engines 503) to every manager call while the managers have
+# no quorum, or during the election after a leader dies: swarmkit's "The swarm does not have a
+# leader. It's possible that too few managers are online. Make sure more than half of the managers
+# are online." (rpc code Unknown); older engines, "raft: failed to process the request: node lost
+# leader status" and "raft: no elected cluster leader"; a write that waited for a quorum that never
+# came, "rpc error: code = DeadlineExceeded desc = context deadline exceeded" (code = 4 on old engines).
+_NO_QUORUM_MARKERS = ("does not have a leader", "too few managers are online", "lost leader status",
+                      "no elected cluster leader", "lost leadership", "code = deadlineexceeded",
+                      "code = 4 desc = context deadline exceeded")
+# What an engine that is not a manager answers (HTTP 503) to manager calls: a worker's "This node is
+# not a swarm manager. Worker nodes can't be used to view or modify cluster state. ..." and, outside a
+# swarm, "This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" ...".
+_NOT_MANAGER_MARKERS = ("this node is not a swarm manager", "this node is not part of a swarm")
 
 
 class SwarmError(Exception):
@@ -36,6 +49,22 @@ class SwarmError(Exception):
 
 class DockerUnavailable(SwarmError):
     """The engine did not answer, even after retries."""
+
+
+class NoQuorum(DockerUnavailable):
+    """The managers have no leader (quorum lost, or an election under way): nothing can be read or written.
+
+    A DockerUnavailable, so that every path that holds and retries while the engine is away does
+    the same here; the daemons report it as its own condition (`swarm_no_quorum`).
+    """
+
+
+class NotManager(DockerUnavailable):
+    """The engine is not a Swarm manager (a worker, or outside a swarm): the daemons need a manager's API.
+
+    At start-up it is a configuration error (`check_manager`); a node demoted later is held like
+    an engine that does not answer, since it may be promoted again.
+    """
 
 
 class NotFound(SwarmError):
@@ -72,6 +101,35 @@ class UpdateStatus:
     @property
     def in_progress(self) -> bool:
         return self.state in ("updating", "rollback_started")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One Swarm node as the node list shows it."""
+
+    id: str
+    hostname: str
+    role: str  # manager or worker
+    state: str  # ready, down, unknown, disconnected
+    availability: str  # active, pause, drain
+    leader: bool = False
+
+    @property
+    def name(self) -> str:
+        """How logs and `plan` name the node: its hostname, else its id."""
+        return self.hostname or self.id
+
+
+def parse_node(raw: Mapping[str, Any]) -> Node:
+    spec = raw.get("Spec") or {}
+    return Node(
+        id=raw.get("ID", ""),
+        hostname=(raw.get("Description") or {}).get("Hostname", ""),
+        role=spec.get("Role", ""),
+        state=(raw.get("Status") or {}).get("State", ""),
+        availability=spec.get("Availability", ""),
+        leader=bool((raw.get("ManagerStatus") or {}).get("Leader")),
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +246,22 @@ def _is_conflict(err: docker.errors.APIError) -> bool:
     return any(marker in text for marker in _CONFLICT_MARKERS)
 
 
+def api_error(what: str, err: docker.errors.APIError) -> SwarmError:
+    """The SwarmError an APIError from Docker means, by its text (the status code varies by engine version)."""
+    detail = str(err.explanation or err)
+    text = detail.lower()
+    if isinstance(err, docker.errors.NotFound):
+        return NotFound(f"{what}: {detail}")
+    if any(marker in text for marker in _NO_QUORUM_MARKERS):
+        return NoQuorum(f"{what}: the swarm has no leader (quorum lost, or an election under way): {detail}")
+    if any(marker in text for marker in _NOT_MANAGER_MARKERS):
+        return NotManager(f"{what}: this engine is not a swarm manager, and swarmshift needs a manager's API "
+                          f"(run it on a manager, or point DOCKER_HOST at one): {detail}")
+    if _is_conflict(err):
+        return VersionConflict(f"{what}: {detail}")
+    return SwarmError(f"{what}: {detail}")
+
+
 _TRANSIENT = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
@@ -217,6 +291,10 @@ class SwarmAccess(Protocol):
                      attempts: int = 5) -> T: ...
 
     async def containers(self, label: str) -> list[dict[str, Any]]: ...
+
+    async def nodes(self) -> list[Node]: ...
+
+    async def local_node_id(self) -> str: ...
 
     async def stats(self, container_id: str) -> dict[str, Any]: ...
 
@@ -282,12 +360,15 @@ class Swarm:
             except Saturated as err:
                 log.warning("docker_workers_busy", call=what, workers=self._workers.size, error=str(err))
                 raise DockerUnavailable(f"{what}: {err}") from err
-            except docker.errors.NotFound as err:
-                raise NotFound(f"{what}: {err.explanation or err}") from err
             except docker.errors.APIError as err:
-                if _is_conflict(err):
-                    raise VersionConflict(f"{what}: {err.explanation or err}") from err
-                raise SwarmError(f"{what}: {err.explanation or err}") from err
+                mapped = api_error(what, err)
+                # An election takes a few seconds: retried like a connection error, and a write
+                # retried is safe, since it carries the version read (applied once: a conflict).
+                if not isinstance(mapped, NoQuorum) or attempt == self.retries:
+                    raise mapped from err
+                log.warning("docker_retry", call=what, attempt=attempt, error=str(mapped))
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay *= 2
             except _TRANSIENT as err:
                 if attempt == self.retries:
                     raise DockerUnavailable(f"{what}: {err or type(err).__name__}") from err
@@ -357,11 +438,21 @@ class Swarm:
             f"stats {container_id[:12]}", lambda: self.api.stats(container_id, stream=False, one_shot=True)
         )
 
+    async def nodes(self) -> list[Node]:
+        """Every node of the swarm (a manager call: NoQuorum without a leader, NotManager on a worker)."""
+        raws = await self._call("nodes", lambda: self.api.nodes())
+        return [parse_node(raw) for raw in raws]
+
     async def local_node_id(self) -> str:
         if self._local_node is None:
             info = await self._call("info", self.api.info)
             self._local_node = info.get("Swarm", {}).get("NodeID", "")
         return self._local_node
+
+    async def check_manager(self) -> None:
+        """NotManager unless this engine is a swarm manager (`info`: an engine call, answered without a quorum)."""
+        info = await self._call("info", self.api.info)
+        check_manager_info(info)
 
     # -- containers on this node -----------------------------------------------------------
 
@@ -451,6 +542,18 @@ async def modify(swarm: SwarmAccess, name_or_id: str, decide: Callable[[Service]
             continue
         return edit.value
     raise VersionConflict(f"{name_or_id}: still conflicting after {attempts} attempts")
+
+
+def check_manager_info(info: Mapping[str, Any]) -> None:
+    """NotManager, saying which, unless Docker's `info` describes a swarm manager."""
+    swarm = info.get("Swarm") or {}
+    state = swarm.get("LocalNodeState", "")
+    if state != "active":
+        raise NotManager(f"this engine is not part of an active swarm (state {state or 'unknown'!r}): swarmshift "
+                         "needs a swarm manager's API (`docker swarm init`, or point DOCKER_HOST at a manager)")
+    if not swarm.get("ControlAvailable"):
+        raise NotManager("this engine is a swarm worker, not a manager: swarmshift needs a manager's API (run "
+                         "the daemons on a manager, `node.role == manager`, or point DOCKER_HOST at one)")
 
 
 def _apply(

@@ -1,7 +1,9 @@
 """The `docker` metrics source: the Docker stats API of the engine the daemon talks to.
 
 It sees only the containers on that engine's node, so it suits single-node swarms with no
-Prometheus. CPU is the counter's increase between two loops, so the first loop has no CPU data.
+Prometheus; on a multi-node swarm the loop holds each service with tasks on other nodes
+(`autoscaler.sources.reach`). CPU is the counter's increase between two loops, so the first loop
+has no CPU data.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def working_set(memory_stats: dict[str, Any]) -> int | None:
 
 class DockerStatsSource:
     name = "docker"
+    local_only = True  # sees one node's containers: the loop checks what it cannot see (sources.reach)
 
     def __init__(self, swarm: Swarm, *, max_parallel: int = 16, interval: float | None = None) -> None:
         self.swarm = swarm

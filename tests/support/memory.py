@@ -1,9 +1,11 @@
 """The project's own interfaces held in memory, for unit tests of the controller: Swarm, a router, a prober.
 
-`MemorySwarm` implements `swarmshift.swarm.SwarmAccess` (services with versions, their tasks)
-rather than faking the Docker API: a write at a stale version is a `VersionConflict`, and
+`MemorySwarm` implements `swarmshift.swarm.SwarmAccess` (services with versions, their tasks, the
+nodes) rather than faking the Docker API: a write at a stale version is a `VersionConflict`, and
 `conflicts` makes the next writes to a service meet another writer first, whose changes land. Every task of a
-service runs as soon as the service is written, healthy unless `health` says otherwise.
+service runs as soon as the service is written, healthy unless `health` says otherwise, on the
+node `placement` names for its slot (this node by default). `outage` makes every manager call
+(services, tasks, nodes, updates) raise it, as Swarm without a quorum does.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bluegreen.routers.traefik_doc import merged_document
 from bluegreen.smoke import Answer, SmokeOutcome, SmokeRound, evaluate, judge
 from bluegreen.state import Routing
 from swarmshift import swarm as swarm_access
-from swarmshift.swarm import Edit, NotFound, Resources, Service, SwarmError, Task, VersionConflict
+from swarmshift.swarm import Edit, Node, NotFound, Resources, Service, SwarmError, Task, VersionConflict
 
 T = TypeVar("T")
 
@@ -45,6 +47,23 @@ class MemorySwarm:
         self.conflicts: dict[str, list[dict[str, dict[str, Any]]]] = {}
         self.writes: list[tuple[str, dict[str, Any]]] = []  # (service, changes) in the order they landed
         self.gate: asyncio.Event | None = None  # when set to an unset event, updates wait for it
+        self.local = "node"  # the node id of the engine the daemon talks to
+        self.node_list: list[Node] = [Node(id="node", hostname="node", role="manager", state="ready",
+                                           availability="active", leader=True)]
+        self.placement: dict[str, list[str]] = {}  # service name -> node id of each slot, cycled
+        self.outage: SwarmError | None = None  # raised by every manager call while set
+        self.failed_calls = 0  # manager calls refused by `outage`
+
+    def _manager_call(self) -> None:
+        self.calls += 1
+        if self.outage is not None:
+            self.failed_calls += 1
+            raise self.outage
+
+    def add_node(self, node_id: str, hostname: str = "", role: str = "manager") -> Node:
+        node = Node(id=node_id, hostname=hostname or node_id, role=role, state="ready", availability="active")
+        self.node_list.append(node)
+        return node
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -65,12 +84,12 @@ class MemorySwarm:
     # -- reads ----------------------------------------------------------------------------------
 
     async def services(self, label: str | None = None) -> list[Service]:
-        self.calls += 1
+        self._manager_call()
         await asyncio.sleep(0)
         return [s for s in self._services.values() if _matches(s.labels, label)]
 
     async def service(self, name_or_id: str) -> Service:
-        self.calls += 1
+        self._manager_call()
         await asyncio.sleep(0)
         for s in self._services.values():
             if name_or_id in (s.id, s.name):
@@ -78,13 +97,17 @@ class MemorySwarm:
         raise NotFound(f"inspect {name_or_id}: no such service")
 
     async def tasks(self, service: str | None = None, *, desired: str | None = "running") -> list[Task]:
+        if self.outage is not None:
+            self._manager_call()
         return [t for s in self._services.values() if service in (None, s.id, s.name) for t in self._tasks(s)]
 
     async def tasks_with_health(self, service: str) -> list[Task]:
         return await self.tasks(service)
 
     def _tasks(self, s: Service) -> list[Task]:
-        return [Task(id=f"{s.id}.{slot}", service_id=s.id, slot=slot, node_id="node", state="running",
+        nodes = self.placement.get(s.name) or [self.local]
+        return [Task(id=f"{s.id}.{slot}", service_id=s.id, slot=slot, node_id=nodes[(slot - 1) % len(nodes)],
+                     state="running",
                      desired_state="running", message="", error="", container_id=None,
                      health=self.health.get(s.name, "healthy"))
                 for slot in range(1, (s.replicas or 0) + 1)]
@@ -94,7 +117,7 @@ class MemorySwarm:
     async def update(self, service: Service, *, replicas: int | None = None, image: str | None = None,
                      labels: Mapping[str, str | None] | None = None,
                      env: Mapping[str, str | None] | None = None) -> Service:
-        self.calls += 1
+        self._manager_call()
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(0)
@@ -129,6 +152,13 @@ class MemorySwarm:
 
     async def containers(self, label: str) -> list[dict[str, Any]]:
         raise SwarmError("containers: not held in memory")
+
+    async def nodes(self) -> list[Node]:
+        self._manager_call()
+        return list(self.node_list)
+
+    async def local_node_id(self) -> str:
+        return self.local
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         raise SwarmError("stats: not held in memory")

@@ -203,6 +203,20 @@ def test_traefik_shares_the_dynamic_directory_with_the_controller_on_the_same_no
     assert cfg.router.traefik.dynamic_dir == routes["target"]
 
 
+def test_with_the_file_provider_traefik_and_the_controller_are_pinned_by_one_node_label(prod):
+    # The file provider shares a named volume, which is local to a node: on a multi-node swarm both
+    # services must land on the same node, and the one label that pins them is the only way they do.
+    cfg = load(BlueGreenConfig, STACK / "swarmshift" / "bluegreen.yml", env={})
+    assert cfg.router.kind == "traefik-file"
+    traefik, bluegreen = prod["services"]["traefik"], prod["services"]["bluegreen"]
+    label = [c for c in traefik["deploy"]["placement"]["constraints"] if c.startswith("node.labels.")]
+    assert label == [c for c in bluegreen["deploy"]["placement"]["constraints"] if c.startswith("node.labels.")]
+    assert label == ["node.labels.swarmshift.router == true"]
+    # One replica each: a second Traefik elsewhere would serve a directory nobody writes.
+    assert traefik["deploy"].get("replicas", 1) == bluegreen["deploy"]["replicas"] == 1
+    assert traefik["deploy"].get("mode", "replicated") == "replicated"
+
+
 def test_prometheus_scrapes_cadvisor_traefik_and_both_daemons(prod):
     doc = yaml.safe_load((STACK / "prometheus" / "prometheus.yml").read_text())
     names = {job["job_name"]: [n for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
