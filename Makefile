@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv lab test test-unit test-lab lint demo demo-down clean
+.PHONY: venv lab cluster cluster-down test test-unit test-lab lint demo demo-down clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,15 @@ lab: venv
 	sh lab/swarmshift-image.sh $(BIN)/pip
 	sh lab/stack-images.sh
 
-# The lab tests run in two concurrent sessions: the heavy ones (sustained load, CPU burn, time
+# A real three-node Swarm beside the single-node lab (lab/cluster.sh): three engines in network
+# namespaces of their own, joined as managers, pulling the lab's images from a local registry.
+cluster: lab
+	sh lab/cluster.sh
+
+cluster-down:
+	sh lab/cluster.sh down
+
+# The lab tests run in concurrent sessions: the heavy ones (sustained load, CPU burn, time
 # bounds) one at a time, the rest beside them; the unit tests' fuzzing runs beside them too, at
 # the lowest CPU priority (tests/support/lanes.py).
 test: lab venv
