@@ -411,22 +411,20 @@ class Controller:
 
     async def promote(self, name: str) -> AppState:
         """Go on with a Paused deploy: switch to its color. Refused (phase) unless the app is Paused."""
-        async with self._request(name, "promote") as rt:
-            def begin(state: AppState, obs: Observation, app: App) -> Step:
-                return start_promote(rt.name, state, obs, settings=self.settings_for(rt.name))
-
-            step = await self._operate(rt, begin, lambda state, colors: None)
-        log.info("deploy_promoted", app=rt.name, deploy=step.state.deploy.id if step.state.deploy else None)
-        return step.state
+        return await self._gate(name, "promote", start_promote, "deploy_promoted")
 
     async def abort(self, name: str) -> AppState:
         """Fail a deploy that has not moved traffic: traffic stays where it is. Refused (phase) once it has."""
-        async with self._request(name, "abort") as rt:
+        return await self._gate(name, "abort", start_abort, "deploy_aborted")
+
+    async def _gate(self, name: str, request: str, start: Callable[..., Step], event: str) -> AppState:
+        """An operator's answer to a deploy held before the switch: `start` makes its step, `event` logs it."""
+        async with self._request(name, request) as rt:
             def begin(state: AppState, obs: Observation, app: App) -> Step:
-                return start_abort(rt.name, state, obs, settings=self.settings_for(rt.name))
+                return start(rt.name, state, obs, settings=self.settings_for(rt.name))
 
             step = await self._operate(rt, begin, lambda state, colors: None)
-        log.info("deploy_aborted", app=rt.name, deploy=step.state.deploy.id if step.state.deploy else None)
+        log.info(event, app=rt.name, deploy=step.state.deploy.id if step.state.deploy else None)
         return step.state
 
     # -- alerts ------------------------------------------------------------------------------

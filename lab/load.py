@@ -35,8 +35,9 @@ class HostLoad:
     """Open-loop load at `rate` requests/s from a few threads to 127.0.0.1:`port`."""
 
     def __init__(self, port: int, path: str, *, rate: float, max_seconds: float, max_requests: int,
-                 workers: int = 4, timeout: float = 5.0, host: str | None = None) -> None:
-        self.port, self.path, self.rate = port, path, rate
+                 workers: int = 4, timeout: float = 5.0, host: str | None = None, address: str = "127.0.0.1") -> None:
+        # `address`: 127.0.0.1, or an address of one of the lab's own network namespaces (a cluster node).
+        self.address, self.port, self.path, self.rate = address, port, path, rate
         self.headers = {"Host": host} if host else {}
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.workers, self.timeout = workers, timeout
@@ -57,7 +58,7 @@ class HostLoad:
             return at
 
     def _worker(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        conn = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
         while not self._stop.is_set():
             at = self._slot()
             if at is None:
@@ -80,7 +81,7 @@ class HostLoad:
                 with self._lock:
                     self.result.errors[type(err).__name__] += 1
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
         conn.close()
 
     def start(self) -> HostLoad:
