@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv lab cluster cluster-down test test-unit test-lab lint demo demo-down clean
+.PHONY: venv lab cluster cluster-down test test-unit test-lab test-cluster lint demo demo-down clean
 
 venv: $(VENV)/.installed
 
@@ -35,16 +35,25 @@ cluster-down:
 # The lab tests run in concurrent sessions: the heavy ones (sustained load, CPU burn, time
 # bounds) one at a time, the rest beside them; the unit tests' fuzzing runs beside them too, at
 # the lowest CPU priority (tests/support/lanes.py).
-test: lab venv
+# The unit tests need no Docker: they run while `make cluster` (and the `make lab` it needs)
+# brings the lab up, mostly waiting on image builds; its output follows theirs.
+test: venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "unit and not fuzz" $(PYTEST_ARGS)
-	SWARMSHIFT_FUZZ_LANE=1 $(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory cluster >.lab-setup.log 2>&1 & setup=$$!; \
+	  $(BIN)/pytest -m "unit and not fuzz" $(PYTEST_ARGS); unit=$$?; \
+	  wait $$setup; lab=$$?; cat .lab-setup.log; \
+	  [ $$lab -eq 0 ] || echo "make test: make cluster failed (exit $$lab): the lab is not up" >&2; \
+	  [ $$unit -eq 0 ] && [ $$lab -eq 0 ]
+	SWARMSHIFT_FUZZ_LANE=1 SWARMSHIFT_CLUSTER_LANE=1 $(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 test-lab: lab venv
 	$(BIN)/python -m tests.support.lanes $(PYTEST_ARGS)
+
+test-cluster: cluster venv
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -56,4 +65,4 @@ demo-down: venv
 	PYTHONPATH=. $(BIN)/python lab/demo.py --down
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .lab-setup.log

@@ -250,6 +250,7 @@ class Controller:
                 return
             try:
                 await self._discover()
+                self.availability.answered()  # the end of an outage, even for a controller with no app
             except DockerUnavailable as err:
                 self.availability.failed(err)
                 continue

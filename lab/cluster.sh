@@ -2,9 +2,11 @@
 # `make cluster` / `make cluster-down`: a real three-node Swarm on this one machine, beside the
 # single-node lab and without touching it.
 #
-# Each node is Debian's dockerd in network, mount and UTS namespaces of its own (started with
-# `nsenter --net`, not `ip netns exec`, which remounts /sys and hides the cgroup mounts), with its
-# own data root, exec root, pid file and socket at /run/swarmshift-cluster/nodeN.sock. The nodes
+# Each node is Debian's dockerd in network, mount, UTS and PID namespaces of its own (started
+# with `nsenter --net`, not `ip netns exec`, which remounts /sys and hides the cgroup mounts). In
+# its mount namespace /run and /var/lib/docker are its own (start_node), so its data root, exec
+# root, pid file and socket are the defaults there; the host reaches the socket at
+# /run/swarmshift-cluster/nodeN.sock. The nodes
 # sit on a bridge of the lab's own (ssc-br0, 10.210.0.0/24; node N is 10.210.0.1N) and join as
 # three managers, so quorum and manager failover can be tested. Namespaces rather than engines in
 # privileged containers: no image has to hold an engine, each node is a plain process tree that
@@ -63,23 +65,10 @@ guard() {  # ACTION (-I or -D): the host's rules for the cluster bridge and pool
 
 down() {
   for n in $NODES; do
-    pid=$(cat "$ROOT/node$n.pid" 2>/dev/null || true)
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    stop_node "$n"
   done
   pid=$(cat "$ROOT/registry.pid" 2>/dev/null || true)
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  # Every process left in a node's namespace (containerd, shims, tasks) goes with it.
-  i=0
-  while [ $i -lt 20 ]; do
-    left=""
-    for n in $NODES; do
-      [ -e "/var/run/netns/ssc-node$n" ] && left="$left$(ip netns pids "ssc-node$n" 2>/dev/null | tr '\n' ' ')"
-    done
-    [ -z "$(echo "$left" | tr -d ' ')" ] && break
-    [ $i -ge 10 ] && kill -9 $left 2>/dev/null || true
-    i=$((i + 1))
-    sleep 1
-  done
   for n in $NODES; do
     ip netns del "ssc-node$n" 2>/dev/null || true
     ip link del "ssc-veth$n" 2>/dev/null || true
@@ -87,6 +76,50 @@ down() {
   ip link del "$BR" 2>/dev/null || true
   guard -D
   rm -rf "$DATA" "$ROOT"
+}
+
+start_node() {  # N: the node's engine, in its namespaces, on its existing data root
+  n=$1
+  # The node boots: its /run starts empty, as a machine's tmpfs does (stale pid files of a killed
+  # engine's containerd would otherwise point at unrelated processes of the new PID namespace).
+  rm -rf "$ROOT/node$n"
+  mkdir -p "$ROOT/node$n" "$DATA/node$n" /var/lib/docker
+  ln -sfn "node$n/docker.sock" "$ROOT/node$n.sock"
+  # Mount, UTS and PID namespaces of its own, so that the node looks like a machine of its own
+  # to what runs on it: /run is the host's $ROOT/nodeN (its engine's socket is /var/run/docker.sock
+  # there, which the host sees as $ROOT/nodeN.sock) and /var/lib/docker its data root, so the
+  # stack's global cAdvisor, with its /var/run and /var/lib/docker mounts, reads its own node's
+  # engine. The engine is the init of the PID namespace: killing it takes every process of the
+  # node with it, containers included (they have network namespaces of their own, not the node's).
+  nohup nsenter --net="/var/run/netns/ssc-node$n" unshare --mount --uts --pid --fork --propagation private sh -c "
+    set -e
+    hostname ssc-node$n
+    mount --bind $DATA/node$n /var/lib/docker
+    mount --bind $ROOT/node$n /run
+    mount -t proc proc /proc
+    exec dockerd --config-file $DATA/node$n.json" >>"$LOGS/node$n.log" 2>&1 &
+}
+
+stop_node() {  # N: the node dies as a machine would: its engine, and with it every process of its PID namespace
+  n=$1
+  pids=$(ip netns pids "ssc-node$n" 2>/dev/null | tr '\n' ' ')
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+  i=0
+  while [ -n "$(ip netns pids "ssc-node$n" 2>/dev/null)" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  rm -f "$ROOT/node$n/docker.sock" "$ROOT/node$n/docker.pid"
+}
+
+wait_node() {  # N
+  n=$1 i=0
+  until dk "$n" info >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ $i -gt 60 ]; then
+      tail -n 30 "$LOGS/node$n.log" >&2
+      echo "cluster: node$n's dockerd did not answer within 60 s" >&2
+      exit 1
+    fi
+    sleep 1
+  done
 }
 
 healthy() {
@@ -97,11 +130,15 @@ healthy() {
   [ "$ready" = 3 ]
 }
 
-if [ "${1:-up}" = down ]; then
-  down
-  echo "cluster: removed"
-  exit 0
-fi
+case "${1:-up}" in
+  down) down; echo "cluster: removed"; exit 0 ;;
+  # The cluster tests' node failures: `stop N` kills node N outright, `start N` boots it again.
+  stop) stop_node "$2"; echo "cluster: node$2 stopped"; exit 0 ;;
+  start) dk "$2" info >/dev/null 2>&1 || { stop_node "$2"; start_node "$2"; }
+         wait_node "$2"; echo "cluster: node$2 started"; exit 0 ;;
+  up) ;;
+  *) echo "usage: cluster.sh [up|down|stop N|start N]" >&2; exit 2 ;;
+esac
 
 started=$(date +%s)
 if healthy; then
@@ -124,31 +161,14 @@ else
     ip -n "$ns" route add default via "$NET.1"
     # The node's own egress guard, before its engine exists (DOCKER-USER follows once it does).
     ip netns exec "$ns" iptables -I OUTPUT -o eth0 -d "$POOL" -j REJECT
-    mkdir -p "$ROOT/node$n" "$DATA/node$n" "/run/ssc/e$n"
-    cat >"$ROOT/node$n.json" <<EOF
+    mkdir -p "$ROOT/node$n" "$DATA/node$n"
+    cat >"$DATA/node$n.json" <<EOF
 {"insecure-registries": ["$REGISTRY"], "log-driver": "json-file", "log-opts": {"max-size": "5m"}}
 EOF
-    # A mount namespace of its own: /run/swarmshift-node is this node's socket directory, so a
-    # global service (cAdvisor) mounts its own node's engine at one path on every node.
-    nohup nsenter --net="/var/run/netns/$ns" unshare --mount --uts --propagation private sh -c "
-      hostname $ns
-      mkdir -p /run/swarmshift-node
-      mount --bind $ROOT/node$n /run/swarmshift-node
-      exec dockerd --config-file $ROOT/node$n.json --data-root $DATA/node$n --exec-root /run/ssc/e$n \
-        --pidfile $ROOT/node$n.pid -H unix://$ROOT/node$n.sock -H unix://$ROOT/node$n/docker.sock" \
-      >"$LOGS/node$n.log" 2>&1 &
+    start_node "$n"
   done
   for n in $NODES; do
-    i=0
-    until dk "$n" info >/dev/null 2>&1; do
-      i=$((i + 1))
-      if [ $i -gt 60 ]; then
-        tail -n 30 "$LOGS/node$n.log" >&2
-        echo "cluster: node$n's dockerd did not answer within 60 s" >&2
-        exit 1
-      fi
-      sleep 1
-    done
+    wait_node "$n"
     ip netns exec "ssc-node$n" iptables -C DOCKER-USER -o eth0 -d "$POOL" -j REJECT 2>/dev/null ||
       ip netns exec "ssc-node$n" iptables -I DOCKER-USER -o eth0 -d "$POOL" -j REJECT
   done
@@ -181,7 +201,7 @@ EOF
   nohup docker-registry serve "$ROOT/registry.yml" >"$LOGS/registry.log" 2>&1 &
   echo $! >"$ROOT/registry.pid"
   i=0
-  until curl -fsS -o /dev/null "http://$REGISTRY/v2/"; do
+  until curl -fs -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null; do
     i=$((i + 1))
     [ $i -gt 30 ] && { tail -n 20 "$LOGS/registry.log" >&2; echo "cluster: the registry did not answer" >&2; exit 1; }
     sleep 0.5

@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.fuzz)
         elif parts[0] == "lab":
             item.add_marker(pytest.mark.lab)
+        elif parts[0] == "cluster":
+            item.add_marker(pytest.mark.cluster)
 
 
 _lab_error: str | None = None

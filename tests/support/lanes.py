@@ -4,13 +4,17 @@
 
 - `heavy` lane: the tests marked `heavy` (sustained load, CPU burn, or a time bound), one after
   another, so that no two of them ever overlap.
-- `beside` and `beside2` lanes: every other lab test, at the same time, split by file in two
-  sessions of their own (BESIDE2), since most of their time is spent waiting on Docker and timers.
+- `beside` lane: every other lab test, at the same time, in its own session. (Two such sessions
+  were tried: on two cores the heavy tests then missed their rates and time bounds.)
 - `fuzz` lane, with SWARMSHIFT_FUZZ_LANE=1 (`make test`): the unit tests marked `fuzz`, at the
   lowest CPU priority (nice 19). They are CPU-bound and take minutes, and the lab tests spend
   most of their time waiting on Docker and timers: the fuzzing uses the CPU they leave idle
   instead of adding its minutes to the suite's. No fuzz test has a time bound, so being
   pre-empted cannot fail one.
+
+- `cluster` lane, with SWARMSHIFT_CLUSTER_LANE=1 (`make test`, after `make cluster`): the tests
+  of the three-node cluster (tests/cluster) on engines of their own; those marked heavy run in
+  the heavy lane instead.
 
 Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
 neither lane's autoscaler or controller sees the other's services, and neither removes the
@@ -26,23 +30,23 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-LANES = {"heavy": "lab and heavy", "beside": "lab and not heavy", "beside2": "lab and not heavy"}
-# The files whose unmarked lab tests run in `beside2` rather than `beside`: the tests that wait on
-# Docker and timers are split in two sessions, about equal in time, beside the heavy lane.
-BESIDE2 = ("test_release_gates_lab.py", "test_bluegreen_lab.py", "test_hostile_lab.py", "test_prometheus_lab.py",
-           "test_nginx_router.py", "test_stack_file_deploys.py", "test_lab_guard.py", "test_image.py")
+LANES = {"heavy": "lab and heavy", "beside": "lab and not heavy"}
 
 
-def _split(name: str) -> list[str]:
-    """`--ignore` arguments that keep each beside lane to its half of the files."""
-    if name == "beside":
-        return [f"--ignore=tests/lab/{f}" for f in BESIDE2]
-    if name == "beside2":
-        others = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "lab").glob("test_*.py"))
-        return [f"--ignore=tests/lab/{f}" for f in others if f not in BESIDE2]
-    return []
+def lanes(env: dict[str, str]) -> dict[str, str]:
+    """The lanes of this run and the marks each selects.
+
+    With the cluster (SWARMSHIFT_CLUSTER_LANE=1, `make test`), its heavy tests join the heavy lane,
+    one at a time with the lab's, and the others get a lane of their own beside them.
+    """
+    out = dict(LANES)
+    if env.get("SWARMSHIFT_FUZZ_LANE") == "1":
+        out["fuzz"] = "unit and fuzz"
+    if env.get("SWARMSHIFT_CLUSTER_LANE") == "1":
+        out["heavy"] = "(lab or cluster) and heavy"
+        out["cluster"] = "cluster and not heavy"
+    return out
 
 
 def _stream(name: str, proc: subprocess.Popen, lock: threading.Lock) -> None:
@@ -57,13 +61,9 @@ def main(args: list[str]) -> int:
     started = time.monotonic()
     lock = threading.Lock()
     procs, threads = {}, []
-    lanes = dict(LANES)
-    if os.environ.get("SWARMSHIFT_FUZZ_LANE") == "1":
-        lanes["fuzz"] = "unit and fuzz"
-    for name, marks in lanes.items():
+    for name, marks in lanes(dict(os.environ)).items():
         nice = ["nice", "-n", "19"] if name == "fuzz" else []
-        argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, *_split(name),
-                "--basetemp", f"/tmp/swarmshift-lab-{name}",
+        argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}",
                 "--durations", "12", *args]  # where a lane's minutes go, in every CI log
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         threads.append(threading.Thread(target=_stream, args=(name, procs[name], lock), daemon=True))

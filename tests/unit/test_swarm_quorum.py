@@ -270,3 +270,26 @@ def test_the_controller_holds_a_deploy_without_quorum_and_finishes_it_once_when_
     names = [e["event"] for e in logs]
     assert names.count("swarm_no_quorum") == 1 and names.count("swarm_quorum_restored") == 1
     assert "tick_failed" not in names and "docker_unavailable" not in names
+
+
+def test_a_controller_with_no_app_reports_the_end_of_an_outage_too():
+    # Its discovery loop is then the only thing that talks to Docker: it must say quorum is back.
+    swarm, router = MemorySwarm(), MemoryRouter()
+    cfg = BlueGreenConfig(probe_interval=0.2, reconcile_interval=0.2)
+    c = Controller(swarm, router, cfg, prober=MemoryProber(), checks=Checks(None, []))
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        await c.start()
+        swarm.outage = NoQuorum(f"services: the swarm has no leader: {NO_LEADER}")
+        await _until(lambda: swarm.failed_calls >= 2)
+        seen["during"] = c.readiness()[0]
+        swarm.outage = None
+        await _until(lambda: c.readiness()[0])
+        await c.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(main())
+    names = [e["event"] for e in logs]
+    assert seen["during"] is False
+    assert names.count("swarm_no_quorum") == 1 and names.count("swarm_quorum_restored") == 1

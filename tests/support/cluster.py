@@ -1,0 +1,134 @@
+"""The three-node lab cluster of `make cluster` (lab/cluster.sh) for the cluster tests: its engines, its images and its node failures.
+
+Each node is a real Docker Engine in network namespaces of the lab's own (node N at 10.210.0.1N,
+engine at /run/swarmshift-cluster/nodeN.sock); all three are managers. Services are made through
+a `LabSwarm` on a live manager, so they carry the suite's label and are removed after; images are
+pulled by every node from the cluster's registry by tag. `stop(n)` kills node N outright, as a
+machine dies (its engine and every process of it, containers included); `start(n)` boots it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from tests.support import lab
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "lab" / "cluster.sh"
+SOCKETS = Path("/run/swarmshift-cluster")
+REGISTRY = "10.210.0.1:5000"
+NODES = (1, 2, 3)
+
+
+class ClusterUnavailable(RuntimeError):
+    pass
+
+
+def node_ip(n: int) -> str:
+    return f"10.210.0.1{n}"
+
+
+def socket_url(n: int) -> str:
+    return f"unix://{SOCKETS}/node{n}.sock"
+
+
+def image(name: str) -> str:
+    """A lab image as every node pulls it: from the cluster's registry, by tag."""
+    return f"{REGISTRY}/{name}"
+
+
+class Cluster:
+    """The cluster's engines, by node number."""
+
+    def __init__(self) -> None:
+        self._clients: dict[int, docker.DockerClient] = {}
+
+    def client(self, n: int) -> docker.DockerClient:
+        if n not in self._clients:
+            self._clients[n] = docker.DockerClient(base_url=socket_url(n), timeout=20)
+        return self._clients[n]
+
+    def answers(self, n: int) -> bool:
+        try:
+            self.client(n).ping()
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            return False
+
+    def managers(self) -> dict[str, str]:
+        """hostname -> `Ready Leader` / `Ready Reachable` / `Down Unreachable`, from a node that answers."""
+        for n in NODES:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+                return {node["Description"]["Hostname"]: f"{node['Status']['State']} "
+                        f"{(node.get('ManagerStatus') or {}).get('Reachability', '-')}"
+                        f"{' leader' if (node.get('ManagerStatus') or {}).get('Leader') else ''}"
+                        for node in self.client(n).api.nodes()}
+        raise ClusterUnavailable("no node of the cluster answers")
+
+    def healthy(self) -> bool:
+        try:
+            states = self.managers()
+        except ClusterUnavailable:
+            return False
+        return len(states) == 3 and all(s.startswith("ready reachable") for s in states.values())
+
+    def stop(self, n: int) -> None:
+        """Kill node N as a machine dies: its engine, containerd, shims and tasks, at once."""
+        self._clients.pop(n, None)
+        _run("stop", n)
+
+    def start(self, n: int) -> None:
+        """Boot node N again on its data root; it rejoins the swarm by itself."""
+        _run("start", n)
+        self._clients.pop(n, None)
+
+    def heal(self, timeout: float = 90) -> None:
+        """Every node started and the three managers Ready and reachable again."""
+        for n in NODES:
+            if not self.answers(n):
+                self.start(n)
+        lab.wait_for("three Ready, reachable managers", self.healthy, timeout, interval=1)
+
+    def tasks_by_node(self, service: str, manager: int = 1) -> dict[str, int]:
+        """Running tasks of `service` per node hostname."""
+        api = self.client(manager).api
+        names = {node["ID"]: node["Description"]["Hostname"] for node in api.nodes()}
+        out: dict[str, int] = {}
+        for task in api.tasks(filters={"service": service, "desired-state": "running"}):
+            if task["Status"]["State"] == "running":
+                host = names.get(task.get("NodeID", ""), "?")
+                out[host] = out.get(host, 0) + 1
+        return out
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def _run(action: str, n: int) -> None:
+    done = subprocess.run(["sh", str(SCRIPT), action, str(n)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ClusterUnavailable(f"lab/cluster.sh {action} {n}: {done.stdout}{done.stderr}")
+
+
+def connect() -> Cluster:
+    """The cluster, once its three managers answer; ClusterUnavailable (with how to fix it) otherwise."""
+    cluster = Cluster()
+    deadline = time.monotonic() + 30
+    while not cluster.healthy():
+        if time.monotonic() > deadline:
+            try:
+                states = cluster.managers()
+            except ClusterUnavailable as err:
+                states = str(err)
+            raise ClusterUnavailable(f"the three-node cluster is not up ({states}): run `make cluster`")
+        time.sleep(1)
+    return cluster
