@@ -97,7 +97,6 @@ def cluster_prometheus(tmp_path):
         prom.close()
 
 
-@pytest.mark.heavy  # CPU burned on three nodes: in the heavy lane, one at a time with the lab's heavy tests
 def test_cpu_from_three_cadvisors_scales_a_spread_service_on_the_sum_over_its_tasks(
         cluster, cswarm, cluster_prometheus, autoscaler_proc):
     import docker
