@@ -83,7 +83,9 @@ def test_a_deploy_under_load_loses_no_request_and_ends_on_v2(swarm, stack, blueg
     assert result.sent / seconds >= 100, f"{result.sent} requests in {seconds:.1f}s"
     assert result.failed == 0, (result.statuses, result.errors)
     assert result.statuses == {200: len(result.bodies)}
-    assert versions_after(result, switched, offset) == {"v2"}
+    # Requests nginx had sent to blue before its reload may still complete just after the switch
+    # was logged (they are answered, not lost); a second later only v2 answers.
+    assert versions_after(result, switched + 1.0, offset) == {"v2"}
     assert {"v1", "v2"} <= {v for _, _, v in result.bodies}
     view = daemon.status(stack.app)
     assert (view["active"], view["phase"], view["result"], view["health"]) == ("green", "Stable", "succeeded", "healthy")
