@@ -545,19 +545,20 @@ class BlueGreenConfig(DaemonSettings):
         merged = {**self.canary.model_dump(), **mine.model_dump(include=mine.model_fields_set)}
         return CanarySettings(**merged).policy()
 
+    def _for_app(self, app: str | None, key: str) -> Any:
+        """`key` of the app with key `app`: its own under `apps` when it sets one, else the top-level one."""
+        own = self.apps.get(app) if app is not None else None
+        mine = getattr(own, key) if own is not None else None
+        return mine if mine is not None else getattr(self, key)
+
     def gates(self, app: str | None) -> tuple[list[SmokeRequest], bool, float | None]:
         """The smoke requests, auto_promotion and auto_promotion_after of the app with key `app`."""
-        own = self.apps.get(app) if app is not None else None
-        smoke = own.smoke if own is not None and own.smoke is not None else self.smoke
-        auto = own.auto_promotion if own is not None and own.auto_promotion is not None else self.auto_promotion
-        after = (own.auto_promotion_after if own is not None and own.auto_promotion_after is not None
-                 else self.auto_promotion_after)
-        return list(smoke), auto, None if auto else after
+        auto = self._for_app(app, "auto_promotion")
+        return list(self._for_app(app, "smoke")), auto, None if auto else self._for_app(app, "auto_promotion_after")
 
     def webhooks_for(self, app: str | None) -> list[Webhook]:
         """The webhook gates of the app with key `app`: its own list under `apps`, else the top-level one."""
-        own = self.apps.get(app) if app is not None else None
-        return list(own.webhooks if own is not None and own.webhooks is not None else self.webhooks)
+        return list(self._for_app(app, "webhooks"))
 
     def webhook_files(self) -> list[tuple[str, str]]:
         """Every webhook's token_file and secret_file, with its key (`webhooks[0].secret_file`): read at start."""
@@ -565,10 +566,10 @@ class BlueGreenConfig(DaemonSettings):
                                                  for key, gates in self.apps.items()]
         return [(f"{where}[{i}].{name}", path) for where, hooks in lists for i, hook in enumerate(hooks)
                 for name, path in (("token_file", hook.token_file), ("secret_file", hook.secret_file)) if path]
+
     def preview_for(self, app: str | None) -> int | None:
         """The preview_replicas of the app with key `app`: its own under `apps`, else the top-level one."""
-        own = self.apps.get(app) if app is not None else None
-        return own.preview_replicas if own is not None and own.preview_replicas is not None else self.preview_replicas
+        return self._for_app(app, "preview_replicas")
 
     @property
     def probe_timeout_seconds(self) -> float:
