@@ -259,7 +259,9 @@ def test_a_controller_killed_in_every_phase_ends_on_a_healthy_verified_color(swa
     assert len(stable) == 1 and len(daemon.events("deploy_started", app=app)) == 1
     assert event_time(stable[0]) - daemon.started_at[PHASES.index("Verifying") + 1] >= 4
     assert result.failed == 0, (result.statuses, result.errors)
-    assert daemon.events("app_reconciled", app=app)[-1]["phase"] == "Stable"
+    # The last process (started after the kill in Stable) reconciled the app into Stable: its
+    # start-up line may follow the status answer above, so it is waited for, from that start on.
+    assert daemon.wait_event("app_reconciled", 30, since=since, app=app)["phase"] == "Stable"
 
 
 # --- (f) the Traefik document, and a controller that cannot reach the tasks ---------------------
