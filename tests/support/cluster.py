@@ -44,6 +44,15 @@ def image(name: str) -> str:
     return f"{REGISTRY}/{name}"
 
 
+def publish(local: str) -> str:
+    """Push an image of the host engine (a test's derived release) to the registry, as lab/cluster.sh does; its tag there."""
+    done = subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"docker-daemon:{local}",
+                           f"docker://{image(local)}"], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ClusterUnavailable(f"skopeo could not push {local} to {REGISTRY}: {done.stderr.strip()}")
+    return image(local)
+
+
 class Cluster:
     """The cluster's engines, by node number."""
 
@@ -90,11 +99,27 @@ class Cluster:
         self._clients.pop(n, None)
 
     def heal(self, timeout: float = 90) -> None:
-        """Every node started and the three managers Ready and reachable again."""
+        """Every node started, active (not paused) and the three managers Ready and reachable again."""
         for n in NODES:
             if not self.answers(n):
                 self.start(n)
         lab.wait_for("three Ready, reachable managers", self.healthy, timeout, interval=1)
+        for node in self.client(1).api.nodes():
+            if node["Spec"].get("Availability") != "active":
+                self.set_availability(node["Description"]["Hostname"], "active")
+
+    def engines(self) -> list[tuple[str, docker.DockerClient]]:
+        """(address, client) of every node whose engine answers now."""
+        return [(node_ip(n), self.client(n)) for n in NODES if self.answers(n)]
+
+    def node_of(self, hostname: str) -> int:
+        return int(hostname.removeprefix("ssc-node"))
+
+    def set_availability(self, hostname: str, availability: str, manager: int = 1) -> None:
+        """`docker node update --availability active|pause|drain`: paused, a node keeps its tasks and gets no new one."""
+        api = self.client(manager).api
+        [node] = [n for n in api.nodes() if n["Description"]["Hostname"] == hostname]
+        api.update_node(node["ID"], node["Version"]["Index"], {**node["Spec"], "Availability": availability})
 
     def tasks_by_node(self, service: str, manager: int = 1) -> dict[str, int]:
         """Running tasks of `service` per node hostname."""

@@ -166,9 +166,11 @@ def cadvisor(docker_client) -> Iterator[Cadvisor]:
 class Prometheus:
     """A real Prometheus whose config this object owns; changes are applied with POST /-/reload."""
 
-    def __init__(self, workdir: Path, port: int, scrape_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, port: int, scrape_interval: str = "1s", host: str = "127.0.0.1") -> None:
+        # `host`: 127.0.0.1, or the host's address on the cluster's bridge (10.210.0.1), where a
+        # daemon running as a service on a node reaches it.
         self.scrape_interval = scrape_interval
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"{host}:{port}"
         self.url = f"http://{self.address}"
         self.workdir = workdir
         self.config_path = workdir / "prometheus.yml"

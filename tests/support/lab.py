@@ -190,6 +190,7 @@ class LabSwarm:
         command: list[str] | None = None,
         healthcheck: dict[str, Any] | None = None,
         mounts: Iterable[str] = (),
+        constraints: Iterable[str] = (),
         wait: bool = True,
     ) -> Any:
         """A replicated service with dnsrr endpoints (no IPVS here) and host-mode published ports."""
@@ -215,7 +216,8 @@ class LabSwarm:
             mode=docker.types.ServiceMode("replicated", replicas=replicas),
             resources=resources,
             healthcheck=healthcheck,
-            mounts=list(mounts),  # "source:target[:ro]"; a bind mount must exist on this (the only) node
+            mounts=list(mounts),  # "source:target[:ro]"; a bind mount's source must exist on every node it may run on
+            constraints=list(constraints) or None,  # placement, e.g. "node.hostname==ssc-node1" on the cluster
             stop_grace_period=2_000_000_000,
         )
         self._services.append(name)

@@ -10,13 +10,14 @@ changed only in its provider:
   (`ControllerService`), as in production; its API is published host-mode for the test.
 
 Both of Traefik's entrypoints are published host-mode on 127.0.0.1 for the test: `web` (users'
-traffic) and `traefik` (API, ping, metrics). The stack itself publishes only `web`.
+traffic) and `traefik` (API, ping, metrics). The stack itself publishes only `web`. On the
+three-node cluster (tests/cluster) Traefik is pinned to one node and both answer on that node's
+address; the controller service's API answers on the address of whichever node runs it.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -34,9 +35,9 @@ from bluegreen.labels import (
     STATE_PREFIX,
     STRATEGY_LABEL,
 )
-from lab.common import answers, json_lines
 from tests.support import lab
 from tests.support.bluegreen import with_overrides
+from tests.support.daemon_service import SWARMSHIFT_IMAGE, Engines, ServiceDaemon
 from tests.support.load import HostLoad
 from tests.support.swarmshift_proc import BlueGreenDaemon
 
@@ -45,7 +46,6 @@ SELECT = "swarmshift.test.app"  # the controller under test manages only its own
 PREVIEW_HOST = "preview.localhost"
 HEALTH_INTERVAL = 1.0
 HTTP_POLL_INTERVAL = "1s"
-SWARMSHIFT_IMAGE = "swarmshift:lab"
 
 
 def static_config(provider: str, endpoint: str | None = None) -> dict[str, Any]:
@@ -59,12 +59,16 @@ def static_config(provider: str, endpoint: str | None = None) -> dict[str, Any]:
 
 
 class TraefikStack:
-    """An app's two colors and the real Traefik on one overlay network; blue runs v1 × 2, green is idle."""
+    """An app's two colors and the real Traefik on one overlay network; blue runs v1 (× 2 unless told), green is idle."""
 
     def __init__(self, swarm: lab.LabSwarm, tmp_path: Path, images: dict[str, str], *, provider: str = "file",
-                 green: str = "v1", green_replicas: int = 0, strategy: str | None = None,
-                 docker_health: bool = True) -> None:
+                 green: str = "v1", green_replicas: int = 0, blue_replicas: int = 2, strategy: str | None = None,
+                 docker_health: bool = True, address: str = "127.0.0.1", traefik_image: str = lab.TRAEFIK_IMAGE,
+                 traefik_constraints: tuple[str, ...] = (), color_constraints: tuple[str, ...] = ()) -> None:
+        # On the cluster (tests/cluster): images from its registry, Traefik pinned to one node by
+        # `traefik_constraints`, its ports answering on that node's `address`.
         self.swarm = swarm
+        self.address = address
         self.provider = provider
         self.images = images
         self.app = f"app{uuid.uuid4().hex[:6]}"
@@ -75,7 +79,7 @@ class TraefikStack:
         self.dynamic_dir.chmod(0o777)  # the controller service writes as uid 10001
         self.web_port, self.api_port = lab.free_port(), lab.free_port()
         self.controller_name = swarm.name("bluegreen")
-        labels = {APP_LABEL: self.app, PORT_LABEL: "8000", RULE_LABEL: "Host(`127.0.0.1`)",
+        labels = {APP_LABEL: self.app, PORT_LABEL: "8000", RULE_LABEL: f"Host(`{address}`)",
                   PREVIEW_RULE_LABEL: f"Host(`{PREVIEW_HOST}`)", SELECT: self.app}
         if strategy:
             labels[STRATEGY_LABEL] = strategy
@@ -93,14 +97,15 @@ class TraefikStack:
             return swarm.service(name, image=image, replicas=replicas, networks=[self.net],
                                  env={"COLOR": name, "FAIL_HEALTH_FILE": "/run/health/fail"},
                                  mounts=[f"{self.health_dirs[name]}:/run/health:ro"],
-                                 labels={**labels, COLOR_LABEL: name}, healthcheck=healthcheck).name
+                                 labels={**labels, COLOR_LABEL: name}, healthcheck=healthcheck,
+                                 constraints=color_constraints).name
 
-        self.services = {"blue": color("blue", images["v1"], 2), "green": color("green", images[green], green_replicas)}
+        self.services = {"blue": color("blue", images["v1"], blue_replicas), "green": color("green", images[green], green_replicas)}
         endpoint = f"http://{self.controller_name}:8080/v1/traefik"
         static_path = tmp_path / "traefik.yml"
         static_path.write_text(yaml.safe_dump(static_config(provider, endpoint), sort_keys=False))
         self.traefik = swarm.service(
-            "traefik", image=lab.TRAEFIK_IMAGE, networks=[self.net],
+            "traefik", image=traefik_image, networks=[self.net], constraints=traefik_constraints,
             publish={self.web_port: 80, self.api_port: 8080},
             mounts=[f"{static_path}:/etc/traefik/traefik.yml:ro", f"{self.dynamic_dir}:/etc/traefik/dynamic:ro"],
         ).name
@@ -114,12 +119,12 @@ class TraefikStack:
             "selector": f"{SELECT}={self.app}",
             "router": {"kind": f"traefik-{self.provider}", "traefik": {
                 "dynamic_dir": str(self.dynamic_dir),
-                "api_url": f"http://127.0.0.1:{self.api_port}" if on_host else f"http://{self.traefik}:8080",
+                "api_url": f"http://{self.address}:{self.api_port}" if on_host else f"http://{self.traefik}:8080",
                 "entrypoints": ["web"],
                 "health_interval": HEALTH_INTERVAL, "health_timeout": 0.5}},
             # On the host the controller reaches the colors only through Traefik; in a container
             # on the overlay it probes every task directly, as in the stack.
-            "probe": ({"via": "router", "active_url": f"http://127.0.0.1:{self.web_port}", "verify_paths": ["/"]}
+            "probe": ({"via": "router", "active_url": f"http://{self.address}:{self.web_port}", "verify_paths": ["/"]}
                       if on_host else {"via": "direct", "verify_paths": ["/"]}),
             "probe_interval": 1.0,
             "reconcile_interval": 2,
@@ -134,9 +139,9 @@ class TraefikStack:
 
     # -- what users and operators see -----------------------------------------------------------
     def get_api(self, path: str) -> Any:
-        """GET Traefik's API (or /ping) on 127.0.0.1; the decoded body, or None on any failure."""
+        """GET Traefik's API (or /ping) on its address; the decoded body, or None on any failure."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}", timeout=3) as resp:
+            with urllib.request.urlopen(f"http://{self.address}:{self.api_port}{path}", timeout=3) as resp:
                 body = resp.read()
         except (OSError, urllib.error.HTTPError):
             return None
@@ -146,7 +151,7 @@ class TraefikStack:
             return body.decode(errors="replace")
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://{self.address}:{self.api_port}/metrics", timeout=5) as resp:
             return resp.read().decode()
 
     def set_health(self, color: str, healthy: bool) -> None:
@@ -174,88 +179,32 @@ class TraefikStack:
 
     def load(self, rate: float = 120, seconds: float = 90, host: str | None = None, timeout: float = 5.0) -> HostLoad:
         return HostLoad(self.web_port, "/", rate=rate, max_seconds=seconds, max_requests=int(rate * seconds),
-                        workers=8, host=host, timeout=timeout)
+                        workers=8, host=host, timeout=timeout, address=self.address)
 
     def serves(self, version: str, count: int = 5, host: str | None = None) -> bool:
         """Whether `count` requests in a row through Traefik all answer 200 from `version`."""
-        probe = HostLoad(self.web_port, "/", rate=200, max_seconds=5, max_requests=count, workers=1, host=host)
+        probe = HostLoad(self.web_port, "/", rate=200, max_seconds=5, max_requests=count, workers=1, host=host,
+                         address=self.address)
         result = probe.start().wait()
         return result.statuses.get(200, 0) == count and {v for _, _, v in result.bodies} == {version}
 
 
-class ControllerService(BlueGreenDaemon):
-    """`swarmshift bluegreen run` as a Swarm service on the app's overlay (swarmshift:lab), its API on 127.0.0.1.
+class ControllerService(ServiceDaemon, BlueGreenDaemon):
+    """`swarmshift bluegreen run` as a Swarm service on the app's overlay (swarmshift:lab), its API published host-mode.
 
     The same surface as the host-process daemon (`api`, `status`, `wait_event`, `events`, `cli`);
-    its log lines are the task container's output.
+    its log lines are the task containers' output (tests/support/daemon_service.py).
     """
 
-    def __init__(self, stack: TraefikStack, config: dict[str, Any], token: str = "lab-token-0") -> None:
-        port = lab.free_port()
+    def __init__(self, stack: TraefikStack, config: dict[str, Any], token: str = "lab-token-0", *,
+                 image: str = SWARMSHIFT_IMAGE, constraints: tuple[str, ...] = (),
+                 engines: Engines | None = None) -> None:
         workdir = stack.workdir / "controller"
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__("bluegreen-service", [], workdir, port, token)
-        (workdir / "token").write_text(token + "\n")
-        (workdir / "config.yml").write_text(yaml.safe_dump(
-            {"listen": "0.0.0.0:8080", "token_file": "/etc/swarmshift/token", **config}))
-        for path in (workdir, workdir / "token", workdir / "config.yml"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        BlueGreenDaemon.__init__(self, "bluegreen-service", [], workdir, lab.free_port(), token)
         self.stack = stack
-        self.workdir = workdir
-        self.service_name = stack.controller_name
-        self._created = False
+        self._as_service(stack.swarm.client, stack.controller_name, workdir, ["bluegreen", "run"],
+                         {"token_file": "/etc/swarmshift/token", **config}, networks=[stack.net], image=image,
+                         constraints=constraints, engines=engines, token=token)
 
-    def start(self) -> None:
-        import docker.types
-
-        self.started_at.append(time.time())
-        client = self.stack.swarm.client
-        if not self._created:
-            gid = Path("/var/run/docker.sock").stat().st_gid
-            client.services.create(
-                SWARMSHIFT_IMAGE, name=self.service_name,
-                args=["--log-format", "json", "--log-level", "debug", "bluegreen", "run",
-                      "--config", "/etc/swarmshift/config.yml"],
-                user=f"10001:{gid}",
-                labels={lab.LABEL: lab.OWNER}, container_labels={lab.LABEL: lab.OWNER},
-                networks=[self.stack.net],
-                mounts=[f"{self.workdir}:/etc/swarmshift:ro", "/var/run/docker.sock:/var/run/docker.sock"],
-                endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
-                    {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": self.port, "PublishMode": "host"}]),
-                stop_grace_period=5_000_000_000,
-            )
-            self.stack.swarm._services.append(self.service_name)
-            self._created = True
-        else:
-            lab.scale_service(client, self.service_name, 1)
-        self.wait_http(f"{self.url}/healthz", timeout=60)
-
-    @property
-    def running(self) -> bool:
-        return bool(self._containers(running=True))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._created:
-            lab.scale_service(self.stack.swarm.client, self.service_name, 0)
-
-    def kill(self) -> None:
-        for ctr in self._containers(running=True):
-            ctr.kill()
-
-    def _containers(self, running: bool = False) -> list:
-        return self.stack.swarm.client.containers.list(
-            all=not running, filters={"label": f"com.docker.swarm.service.name={self.service_name}"})
-
-    def lines(self) -> list[dict[str, Any]]:
-        return json_lines(sorted(self._containers(), key=lambda c: c.attrs["Created"]))
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = "\n".join(ctr.logs(tail=lines).decode(errors="replace") for ctr in self._containers())
-        return text or "(no log)"
-
-    def wait_http(self, url: str, timeout: float = 60) -> None:
-        try:
-            lab.wait_for(f"the controller service to answer {url}", lambda: answers(url), timeout, interval=0.3)
-        except AssertionError as err:
-            raise AssertionError(f"{err}\n{self.log_tail(40)}") from None
-
+    def _owned(self, name: str) -> None:
+        self.stack.swarm._services.append(name)
