@@ -22,6 +22,11 @@ metrics analysed for canary.analysis, timed from the stored `since`) → Switchi
 Verifying; a breach rolls back at once. When the idle color ran with `preview_replicas`,
 ScalingUp brings it to the active count before the switch.
 
+Traffic never moves onto a color with no running task (a node died; Swarm reschedules its tasks):
+a Route that gives such a color more weight than the router reports is held back until one runs,
+and Switching and RollingBack wait for it as they wait for the router (switch_timeout still rolls
+back); a switch whose target has none goes back to Waiting instead.
+
 A final transition appends the operation to the state's history in that same state, so the
 entry is written with the phase it records. A color is retired only with weight 0 confirmed by
 the router and `drain_grace` after it left the routing (`drain_problem`).
@@ -363,13 +368,36 @@ def _finish(tick: _Tick, outcome: _Outcome) -> Step:
     for color, want in new.locks().items():
         if obs.colors[color].lock != want:
             intents.append(SetLock(color, want))
-    want_routing = new.routing()
+    want_routing, reason = new.routing(), outcome.reason
     if obs.routed != want_routing:
-        intents.append(Route(want_routing))
+        empty = _gains_without_task(obs, want_routing)
+        if empty is None:
+            intents.append(Route(want_routing))
+        else:
+            held = (f"traffic waits: {empty.service} has no running task ({empty.describe()}); {want_routing} "
+                    "is routed once one runs")
+            reason = f"{reason}; {held}" if reason else held
     if new.phase is not tick.state.phase:
-        intents.append(_notification(tick.app, tick.state, new, outcome.reason))
-    return Step(previous=tick.state, state=new, progress=outcome.progress, intents=tuple(intents),
-                reason=outcome.reason)
+        intents.append(_notification(tick.app, tick.state, new, reason))
+    return Step(previous=tick.state, state=new, progress=outcome.progress, intents=tuple(intents), reason=reason)
+
+
+def _gains_without_task(obs: Observation, want: Routing) -> ColorStatus | None:
+    """A color that `want` gives more weight than the router reports while it has no running task; None if none.
+
+    Traffic never moves onto such a color: on a multi-node swarm its only tasks die with their node
+    (Swarm reschedules them in some 10 to 20 s), between the gates and the switch or before a
+    rollback. The Route is left out until one runs; Switching and RollingBack wait for the
+    router's confirmation anyway, and switch_timeout still bounds Switching. A route that only
+    takes weight away, or one the router has nothing for yet (None), goes out as it is.
+    """
+    if obs.routed is None:
+        return None
+    for color in Color:
+        status = obs.colors[color]
+        if want.weight(color) > obs.routed.weight(color) and status.running == 0:
+            return status
+    return None
 
 
 _OUTCOMES = {Result.SUCCEEDED: Outcome.SUCCEEDED, Result.ROLLED_BACK: Outcome.ROLLED_BACK, Result.FAILED: Outcome.FAILED}
@@ -673,6 +701,12 @@ def _switch(tick: _Tick, why: str) -> _Outcome:
     if target.replicas < full:
         return _goto(tick, Phase.SCALING_UP, f"{why}; scaling {target.service} from {target.replicas} to {full} "
                                              "replicas before the switch", (Scale(deploy.target, full),))
+    if target.running == 0:
+        # Its tasks died since they were checked (their node lost while ConfirmPromotion polled, say):
+        # back to Waiting, then the health checks and the gates again. The webhooks that passed are
+        # recorded in the deploy, so they are not sent again; a pause (auto_promotion: false) asks again.
+        return _goto(tick, Phase.WAITING, f"{why}, but {target.service} has no running task ({target.describe()}): "
+                                          "waiting for its tasks, then the checks before the switch again")
     return _goto(tick, Phase.SWITCHING, f"{why}; switching {deploy.percent}% of the traffic to {deploy.target}")
 
 

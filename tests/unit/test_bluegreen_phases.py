@@ -113,6 +113,9 @@ ROWS = [
         intents=(Route(Routing.all_to(Color.BLUE)),)),
     Row("stable: routing drifted is restored", at_rest(), {"routed": Routing.all_to(Color.GREEN)},
         intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("stable: a preview-only change goes out though the idle color has no task", at_rest(),
+        {"routed": Routing(blue=100, green=0, preview=Color.BLUE)}, intents=(Route(Routing.all_to(Color.BLUE)),),
+        check=lambda s: "traffic waits" not in s.reason),
     Row("stable: idle color gets the autoscaler lock", at_rest(), {"green": {"lock": None}},
         intents=(SetLock(Color.GREEN, IDLE_LOCK),)),
     Row("stable: a leftover deploy lock leaves the active color", at_rest(), {"blue": {"lock": "web-d0"}},
@@ -221,6 +224,14 @@ ROWS = [
         reason="the smoke requests could not reach web-green within 20s: the router at http://traefik:80"),
     Row("smoke: no round this tick is no evidence", in_deploy(Phase.SMOKE_TESTS), settings={"smoke_tests": 1},
         absent=(Route,), check=lambda s: not s.persisted),
+    Row("smoke: passed, but the target lost its tasks: back to Waiting, no route", in_deploy(Phase.SMOKE_TESTS),
+        {"smoke": SMOKE_OK, "green": {"running": 0}}, settings={"smoke_tests": 1}, phase=Phase.WAITING,
+        absent=(Route,), reason="as expected, but web-green has no running task (0/2 tasks running): waiting for "
+                                "its tasks, then the checks before the switch again",
+        check=lambda s: s.progress == Progress(started=T) and s.state.routing() == Routing.all_to(Color.BLUE)),
+    Row("smoke: passed with one task of two left, the switch goes on", in_deploy(Phase.SMOKE_TESTS),
+        {"smoke": SMOKE_OK, "green": {"running": 1}}, settings={"smoke_tests": 1}, phase=Phase.SWITCHING,
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),)),
     Row("smoke: the config lists none any more, on to the switch", in_deploy(Phase.SMOKE_TESTS),
         phase=Phase.SWITCHING, reason="no smoke requests are configured for the app any more"),
     Row("smoke: the target changed outside the controller", in_deploy(Phase.SMOKE_TESTS),
@@ -265,6 +276,23 @@ ROWS = [
     Row("switching: the route is applied until confirmed", in_deploy(Phase.SWITCHING),
         {"routed": Routing.all_to(Color.BLUE)}, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
         reason="waiting for the router"),
+    Row("switching: the target has no running task, the route waits", in_deploy(Phase.SWITCHING),
+        {"routed": Routing.all_to(Color.BLUE), "green": {"running": 0}}, absent=(Route,),
+        reason="waiting for the router to confirm blue=0 green=100 preview=blue; traffic waits: web-green has no "
+               "running task (0/2 tasks running)", check=lambda s: not s.persisted),
+    Row("switching: a task of the target runs again, the route goes out", in_deploy(Phase.SWITCHING),
+        {"routed": Routing.all_to(Color.BLUE), "green": {"running": 1}},
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        check=lambda s: "traffic waits" not in s.reason),
+    Row("switching: the next step toward a target without a task waits too", in_deploy(Phase.SWITCHING,
+        replace(PROG, step=1)), {"routed": Routing.toward(Color.GREEN, 10), "green": {"running": 0}},
+        absent=(Route,), reason="traffic waits: web-green has no running task"),
+    Row("switching: still no running task at switch_timeout rolls back", in_deploy(Phase.SWITCHING),
+        {"routed": Routing.all_to(Color.BLUE), "green": {"running": 0}}, progress=Progress(started=T - 10),
+        phase=Phase.ROLLING_BACK, absent=(Route,), reason="did not confirm"),
+    Row("switching: the router has nothing yet, the route goes out as before", in_deploy(Phase.SWITCHING),
+        {"routed": None, "green": {"running": 0}}, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        check=lambda s: "traffic waits" not in s.reason),
     Row("switching: confirmed, verify", in_deploy(Phase.SWITCHING), phase=Phase.VERIFYING, absent=(Route,),
         intents=(Notify,), check=lambda s: s.progress == Progress(started=T)),
     Row("switching: a partial step is confirmed, progress", in_deploy(Phase.SWITCHING, PROG),
@@ -296,6 +324,10 @@ ROWS = [
         phase=Phase.ROLLING_BACK, intents=(Route(Routing.all_to(Color.BLUE)),),
         reason="3 failed checks, more than failure_threshold 2: probe of web-green failed: HTTP 500",
         check=lambda s: s.state.deploy.failures == 3),
+    Row("verifying: rolling back to a color without a running task, the route waits",
+        in_deploy(Phase.VERIFYING, replace(D, failures=2)), {"probe": FAIL, "blue": {"running": 0}},
+        phase=Phase.ROLLING_BACK, absent=(Route,), reason="traffic waits: web-blue has no running task",
+        check=lambda s: any(isinstance(i, Notify) and "traffic waits: web-blue" in i.text for i in s.intents)),
     Row("verifying: a failed PromQL check counts", in_deploy(Phase.VERIFYING, replace(D, failures=2)),
         {"probe": OK, "checks": (CheckResult("errors", False, "0.3 is not < 0.05"),)}, phase=Phase.ROLLING_BACK),
     Row("verifying: the image changed under us counts", in_deploy(Phase.VERIFYING), {"probe": OK,
@@ -325,6 +357,18 @@ ROWS = [
     # -- rolling back ----------------------------------------------------------------------
     Row("rolling back: the route back is applied until confirmed", in_deploy(Phase.ROLLING_BACK),
         {"routed": Routing.toward(Color.GREEN, 100)}, intents=(Route(Routing.all_to(Color.BLUE)),)),
+    Row("rolling back: the color back has no running task, the route waits", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "blue": {"running": 0}}, absent=(Route,),
+        reason="waiting for the router to confirm blue=100 green=0 preview=green; traffic waits: web-blue has no "
+               "running task (0/2 tasks running)", check=lambda s: not s.persisted),
+    Row("rolling back: a task of the color back runs again, the route goes out", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "blue": {"running": 1}},
+        intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: a route that only takes weight from a color without tasks goes out",
+        in_deploy(Phase.ROLLING_BACK), {"routed": Routing.toward(Color.GREEN, 100), "green": {"running": 0}},
+        intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: the router has nothing, the route goes out as before", in_deploy(Phase.ROLLING_BACK),
+        {"routed": None, "blue": {"running": 0}}, intents=(Route(Routing.all_to(Color.BLUE)),)),
     Row("rolling back: confirmed", in_deploy(Phase.ROLLING_BACK, replace(D, reason="3 failed checks")),
         phase=Phase.ROLLED_BACK, intents=(SetLock(Color.BLUE, None), SetLock(Color.GREEN, IDLE_LOCK), Notify),
         reason="traffic is back on blue: 3 failed checks",
@@ -614,6 +658,11 @@ class World:
     rolled_back_at: float | None = None
     # Once traffic has moved away from a deploy's target, it must never move back toward it.
     target_weights: list = field(default_factory=list)
+    # A node dies when a step enters one of these phases, with the only tasks of the color named;
+    # Swarm runs them again elsewhere `reschedule` seconds later.
+    lose: dict = field(default_factory=dict)
+    reschedule: float = 20.0
+    lost_until: float | None = None
 
     def __post_init__(self) -> None:
         if not self.services:
@@ -704,6 +753,9 @@ class World:
                 if isinstance(action, Route):
                     if action.routing == self.routing:
                         self.redundant.append(("route", action.routing))
+                    for color in Color:
+                        gains = self.routing is not None and action.routing.weight(color) > self.routing.weight(color)
+                        assert not gains or self.running(color)[0] > 0, f"traffic moved onto {color} without a task"
                     self.routing = action.routing
                     self.target_weights.append(action.routing.weight(Color.GREEN))
                     if step.state.phase is Phase.ROLLING_BACK and self.rolled_back_at is None:
@@ -715,6 +767,9 @@ class World:
         for notice in p.notifications:
             self.notified.append((notice.fields.get("deploy"), notice.fields.get("step"),
                                   notice.fields.get("previous_phase"), notice.fields.get("phase"), notice.event))
+        if step.transitioned and step.state.phase in self.lose:
+            self.lost_until = self.now + self.reschedule
+            self.services[self.lose[step.state.phase]].ready_at = self.lost_until
 
     def safe(self) -> None:
         """Traffic only ever reaches the active color, or a deploy's target while the state says it may."""
@@ -827,6 +882,14 @@ def test_an_alert_during_verification_rolls_back():
     assert Phase.ROLLING_BACK in visited
     check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
     assert "alert HighErrorRate fired" in state.deploy.reason
+
+
+def test_a_rollback_waits_for_a_task_of_the_old_color_and_routes_on_the_first_tick_it_runs():
+    world = World(lose={Phase.VERIFYING: Color.BLUE})  # the old color's node dies once traffic left it
+    state, visited = run(world, deploy("web:5xx"))
+    assert visited[-3:] == [Phase.VERIFYING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
+    check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
+    assert world.lost_until <= world.rolled_back_at < world.lost_until + S.probe_interval
 
 
 SMOKE = replace(S, smoke_tests=1)

@@ -112,6 +112,32 @@ def test_prechecks_then_pre_rollout_then_paused_then_confirm_then_switch():
     assert go.state.deploy.webhooks == (("migrate", "passed"), ("approve", "passed"))
 
 
+def test_a_target_without_a_task_at_the_switch_goes_back_through_the_gates_calling_no_passed_webhook():
+    settings = replace(S, webhooks=(PRE, CONFIRM))
+    confirming = in_deploy(Phase.CONFIRM_PROMOTION, replace(D, webhooks=(("migrate", "passed"),)), since=T - 600)
+    obs = replace(observe(confirming, green={"running": 0}), webhooks=hooks(Gate.CONFIRM_PROMOTION, approve=True))
+    step = advance("web", confirming, Progress(started=T - 600), obs, settings)
+    assert step.state.phase is Phase.WAITING and not any(isinstance(i, Route) for i in step.intents)
+    assert "web-green has no running task (0/2 tasks running): waiting for its tasks" in step.reason
+    assert step.state.deploy.webhooks == (("migrate", "passed"), ("approve", "passed"))
+    # Swarm runs the task again elsewhere: Waiting (its wait_timeout counted from re-entering it),
+    # PreChecks, and then the switch, with no webhook called on the way.
+    waiting = step.state
+    assert (waiting.since, step.progress) == (T, Progress(started=T))
+    step = advance("web", waiting, step.progress, observe(waiting, now=T + 20), settings)
+    assert step.state.phase is Phase.PRECHECKS
+    checking = step.state
+    assert needs(checking, settings).webhooks is None
+    ok = replace(observe(checking, now=T + 23), probe=Probe(ProbeOutcome.OK))
+    step = advance("web", checking, Progress(started=T + 20, consecutive_ok=2), ok, settings)
+    assert step.state.phase is Phase.SWITCHING
+    assert Route(Routing(blue=0, green=100, preview=Color.BLUE)) in step.intents
+    # With auto_promotion: false, the pause asks again (a webhook is never sent twice; a person is asked).
+    paused = advance("web", checking, Progress(started=T + 20, consecutive_ok=2), ok,
+                     replace(settings, auto_promotion=False))
+    assert paused.state.phase is Phase.PAUSED and needs(paused.state, settings).webhooks is None
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
