@@ -15,14 +15,13 @@ import time
 
 import pytest
 
-from lab.load import HostLoad
 from tests.support import lab
-from tests.support.cluster import NODES, REGISTRY, image, node_ip, socket_url
+from tests.support.cluster import NODES, REGISTRY, image, socket_url
+from tests.support.failover import scale_up_across_nodes
 from tests.support.fixtures_prom import Prometheus
 from tests.support.swarmshift_proc import SWARMSHIFT
 
 DEMO = image("swarmshift-demo:lab")
-CADVISOR = image("swarmshift-cadvisor:lab")
 ON_NODE1 = {"DOCKER_HOST": socket_url(1)}
 
 
@@ -99,44 +98,15 @@ def cluster_prometheus(tmp_path):
 
 def test_cpu_from_three_cadvisors_scales_a_spread_service_on_the_sum_over_its_tasks(
         cluster, cswarm, cluster_prometheus, autoscaler_proc):
-    import docker
-
-    client = cluster.client(1)
-    port = lab.free_port()
-    mounts = [docker.types.Mount(m["target"], m["source"], type="bind", read_only=True)
-              for m in lab.stack_service("cadvisor")["volumes"]]
-    cadvisor = cswarm.name("cadvisor")
-    client.services.create(CADVISOR, name=cadvisor, args=lab.stack_cadvisor_args(), mounts=mounts,
-                           labels={lab.LABEL: lab.OWNER}, container_labels={lab.LABEL: lab.OWNER},
-                           mode=docker.types.ServiceMode("global"),
-                           endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
-                               {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": port, "PublishMode": "host"}]),
-                           stop_grace_period=2_000_000_000)
-    cswarm._services.append(cadvisor)
-    for n in NODES:
-        cluster_prometheus.add_target("cadvisor", f"{node_ip(n)}:{port}")
-    web = lab.free_port()
-    name = spread(cswarm, "cpu", cpu_limit=0.2, publish={web: 8000}, labels={
-        "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "6", "swarmshift.autoscale.cpu": "50"})
-    label = "container_label_com_docker_swarm_service_name"
-    lab.wait_for("the service's CPU series from the three cAdvisors", lambda: len(cluster_prometheus.query(
-        f'count by (instance) (container_cpu_usage_seconds_total{{{label}="{name}"}})')) == 3, 60, interval=1)
-    daemon = autoscaler_proc({"interval": 5, "prometheus": {"url": cluster_prometheus.url,
-                                                           "rate_window": lab.RATE_WINDOW}}, env=ON_NODE1)
-    # 8 requests/s of 100 ms burns per node: each task busy 80 % of the time at its 0.2-CPU limit.
-    loads = [HostLoad(web, "/burn?ms=100", rate=8, max_seconds=90, max_requests=720, workers=2,
-                      address=node_ip(n)).start() for n in NODES]
-    try:
-        event = lab.wait_for("a scale-up", lambda: daemon.events("service_scaled", service=name), 80, interval=0.5)[0]
-    finally:
-        results = [load.stop() for load in loads]
-    cpu = next(m for m in event["metrics"] if m["metric"] == "cpu")
-    print(f"\ncluster: {name} scaled {event['from']} -> {event['to']} on cpu {cpu['value']:.0f}% of the limit "
-          f"(target {cpu['target']:.0f}%), load {[r.sent for r in results]} requests per node")
+    seen = scale_up_across_nodes(cluster, cswarm, cluster_prometheus, lambda config: autoscaler_proc(config, env=ON_NODE1))
+    event, cpu = seen.event, seen.cpu
+    print(f"\ncluster: {event['service']} scaled {event['from']} -> {event['to']} on cpu {cpu['value']:.0f}% of the "
+          f"limit (target {cpu['target']:.0f}%) {seen.seconds:.1f}s after the load began, load "
+          f"{[r.sent for r in seen.loads]} requests per node")
     assert (event["from"], event["direction"]) == (3, "up"), event
     # The sum over three tasks on three nodes: about 80 % of each limit, not a third of it.
     assert 55 < cpu["value"] <= 110, cpu
-    assert all(r.statuses.get(200, 0) > 0 for r in results), [r.statuses for r in results]
+    assert all(r.statuses.get(200, 0) > 0 for r in seen.loads), [r.statuses for r in seen.loads]
 
 
 def test_quorum_loss_is_reported_writes_nothing_and_both_daemons_resume(cluster, cswarm, autoscaler_proc,

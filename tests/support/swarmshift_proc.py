@@ -80,25 +80,31 @@ class SwarmshiftDaemon(Daemon):
         return None
 
 
+def start_autoscaler(workdir: Path, config: dict[str, Any], *flags: str, name: str = "autoscaler",
+                     env: dict | None = None, started: list | None = None) -> SwarmshiftDaemon:
+    """Start `swarmshift autoscaler run` on a free port of 127.0.0.1 in `workdir`, scaling only this run's services."""
+    port = lab.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yml"
+    # Only this run's services: another suite (or the stack test's own autoscaler) may share the swarm.
+    config = {"listen": f"127.0.0.1:{port}", "selector": f"{lab.LABEL}={lab.OWNER}", **config}
+    path.write_text(yaml.safe_dump(config))
+    daemon = SwarmshiftDaemon(name, ["autoscaler", "run", "--config", str(path), *flags], workdir, port)
+    if env:
+        daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]
+    if started is not None:
+        started.append(daemon)  # stopped by the caller, even when it does not answer
+    daemon.start()
+    return daemon
+
+
 @pytest.fixture
 def autoscaler_proc(tmp_path) -> Iterator:
     """A factory: `autoscaler_proc(config: dict, *flags, name=...)` starts `swarmshift autoscaler run`."""
     started: list[SwarmshiftDaemon] = []
 
     def start(config: dict[str, Any], *flags: str, name: str = "autoscaler", env: dict | None = None) -> SwarmshiftDaemon:
-        port = lab.free_port()
-        workdir = tmp_path / name
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "config.yml"
-        # Only this run's services: another suite (or the stack test's own autoscaler) may share the swarm.
-        config = {"listen": f"127.0.0.1:{port}", "selector": f"{lab.LABEL}={lab.OWNER}", **config}
-        path.write_text(yaml.safe_dump(config))
-        daemon = SwarmshiftDaemon(name, ["autoscaler", "run", "--config", str(path), *flags], workdir, port)
-        if env:
-            daemon.argv = ["env", *(f"{k}={v}" for k, v in env.items()), *daemon.argv]
-        started.append(daemon)
-        daemon.start()
-        return daemon
+        return start_autoscaler(tmp_path / name, config, *flags, name=name, env=env, started=started)
 
     yield start
     for daemon in started:
