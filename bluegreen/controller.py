@@ -336,7 +336,8 @@ class Controller:
                 raise BrokenApp(rt.name, list(rt.problems))
             state = reading.loaded.state
             probe = await self.observer.probe(rt, reading, probe_color(state, reading.colors), verify=False)
-            obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe)
+            obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
+                              router_up=reading.router_up)
             step = begin(state, obs, reading.app)
             try:
                 await self.executor.execute(rt, reading, step, cause="request")

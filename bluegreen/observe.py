@@ -1,16 +1,17 @@
 """Reading the world for a tick: an app's services and tasks, the routing in effect, probes and PromQL checks.
 
 Nothing here changes anything: `Observer.read` turns what Swarm and the router report into a
-`Reading` (the app, both colors' `ColorStatus`, the stored state), and the probe and checks
-measure the color a step asks about.
+`Reading` (the app, both colors' `ColorStatus`, the routing in effect, the stored state and, in
+RollingBack only, whether the router has a server of the color back up), and the probe and
+checks measure the color a step asks about.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bluegreen.analysis import Analyst, NoAnalyst
@@ -25,7 +26,7 @@ from bluegreen.probe import Prober
 from bluegreen.routers import Router, RouterError
 from bluegreen.runtime import CanaryTrack, Runtime
 from bluegreen.smoke import SmokeOutcome, SmokeRound, excerpt
-from bluegreen.state import Loaded, Phase, Routing, format_time, load_state
+from bluegreen.state import AppState, Loaded, Phase, Routing, choose_state, format_time, load_state
 from bluegreen.webhook_gates import HookCall, HookRound
 from bluegreen.webhooks import WebhookCaller
 from swarmshift import logs
@@ -47,6 +48,8 @@ class Reading:
     routed: Routing | None
     loaded: Loaded
     problems: list[str]  # labels the app has, but this config cannot work with
+    # Router.servers_up of the color a stored RollingBack state routes back to; empty in any other phase.
+    router_up: dict[Color, bool | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,9 @@ class Observer:
         rt.app = app
         by_name = {svc.name: svc for svc in services}
         chosen = {color: by_name[app.service(color)] for color in Color}
-        *tasks, routed = await asyncio.gather(*(self.swarm.tasks_with_health(chosen[c].id) for c in Color),
-                                              self._routed(app))
+        *tasks, routed, router_up = await asyncio.gather(
+            *(self.swarm.tasks_with_health(chosen[c].id) for c in Color), self._routed(app),
+            self._router_up(app, _rolling_back_to(app, chosen)))
         colors = {}
         for color, found_tasks in zip(Color, tasks, strict=True):
             svc = chosen[color]
@@ -188,7 +192,7 @@ class Observer:
                 log.warning("history_reset", app=app.name, problem=loaded.history_problem,
                             action="the history starts again empty; it is rewritten at the next state change")
             rt.history_problem = loaded.history_problem
-        return Reading(app, chosen, colors, routed, loaded, problems)
+        return Reading(app, chosen, colors, routed, loaded, problems, router_up)
 
     async def _routed(self, app: App) -> Routing | None:
         try:
@@ -197,11 +201,22 @@ class Observer:
             log.warning("router_read_failed", app=app.name, error=str(err))
             return None
 
+    async def _router_up(self, app: App, color: Color | None) -> dict[Color, bool | None]:
+        """Whether the router has a server of `color` up, when a rollback routes back to it; asked of no other app."""
+        if color is None:
+            return {}
+        try:
+            return {color: await self.router.servers_up(app, color)}
+        except RouterError as err:  # the interface says it never raises; unknown holds nothing anyway
+            log.warning("router_health_failed", app=app.name, color=color.value, error=str(err))
+            return {color: None}
+
     def after_writes(self, reading: Reading, services: dict[Color, Service], routed: Routing | None) -> Reading | None:
         """The reading as the step's own writes and confirmed routing left it, without asking Docker again.
 
         Only when the writes changed no image or replica count: the task counts read at the
-        start of the tick still describe the services then (they are a few hundred ms old).
+        start of the tick still describe the services then (they are a few hundred ms old), and
+        so does the router's word on its servers (`router_up`), which writes do not change.
         """
         colors = {}
         for color in Color:
@@ -354,3 +369,16 @@ class Observer:
     async def checks(self, app: App, color: Color | None) -> tuple[CheckResult, ...]:
         """The PromQL checks of `color`, when a step asks for them."""
         return await self.checker.run(app, color) if color is not None else ()
+
+
+def _rolling_back_to(app: App, services: Mapping[Color, Service]) -> Color | None:
+    """The color a stored RollingBack state sends traffic back to (its active one); None in any other phase.
+
+    Read from the labels before the state is loaded, so that the router is asked beside its
+    routing rather than after it; `load_state` then reads the same labels and reports their problems.
+    """
+    try:
+        stored = choose_state({c: AppState.from_labels(services[c].labels, app.service(c))[0] for c in Color})
+    except Exception:  # noqa: BLE001 - bad labels: load_state reports them, and no question is asked
+        return None
+    return stored.active if stored is not None and stored.phase is Phase.ROLLING_BACK else None

@@ -25,7 +25,10 @@ ScalingUp brings it to the active count before the switch.
 Traffic never moves onto a color with no running task (a node died; Swarm reschedules its tasks):
 a Route that gives such a color more weight than the router reports is held back until one runs,
 and Switching and RollingBack wait for it as they wait for the router (switch_timeout still rolls
-back); a switch whose target has none goes back to Waiting instead.
+back); a switch whose target has none goes back to Waiting instead. RollingBack also holds the
+Route back while the router reports no server of the color up (`Observation.router_up` False:
+Traefik's health check has not yet seen the rescheduled task, and would answer 503 meanwhile);
+a router that cannot tell (None) holds nothing.
 
 A final transition appends the operation to the state's history in that same state, so the
 entry is written with the phase it records. A color is retired only with weight 0 confirmed by
@@ -193,6 +196,9 @@ class Observation:
     smoke: SmokeRound | None = None  # the smoke requests sent to the color `needs` named, this tick
     canary: CanaryReading | None = None  # the canary analysis of the color `needs` named, when one was due this tick
     webhooks: HookRound | None = None  # the webhooks `needs` named, called this tick
+    # Whether the router's own health checks have a server of a color up (Router.servers_up): read
+    # only in RollingBack, for the color traffic goes back to; None, or no entry, when it cannot tell.
+    router_up: Mapping[Color, bool | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -370,16 +376,25 @@ def _finish(tick: _Tick, outcome: _Outcome) -> Step:
             intents.append(SetLock(color, want))
     want_routing, reason = new.routing(), outcome.reason
     if obs.routed != want_routing:
-        empty = _gains_without_task(obs, want_routing)
-        if empty is None:
+        held = _route_held(new, obs, want_routing)
+        if held is None:
             intents.append(Route(want_routing))
         else:
-            held = (f"traffic waits: {empty.service} has no running task ({empty.describe()}); {want_routing} "
-                    "is routed once one runs")
             reason = f"{reason}; {held}" if reason else held
     if new.phase is not tick.state.phase:
         intents.append(_notification(tick.app, tick.state, new, reason))
     return Step(previous=tick.state, state=new, progress=outcome.progress, intents=tuple(intents), reason=reason)
+
+
+def _route_held(state: AppState, obs: Observation, want: Routing) -> str | None:
+    """Why the Route to `want` waits this tick (`state` is the step's new one), or None when it goes out."""
+    empty = _gains_without_task(obs, want)
+    if empty is not None:
+        return f"traffic waits: {empty.service} has no running task ({empty.describe()}); {want} is routed once one runs"
+    down = _back_before_router_up(state, obs, want)
+    if down is not None:
+        return f"traffic waits: the router reports no server of {down.service} up yet; {want} is routed once one is"
+    return None
 
 
 def _gains_without_task(obs: Observation, want: Routing) -> ColorStatus | None:
@@ -397,6 +412,26 @@ def _gains_without_task(obs: Observation, want: Routing) -> ColorStatus | None:
         status = obs.colors[color]
         if want.weight(color) > obs.routed.weight(color) and status.running == 0:
             return status
+    return None
+
+
+def _back_before_router_up(state: AppState, obs: Observation, want: Routing) -> ColorStatus | None:
+    """In RollingBack, the color traffic goes back to while the router reports none of its servers up; else None.
+
+    A task Swarm has just rescheduled is running before the router's own health check has seen
+    it: Traefik checks every router.traefik.health_interval, and until then its weighted service
+    has no healthy child and answers 503 "no available server" to every request. So the route back
+    also waits for the router's word, as it waits for a running task. Only a report of no server up
+    (False) holds: a router that cannot tell (None, or no entry: nginx, no Traefik API, Traefik
+    unreachable) routes as before. Only RollingBack: a switch reaches its target through Waiting
+    and PreChecks, which give the router's checks time, while a rollback goes back at once. And,
+    as for a task, only a route that gives the color more weight than the router reports.
+    """
+    if state.phase is not Phase.ROLLING_BACK or obs.routed is None:
+        return None
+    color = state.active
+    if want.weight(color) > obs.routed.weight(color) and obs.router_up.get(color) is False:
+        return obs.colors[color]
     return None
 
 

@@ -107,7 +107,8 @@ class Ticker:
                 self.observer.call_webhooks(rt, reading, want.webhooks))
             early, checks = None, True
             obs = Observation(now=self.clock(), colors=reading.colors, routed=reading.routed, probe=probe,
-                              checks=results, alert=alert, smoke=smoke, canary=canary, webhooks=hooks)
+                              checks=results, alert=alert, smoke=smoke, canary=canary, webhooks=hooks,
+                              router_up=reading.router_up)
             restarted = rt.progress.started is None and self.settings.on_restart == "rollback"
             step = advance(rt.name, state, rt.progress, obs, settings)
             services, confirmed = await self.executor.execute(rt, reading, step, cause=_cause(step, alert, restarted))

@@ -8,6 +8,10 @@ the controller never knows which proxy it drives:
 - `read(app)` is the routing the proxy has in effect, as well as the router can tell (Traefik's
   API when configured, else what the router wrote), or None when it has nothing for the app.
 - `confirm(app, routing)` waits a bounded time until `read` reports `routing`.
+- `servers_up(app, color)` is whether the proxy's own health checks have a server of that
+  color up: True, False, or None when the router cannot tell (no such report, no API, the
+  proxy unreachable). A rollback waits for it, so a task Swarm just rescheduled gets traffic
+  only once the proxy would send it some.
 - `mark_ready()` says that every app's routing has been applied since start-up: a router that
   serves one document for all apps (Traefik's HTTP provider) serves it only from then on.
 - `traefik_document(routes)` is the Traefik dynamic configuration for the apps as this router
@@ -33,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bluegreen.apps import App
+from bluegreen.apps import App, Color
 from bluegreen.state import Routing
 from swarmshift import logs
 
@@ -61,6 +65,8 @@ class Router(Protocol):
     async def read(self, app: App) -> Routing | None: ...
 
     async def confirm(self, app: App, routing: Routing) -> bool: ...
+
+    async def servers_up(self, app: App, color: Color) -> bool | None: ...
 
     def mark_ready(self) -> None: ...
 

@@ -400,6 +400,10 @@ class NginxRouter:
                     return False
                 await asyncio.sleep(0.01)
 
+    async def servers_up(self, app: App, color: Color) -> bool | None:
+        """Unknown, always: open-source nginx has no active health checks whose state it reports."""
+        return None
+
     def mark_ready(self) -> None:
         """Nothing waits on start-up: nginx runs each app's file once it is tested and reloaded."""
 

@@ -1,4 +1,4 @@
-"""What both Traefik routers share besides the document: Traefik's API, trials of new shapes, confirmation.
+"""What both Traefik routers share besides the document: Traefik's API, trials of new shapes, confirmation, server health.
 
 Confirmation is Traefik's own word (with `api_url`): a routing counts only once Traefik's API
 shows the app's router and services enabled with the new weights. Before a document whose shape
@@ -7,6 +7,11 @@ under the names `<app>-trial…`, each rule narrowed by a header no request carr
 reach it. If Traefik refuses any part of the trial, the live document is left as it was and the
 apply fails with Traefik's errors. If Traefik still refuses the live document (another file
 defines the same names, say), the previous document is put back and the confirmation fails.
+
+Server health is Traefik's word too: `servers_up` reads a color's loadBalancer service, whose
+`serverStatus` is what Traefik's own health checker last found. A task Swarm has just
+rescheduled runs before that checker has seen it; until then the weighted service has no
+healthy child in that color and answers 503 "no available server".
 """
 
 from __future__ import annotations
@@ -35,29 +40,37 @@ from bluegreen.routers.traefik_doc import (
 )
 from bluegreen.state import Routing
 
+# How long a servers_up question may take: it is asked in the tick of a rollback, whose deadline it adds to.
+UP_TIMEOUT = 1.0
+
 
 class TraefikAPI:
     """Reads what Traefik has loaded, from its API (`GET /api/http/services/<name>@<provider>`).
 
     Traefik answers with the service's configuration as loaded plus runtime fields: for a
     weighted service `{"weighted": {"services": [{"name", "weight"}, …]}, "status", "name",
-    "provider", "type": "weighted", …}`; a router answers with its `service`. The API should
-    listen on an entrypoint only the stack can reach.
+    "provider", "type": "weighted", …}`; for a loadBalancer with health checks also
+    `"serverStatus": {"http://web-blue:8000": "UP" | "DOWN"}`; a router answers with its
+    `service`. The API should listen on an entrypoint only the stack can reach.
     """
 
-    def __init__(self, url: str, *, provider: str = "file", timeout: float = 3.0,
+    def __init__(self, url: str, *, provider: str = "file", timeout: float = 3.0, up_timeout: float = UP_TIMEOUT,
                  session: aiohttp.ClientSession | None = None) -> None:
         self.url = url.rstrip("/")
         self.provider = provider
         self.timeout = timeout
+        self.up_timeout = up_timeout
         self._session = session
         self._own_session = session is None
 
-    async def _get(self, path: str) -> dict[str, Any] | None:
+    async def _get(self, path: str, *, total: float | None = None) -> dict[str, Any] | None:
+        """Traefik's answer at `path`, None for 404; RouterError otherwise. `total`: this request's own timeout."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        # Passed only when set: aiohttp takes timeout=None as no timeout at all, not the session's.
+        within: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=total)} if total is not None else {}
         try:
-            async with self._session.get(f"{self.url}{path}") as resp:
+            async with self._session.get(f"{self.url}{path}", **within) as resp:
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
@@ -73,6 +86,12 @@ class TraefikAPI:
         if app.preview_rule:
             router = await self._get(f"/api/http/routers/{preview_router(app.name)}@{self.provider}")
         return loaded_routing(app.name, service, router, fallback_preview)
+
+    async def servers_up(self, service: str) -> bool | None:
+        """Whether Traefik reports a server of the loadBalancer `service` UP (`up_from_status`), asked within
+        `up_timeout`; RouterError when Traefik does not answer."""
+        path = f"/api/http/services/{service}@{self.provider}"
+        return up_from_status(await self._get(path, total=self.up_timeout))
 
     async def refusals(self, routers: Iterable[str], services: Iterable[str]) -> list[str] | None:
         """What Traefik says is wrong with these routers and services; None while it has not loaded all of them.
@@ -171,6 +190,21 @@ def loaded_routing(app: str, service: Mapping[str, Any] | None, preview: Mapping
         return None
 
 
+def up_from_status(answer: Mapping[str, Any] | None) -> bool | None:
+    """What Traefik's answer for a loadBalancer service says of its servers: True when one is UP.
+
+    False when it lists servers and none is UP. None when it cannot tell: no answer (404: the
+    service is not loaded), or no `serverStatus` (Traefik builds, and checks, only a service some
+    router uses), or anything unexpected in it.
+    """
+    if not isinstance(answer, Mapping):
+        return None
+    status = answer.get("serverStatus")
+    if not isinstance(status, Mapping) or not status:
+        return None
+    return any(value == "UP" for value in status.values())
+
+
 class TraefikRouter:
     """What the file and HTTP routers share: the document's settings, Traefik's API, trials and confirmation.
 
@@ -207,6 +241,15 @@ class TraefikRouter:
             return await self.api.loaded(app, fallback_preview=written.preview if written else None)
         except RouterError:
             return None  # Traefik unreachable: unknown, which the machine never takes as confirmed
+
+    async def servers_up(self, app: App, color: Color) -> bool | None:
+        """Whether Traefik's health checks have a server of the color's service up; None without the API or an answer."""
+        if self.api is None:
+            return None
+        try:
+            return await self.api.servers_up(color_service(app.name, color))
+        except RouterError:
+            return None  # Traefik unreachable or answering an error: unknown, which holds nothing
 
     async def _confirm_loaded(self, app: App, routing: Routing, doc: Mapping[str, Any] | None, put_back) -> bool:
         """Poll until Traefik runs `routing` for the app. If Traefik refuses the live document, put the

@@ -183,6 +183,8 @@ class MemoryRouter:
     refuse: str | None = None  # RouterError text for every apply
     unconfirmed: bool = False
     ready: bool = False
+    up: dict[tuple[str, Color], bool | None] = field(default_factory=dict)  # servers_up's answers; else None
+    asked_up: list[tuple[str, Color]] = field(default_factory=list)  # every servers_up question, in order
 
     async def apply(self, app: App, routing: Routing) -> None:
         from bluegreen.routers import RouterError
@@ -198,6 +200,10 @@ class MemoryRouter:
 
     async def confirm(self, app: App, routing: Routing) -> bool:
         return self.routes.get(app.name) == routing
+
+    async def servers_up(self, app: App, color: Color) -> bool | None:
+        self.asked_up.append((app.name, color))
+        return self.up.get((app.name, color))
 
     def mark_ready(self) -> None:
         self.ready = True

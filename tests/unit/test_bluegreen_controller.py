@@ -143,6 +143,43 @@ def test_the_state_is_written_before_traffic_moves_and_on_both_colors():
     assert len(generations) == 1
 
 
+# --- the router's word on the color a rollback goes back to --------------------------------------
+
+
+def test_a_rollback_asks_the_router_whether_the_color_back_is_up_and_waits_while_it_is_not():
+    steps = []
+
+    async def tick(w: World) -> str:
+        rt = await w.controller.runtime("web")
+        async with rt.lock:
+            steps.extend(await w.controller.ticker.run(rt))
+        w.clock.advance(1)
+        return w.phase()
+
+    async def scenario(w: World) -> None:
+        await _verifying(w)
+        w.router.unconfirmed = True  # the route back is not confirmed at once: RollingBack is stored
+        w.prober.outcomes[Color.GREEN] = FAILED
+        while w.phase() != "RollingBack":
+            await w.tick()
+        assert w.router.asked_up == []  # nothing is asked outside RollingBack
+        w.router.unconfirmed = False
+        w.router.up[("web", Color.BLUE)] = False  # Traefik's health check has not seen blue's task yet
+        applied = len(w.router.applied)
+        assert await tick(w) == "RollingBack"
+        assert len(w.router.applied) == applied, "the route back went out while the router had blue down"
+        assert "traffic waits: the router reports no server of web-blue up yet" in steps[-1].reason
+        assert w.router.asked_up == [("web", Color.BLUE)]
+        w.router.up[("web", Color.BLUE)] = True
+        assert await tick(w) == "RolledBack"
+        asked = len(w.router.asked_up)
+        await w.tick()  # at rest again: not asked any more
+        assert len(w.router.asked_up) == asked
+
+    w = run(scenario)
+    assert w.router.routes["web"] == Routing.all_to(Color.BLUE)
+
+
 # --- one operation at a time -------------------------------------------------------------------
 
 IN_FLIGHT = {

@@ -58,6 +58,12 @@ def test_the_config_proxies_to_the_active_color_and_serves_the_preview_from_the_
     assert routing_in(text) == Routing.all_to(Color.GREEN)
 
 
+@pytest.mark.parametrize("status_url", [None, "http://nginx:8099"])
+def test_nginx_never_reports_its_servers_health(tmp_path, status_url):
+    r = router(tmp_path, Actions(), status_listen="8099" if status_url else None, status_url=status_url)
+    assert asyncio.run(r.servers_up(WEB, Color.BLUE)) is None  # a rollback never waits on it
+
+
 @pytest.mark.parametrize(("app", "routing", "message"), [
     (WEB, Routing.toward(Color.GREEN, 10), "nginx cannot split traffic"),
     (App("web", "web-blue", "web-green", 8000, "Host(`w`) && PathPrefix(`/api`)"), Routing.all_to(Color.BLUE),

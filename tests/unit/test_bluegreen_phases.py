@@ -77,7 +77,7 @@ def in_deploy(phase: Phase, deploy: Deploy = D, **changes) -> AppState:
 
 def observe(state: AppState, *, blue: dict | None = None, green: dict | None = None, routed: object = "auto",
             probe: Probe | None = None, checks: tuple[CheckResult, ...] = (), alert: str | None = None,
-            smoke: SmokeRound | None = None, now: float = T) -> Observation:
+            smoke: SmokeRound | None = None, router_up: dict | None = None, now: float = T) -> Observation:
     """What the world looks like when everything the state calls for is in place, changed as told."""
     locks = state.locks()
     deploy = state.deploy
@@ -89,7 +89,7 @@ def observe(state: AppState, *, blue: dict | None = None, green: dict | None = N
     }
     colors = {c: status(c, **{**defaults[c], **((blue if c is Color.BLUE else green) or {})}) for c in Color}
     return Observation(now=now, colors=colors, routed=state.routing() if routed == "auto" else routed,
-                       probe=probe, checks=checks, alert=alert, smoke=smoke)
+                       probe=probe, checks=checks, alert=alert, smoke=smoke, router_up=router_up or {})
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,10 @@ ROWS = [
     Row("switching: still no running task at switch_timeout rolls back", in_deploy(Phase.SWITCHING),
         {"routed": Routing.all_to(Color.BLUE), "green": {"running": 0}}, progress=Progress(started=T - 10),
         phase=Phase.ROLLING_BACK, absent=(Route,), reason="did not confirm"),
+    Row("switching: the router reporting the target's servers down holds nothing (rollbacks only)",
+        in_deploy(Phase.SWITCHING), {"routed": Routing.all_to(Color.BLUE), "router_up": {Color.GREEN: False}},
+        intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
+        check=lambda s: "traffic waits" not in s.reason),
     Row("switching: the router has nothing yet, the route goes out as before", in_deploy(Phase.SWITCHING),
         {"routed": None, "green": {"running": 0}}, intents=(Route(Routing(blue=0, green=100, preview=Color.BLUE)),),
         check=lambda s: "traffic waits" not in s.reason),
@@ -328,6 +332,10 @@ ROWS = [
         in_deploy(Phase.VERIFYING, replace(D, failures=2)), {"probe": FAIL, "blue": {"running": 0}},
         phase=Phase.ROLLING_BACK, absent=(Route,), reason="traffic waits: web-blue has no running task",
         check=lambda s: any(isinstance(i, Notify) and "traffic waits: web-blue" in i.text for i in s.intents)),
+    Row("verifying: rolling back while the router reports no server of the color back up, the route waits",
+        in_deploy(Phase.VERIFYING, replace(D, failures=2)), {"probe": FAIL, "router_up": {Color.BLUE: False}},
+        phase=Phase.ROLLING_BACK, absent=(Route,),
+        reason="traffic waits: the router reports no server of web-blue up yet"),
     Row("verifying: a failed PromQL check counts", in_deploy(Phase.VERIFYING, replace(D, failures=2)),
         {"probe": OK, "checks": (CheckResult("errors", False, "0.3 is not < 0.05"),)}, phase=Phase.ROLLING_BACK),
     Row("verifying: the image changed under us counts", in_deploy(Phase.VERIFYING), {"probe": OK,
@@ -367,6 +375,31 @@ ROWS = [
     Row("rolling back: a route that only takes weight from a color without tasks goes out",
         in_deploy(Phase.ROLLING_BACK), {"routed": Routing.toward(Color.GREEN, 100), "green": {"running": 0}},
         intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: the router reports no server of the color back up, the route waits",
+        in_deploy(Phase.ROLLING_BACK), {"routed": Routing.toward(Color.GREEN, 100), "router_up": {Color.BLUE: False}},
+        absent=(Route,), reason="waiting for the router to confirm blue=100 green=0 preview=green; traffic waits: "
+                                "the router reports no server of web-blue up yet; blue=100 green=0 preview=green is "
+                                "routed once one is", check=lambda s: not s.persisted),
+    Row("rolling back: the router reports a server of the color back up, the route goes out",
+        in_deploy(Phase.ROLLING_BACK), {"routed": Routing.toward(Color.GREEN, 100), "router_up": {Color.BLUE: True}},
+        intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: a router that cannot tell holds nothing", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "router_up": {Color.BLUE: None}},
+        intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: no running task holds though the router reports a server up", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "blue": {"running": 0}, "router_up": {Color.BLUE: True}},
+        absent=(Route,), reason="traffic waits: web-blue has no running task (0/2 tasks running)"),
+    Row("rolling back: no running task is the reason given when the router reports none up either",
+        in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "blue": {"running": 0}, "router_up": {Color.BLUE: False}},
+        absent=(Route,), reason="traffic waits: web-blue has no running task",
+        check=lambda s: "the router reports" not in s.reason),
+    Row("rolling back: the router's word on the color losing traffic holds nothing", in_deploy(Phase.ROLLING_BACK),
+        {"routed": Routing.toward(Color.GREEN, 100), "router_up": {Color.GREEN: False}},
+        intents=(Route(Routing.all_to(Color.BLUE)),), check=lambda s: "traffic waits" not in s.reason),
+    Row("rolling back: the router has no routing yet, the route goes out though it reports none up",
+        in_deploy(Phase.ROLLING_BACK), {"routed": None, "router_up": {Color.BLUE: False}},
+        intents=(Route(Routing.all_to(Color.BLUE)),)),
     Row("rolling back: the router has nothing, the route goes out as before", in_deploy(Phase.ROLLING_BACK),
         {"routed": None, "blue": {"running": 0}}, intents=(Route(Routing.all_to(Color.BLUE)),)),
     Row("rolling back: confirmed", in_deploy(Phase.ROLLING_BACK, replace(D, reason="3 failed checks")),
@@ -663,6 +696,9 @@ class World:
     lose: dict = field(default_factory=dict)
     reschedule: float = 20.0
     lost_until: float | None = None
+    # The router's own health check (Traefik's health_interval) sees a color's tasks this long after
+    # they run; the controller asks it only in RollingBack, of the color traffic goes back to.
+    health_lag: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.services:
@@ -715,7 +751,17 @@ class World:
             alert, self.alert_at = "HighErrorRate", None
         return Observation(now=self.now, colors=colors, routed=self.routing,
                            probe=self.probe(wants.probe) if wants.probe else None, alert=alert,
-                           smoke=self.smoke(wants.smoke) if wants.smoke else None)
+                           smoke=self.smoke(wants.smoke) if wants.smoke else None, router_up=self.router_up())
+
+    def router_up(self) -> dict:
+        """What bluegreen.observe asks the router: only for a stored RollingBack, of its active color."""
+        state = self.load()
+        if state.phase is not Phase.ROLLING_BACK:
+            return {}
+        return {state.active: self.router_sees(state.active)}
+
+    def router_sees(self, color: Color) -> bool:
+        return self.running(color)[0] > 0 and self.now >= self.services[color].ready_at + self.health_lag
 
     def smoke(self, color: Color) -> SmokeRound:
         """A release whose image says `smokefail` passes its health checks and answers /cart with 500."""
@@ -756,6 +802,8 @@ class World:
                     for color in Color:
                         gains = self.routing is not None and action.routing.weight(color) > self.routing.weight(color)
                         assert not gains or self.running(color)[0] > 0, f"traffic moved onto {color} without a task"
+                        back = step.state.phase is Phase.ROLLING_BACK and gains
+                        assert not back or self.router_sees(color), f"traffic went back to {color} before the router"
                     self.routing = action.routing
                     self.target_weights.append(action.routing.weight(Color.GREEN))
                     if step.state.phase is Phase.ROLLING_BACK and self.rolled_back_at is None:
@@ -890,6 +938,16 @@ def test_a_rollback_waits_for_a_task_of_the_old_color_and_routes_on_the_first_ti
     assert visited[-3:] == [Phase.VERIFYING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
     check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
     assert world.lost_until <= world.rolled_back_at < world.lost_until + S.probe_interval
+
+
+def test_a_rollback_to_a_rescheduled_task_waits_for_the_routers_health_check_too():
+    # Traefik's check sees the new task 3 s after it runs: routing before that answers 503 to every request.
+    world = World(lose={Phase.VERIFYING: Color.BLUE}, health_lag=3.0)
+    state, visited = run(world, deploy("web:5xx"))
+    assert visited[-3:] == [Phase.VERIFYING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
+    check_end(world, state, Color.BLUE, Result.ROLLED_BACK)
+    seen = world.lost_until + world.health_lag
+    assert seen <= world.rolled_back_at < seen + S.probe_interval
 
 
 SMOKE = replace(S, smoke_tests=1)

@@ -1,7 +1,9 @@
 """The Traefik routers' own parts: the file router's files and the HTTP router's document.
 
 What Traefik does with them (loading, confirming through its API, refusing) is proven against
-the real Traefik in tests/lab/test_traefik_lab.py, never against a stand-in of its API.
+the real Traefik in tests/lab/test_traefik_lab.py, never against a stand-in of its API. Here only
+which service a router asks Traefik about, and what it makes of the answer, are checked, with the
+answers canned below the HTTP request.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 
 from bluegreen.apps import App, Color
 from bluegreen.routers import RouterError
-from bluegreen.routers.traefik_api import TraefikAPI
+from bluegreen.routers.traefik_api import TraefikAPI, up_from_status
 from bluegreen.routers.traefik_doc import go_duration, parse_file
 from bluegreen.routers.traefik_file import TraefikFileRouter
 from bluegreen.routers.traefik_http import TraefikHTTPRouter
@@ -89,6 +91,65 @@ def test_an_unreachable_traefik_is_never_taken_as_confirmation(tmp_path):
             await router.close()
 
     assert asyncio.run(unreachable()) == (False, None)
+
+
+@pytest.mark.parametrize(("answer", "want"), [
+    ({"loadBalancer": {}, "status": "enabled", "serverStatus": {"http://web-blue:8000": "UP"}}, True),
+    ({"serverStatus": {"http://web-blue:8000": "DOWN"}}, False),
+    ({"serverStatus": {"http://web-blue:8000": "DOWN", "http://web-blue-2:8000": "UP"}}, True),
+    ({"serverStatus": {"http://web-blue:8000": "up"}}, False),  # Traefik writes UP; anything else is not up
+    ({"loadBalancer": {}, "status": "enabled"}, None),  # built by no router: never checked
+    ({"serverStatus": {}}, None),
+    ({"serverStatus": ["UP"]}, None),
+    (None, None),  # 404: not loaded
+    (["not", "an", "object"], None),
+])
+def test_what_traefik_says_of_a_colors_servers(answer, want):
+    assert up_from_status(answer) is want
+
+
+class CannedAPI(TraefikAPI):
+    """Traefik's API answering from a table, to see which service the router asks about; no HTTP."""
+
+    def __init__(self, answers: dict, provider: str = "file") -> None:
+        super().__init__("http://traefik:8080", provider=provider)
+        self.answers = answers
+        self.asked: list[tuple[str, float | None]] = []
+
+    async def _get(self, path: str, *, total: float | None = None):
+        self.asked.append((path, total))
+        answer = self.answers.get(path)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.mark.parametrize(("make", "path"), [
+    (lambda api: TraefikFileRouter("/nonexistent", api=api), "/api/http/services/web-blue@file"),
+    (lambda api: TraefikHTTPRouter(api=api), "/api/http/services/web-blue@http"),
+])
+@pytest.mark.parametrize(("answer", "want"), [
+    ({"serverStatus": {"http://web-blue:8000": "UP"}}, True),
+    ({"serverStatus": {"http://web-blue:8000": "DOWN"}}, False),
+    (None, None),
+    (RouterError("Traefik API: HTTP 500"), None),  # never raised: unknown
+])
+def test_a_traefik_router_asks_for_the_colors_service_and_never_raises(make, path, answer, want):
+    provider = path.rsplit("@", 1)[1]
+    api = CannedAPI({path: answer}, provider=provider)
+    assert asyncio.run(make(api).servers_up(WEB, Color.BLUE)) is want
+    assert api.asked == [(path, api.up_timeout)]  # one question, with the short timeout
+
+
+def test_a_traefik_router_without_an_api_or_reaching_none_cannot_tell(tmp_path):
+    async def scenario():
+        unreachable = TraefikFileRouter(tmp_path, api=TraefikAPI("http://127.0.0.1:9", timeout=0.5))
+        try:
+            return await TraefikHTTPRouter().servers_up(WEB, Color.BLUE), await unreachable.servers_up(WEB, Color.GREEN)
+        finally:
+            await unreachable.close()
+
+    assert asyncio.run(scenario()) == (None, None)
 
 
 def test_the_http_router_serves_the_same_bytes_for_an_unchanged_routing():
