@@ -77,6 +77,24 @@ def deploy(daemon: ControllerService, app: str, image_ref: str) -> str:
     return body["deploy"]["id"]
 
 
+def deploy_away_from(cluster: Cluster, daemon: ControllerService, stack: TraefikStack, image_ref: str, color: str,
+                     avoid: str, phase: str) -> tuple[str, str]:
+    """Deploy `image_ref` with node `avoid` paused (it keeps its tasks, takes no new one), until `phase`.
+
+    The deploy's color `color` is thereby placed on another node, whose hostname is returned with the deploy's id;
+    `avoid` is active again when this returns.
+    """
+    cluster.set_availability(avoid, "pause")
+    try:
+        deploy_id = deploy(daemon, stack.app, image_ref)
+        wait_phase(daemon, stack.app, {phase}, 90, operation=deploy_id, interval=0.1)
+        host = host_of(cluster, stack.services[color])
+    finally:
+        cluster.set_availability(avoid, "active")
+    assert host != avoid, (color, host, avoid)
+    return deploy_id, host
+
+
 def newest_task_lines(daemon) -> list[dict[str, Any]]:
     """The log lines of a service daemon's newest task: the one Swarm started after the failover."""
     containers = sorted(daemon._containers(), key=lambda c: c.attrs["Created"])

@@ -15,7 +15,9 @@
 - `cluster` lane, with SWARMSHIFT_CLUSTER_LANE=1 (`make test`, after `make cluster`): the tests of
   the three-node cluster (tests/cluster), one after another, since they kill nodes of the one
   cluster. They run on the cluster's own engines, and most of their time is Swarm noticing a
-  dead node and rescheduling; in the heavy lane their 7 minutes made it the suite's longest.
+  dead node and rescheduling; in the heavy lane their 8.5 minutes made it the suite's longest.
+  Beside the heavy lane they starved its load (96 req/s asked for 100) until the lane and the
+  cluster's engines ran at nice 10: their bounds are Swarm's seconds, not the machine's.
 
 Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
 neither lane's autoscaler or controller sees the other's services, and neither removes the
@@ -33,6 +35,9 @@ import threading
 import time
 
 LANES = {"heavy": "lab and heavy", "beside": "lab and not heavy"}
+# The fuzz lane takes only idle CPU; the cluster lane (and the cluster's engines, lab/cluster.sh)
+# yields to the lab lanes, whose rates and deadlines were measured without it.
+NICE = {"fuzz": 19, "cluster": 10}
 
 
 def lanes(env: dict[str, str]) -> dict[str, str]:
@@ -62,7 +67,7 @@ def main(args: list[str]) -> int:
     lock = threading.Lock()
     procs, threads = {}, []
     for name, marks in lanes(dict(os.environ)).items():
-        nice = ["nice", "-n", "19"] if name == "fuzz" else []
+        nice = ["nice", "-n", str(NICE[name])] if name in NICE else []
         argv = [*nice, sys.executable, "-m", "pytest", "-m", marks, "--basetemp", f"/tmp/swarmshift-lab-{name}",
                 "--durations", "12", *args]  # where a lane's minutes go, in every CI log
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
