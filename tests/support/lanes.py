@@ -16,7 +16,7 @@
   the three-node cluster (tests/cluster), one after another, since they kill nodes of the one
   cluster. They run on the cluster's own engines, and most of their time is Swarm noticing a
   dead node and rescheduling; in the heavy lane their 8.5 minutes made it the suite's longest.
-  Beside the heavy lane they starved its load (96 req/s asked for 100) until the lane and the
+  Beside the heavy lane they starved its load (81 req/s asked for 100) until the lane and the
   cluster's engines ran at nice 10: their bounds are Swarm's seconds, not the machine's.
 
 Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
