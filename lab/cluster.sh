@@ -92,8 +92,8 @@ start_node() {  # N: the node's engine, in its namespaces, on its existing data 
   # engine. The engine is the init of the PID namespace: killing it takes every process of the
   # node with it, containers included (they have network namespaces of their own, not the node's).
   # At nice 10 and the lowest best-effort I/O class, inherited by containerd, the shims and every
-  # task: `make test` runs the cluster's tests beside the single-node lab's, whose load and time
-  # bounds were measured on a machine the cluster does not share (tests/support/lanes.py).
+  # task: `make test` runs the single-node lab's tests beside the cluster's, and their load and
+  # time bounds were measured on a machine the cluster does not share (tests/support/lanes.py).
   nohup nsenter --net="/var/run/netns/ssc-node$n" unshare --mount --uts --pid --fork --propagation private sh -c "
     set -e
     hostname ssc-node$n

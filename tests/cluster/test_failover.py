@@ -31,7 +31,7 @@ def test_a_node_lost_in_waiting_or_in_verifying_leaves_users_on_a_color_with_run
         cluster, cswarm, tmp_path, releases):
     stack = traefik_stack(cswarm, tmp_path, releases, color_constraints=(OFF_NODE1,))
     # healthy_threshold 5: Waiting lasts five probe rounds at least, long enough to kill a node in it.
-    daemon = controller(cluster, stack, ON_NODE1, healthy_threshold=5, verification_window="10s", wait_timeout="90s")
+    daemon = controller(cluster, stack, ON_NODE1, healthy_threshold=5, verification_window="6s", wait_timeout="90s")
     app = stack.app
     blue_host = host_of(cluster, stack.services["blue"])
     load = stack.load(rate=20, seconds=240).start()
@@ -113,7 +113,7 @@ def test_a_rollback_to_a_color_that_lost_its_node_waits_for_its_task_and_users_n
 
 def test_the_controller_fails_over_to_another_manager_mid_verification_and_finishes_once(
         cluster, cswarm, tmp_path, releases):
-    seen = scenario.controller_failover(cluster, cswarm, tmp_path, releases)
+    seen = scenario.controller_failover(cluster, cswarm, tmp_path, releases, window="8s")
     assert seen.moved_to != node_ip(cluster.node_of(seen.killed_host)), seen.moved_to
     assert seen.resumed["phase"] == "Verifying", seen.resumed  # resumed from the labels, in the phase it was in
     assert (seen.final["phase"], seen.final["active"], seen.final["result"]) == ("Stable", "green", "succeeded")
@@ -129,7 +129,7 @@ def test_the_controller_fails_over_to_another_manager_mid_verification_and_finis
 
 
 def test_the_autoscaler_fails_over_with_its_cooldown_and_scales_once_after_it(cluster, cswarm, tmp_path):
-    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path)
+    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path, cooldown=35)
     assert seen.moved_to != node_ip(cluster.node_of(seen.killed_host)), seen.moved_to
     assert seen.held_replicas == 2, "scaled during the cooldown"
     assert seen.again >= seen.cooldown - 1.5, seen.again

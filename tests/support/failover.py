@@ -170,10 +170,11 @@ class ControllerFailover:
     v2: str  # the image deployed
 
 
-def controller_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, images: dict[str, str]) -> ControllerFailover:
-    """Deploy v2; once it is Verifying, kill the manager running the controller; follow it to its end."""
+def controller_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, images: dict[str, str],
+                        window: str = "15s") -> ControllerFailover:
+    """Deploy v2; once it is Verifying (for `window`), kill the manager running the controller; follow it to its end."""
     stack = traefik_stack(swarm, workdir, images, color_constraints=(ON_NODE1,))
-    daemon = controller(cluster, stack, OFF_NODE1, verification_window="15s")
+    daemon = controller(cluster, stack, OFF_NODE1, verification_window=window)
     app = stack.app
     load = stack.load(rate=20, seconds=180).start()
     try:
