@@ -1,7 +1,7 @@
 """A swarmshift daemon run as a Swarm service for the lab tests, as the stack runs it: its task, its logs, its API wherever Swarm placed it.
 
-`ServiceDaemon` is mixed into the test's daemon classes (the controller's `ControllerService`,
-the autoscaler's `AutoscalerService`) in place of a host process. The config and token files
+`ServiceDaemon` is mixed into the test's daemon classes (the controller's `ControllerService`
+in tests/support/traefik.py, `AutoscalerService` here) in place of a host process. The config and token files
 are bind-mounted from the test's workdir (every node of the lab's cluster sees the host's /tmp),
 the node's Docker socket is mounted as in docker-stack.yml, and the API (:8080) is published
 host-mode on a free port. `engines()` lists (address, client) of the engines its task may run
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import yaml
 
 from lab.common import answers, json_lines
 from tests.support import lab
+from tests.support.swarmshift_proc import SwarmshiftDaemon
 
 SWARMSHIFT_IMAGE = "swarmshift:lab"
 Engines = Callable[[], list[tuple[str, docker.DockerClient]]]
@@ -34,11 +36,13 @@ class ServiceDaemon:
     url: str
     started_at: list[float]
 
-    def _as_service(self, client: docker.DockerClient, name: str, workdir: Path, command: list[str],
+    def _as_service(self, swarm: lab.LabSwarm, name: str, workdir: Path, command: list[str],
                     config: dict[str, Any], *, networks: Iterable[str] = (), image: str = SWARMSHIFT_IMAGE,
                     constraints: Iterable[str] = (), engines: Engines | None = None,
                     token: str | None = None) -> None:
-        self.client, self.service_name, self.workdir = client, name, workdir
+        """Set up the service `name` (created by `start`, removed with the test's `swarm`)."""
+        client = swarm.client
+        self.swarm, self.client, self.service_name, self.workdir = swarm, client, name, workdir
         self.command, self.networks, self.image = command, list(networks), image
         self.constraints = list(constraints)
         self.engines = engines or (lambda: [("127.0.0.1", client)])
@@ -70,13 +74,10 @@ class ServiceDaemon:
                 stop_grace_period=5_000_000_000,
             )
             self._created = True
-            self._owned(self.service_name)
+            self.swarm._services.append(self.service_name)
         else:
             lab.scale_service(self.client, self.service_name, 1)
         self.follow(timeout=60)
-
-    def _owned(self, name: str) -> None:
-        """Hook: the test's LabSwarm removes the service after the test."""
 
     def follow(self, timeout: float = 60) -> str:
         """Wait for the running task's API, wherever Swarm placed it; `url` then points there. Its address."""
@@ -115,6 +116,15 @@ class ServiceDaemon:
         """The JSON log lines of every task container on the engines that answer, oldest container first."""
         return json_lines(sorted(self._containers(), key=lambda c: c.attrs["Created"]))
 
+    def newest_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines of the newest task container: after a failover, the one Swarm started on another node."""
+        return json_lines(sorted(self._containers(), key=lambda c: c.attrs["Created"])[-1:])
+
+    def newest_created(self) -> float:
+        """When Swarm created the newest task container, in seconds since the epoch."""
+        created = max(c.attrs["Created"] for c in self._containers())  # RFC 3339 with nanoseconds
+        return datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
+
     def log_tail(self, lines: int = 30) -> str:
         text = "\n".join(ctr.logs(tail=lines).decode(errors="replace") for ctr in self._containers())
         if text:
@@ -123,16 +133,12 @@ class ServiceDaemon:
         return "(no log) tasks: " + "; ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}" for t in tasks)
 
 
-def autoscaler_service(swarm: lab.LabSwarm, workdir: Path, config: dict[str, Any], **kwargs: Any):
+
+class AutoscalerService(ServiceDaemon, SwarmshiftDaemon):
     """`swarmshift autoscaler run` as a Swarm service (not started yet) scaling only this run's services."""
-    from tests.support.swarmshift_proc import SwarmshiftDaemon
 
-    class AutoscalerService(ServiceDaemon, SwarmshiftDaemon):
-        def _owned(self, name: str) -> None:
-            swarm._services.append(name)
-
-    daemon = AutoscalerService("autoscaler-service", [], workdir, lab.free_port())
-    daemon.started_at = []
-    daemon._as_service(swarm.client, swarm.name("autoscaler"), workdir, ["autoscaler", "run"],
-                       {"selector": f"{lab.LABEL}={lab.OWNER}", **config}, **kwargs)
-    return daemon
+    def __init__(self, swarm: lab.LabSwarm, workdir: Path, config: dict[str, Any], **kwargs: Any) -> None:
+        SwarmshiftDaemon.__init__(self, "autoscaler-service", [], workdir, lab.free_port())
+        self.started_at = []
+        self._as_service(swarm, swarm.name("autoscaler"), workdir, ["autoscaler", "run"],
+                         {"selector": f"{lab.LABEL}={lab.OWNER}", **config}, **kwargs)

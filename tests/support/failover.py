@@ -17,18 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import docker.types
-
-from lab.common import json_lines
 from lab.load import HostLoad, LoadResult
 from tests.support import lab
 from tests.support.bluegreen import derived_image, wait_phase
 from tests.support.cluster import NODES, Cluster, image, node_ip, publish
-from tests.support.daemon_service import autoscaler_service
+from tests.support.daemon_service import AutoscalerService
 from tests.support.fixtures_prom import Prometheus
 from tests.support.knob import Knob
 from tests.support.traefik import ControllerService, TraefikStack
@@ -95,18 +91,6 @@ def deploy_away_from(cluster: Cluster, daemon: ControllerService, stack: Traefik
     return deploy_id, host
 
 
-def newest_task_lines(daemon) -> list[dict[str, Any]]:
-    """The log lines of a service daemon's newest task: the one Swarm started after the failover."""
-    containers = sorted(daemon._containers(), key=lambda c: c.attrs["Created"])
-    return json_lines(containers[-1:])
-
-
-def newest_container_since(daemon, wall: float) -> float:
-    """Seconds from `wall` (time.time()) to the creation of the daemon's newest task container: Swarm's share of a failover."""
-    created = max(c.attrs["Created"] for c in daemon._containers())
-    return datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp() - wall
-
-
 @dataclass
 class ScaleUp:
     event: dict[str, Any]  # the autoscaler's service_scaled
@@ -118,18 +102,10 @@ class ScaleUp:
 def scale_up_across_nodes(cluster: Cluster, swarm: lab.LabSwarm, prometheus: Prometheus,
                           start_autoscaler: Callable[[dict[str, Any]], Any]) -> ScaleUp:
     """A 3-task service, one per node, under CPU load on every node; the autoscaler's first scale-up."""
-    client = cluster.client(1)
-    port = lab.free_port()
-    mounts = [docker.types.Mount(m["target"], m["source"], type="bind", read_only=True)
-              for m in lab.stack_service("cadvisor")["volumes"]]
-    cadvisor = swarm.name("cadvisor")
-    client.services.create(image("swarmshift-cadvisor:lab"), name=cadvisor, args=lab.stack_cadvisor_args(),
-                           mounts=mounts, labels={lab.LABEL: lab.OWNER}, container_labels={lab.LABEL: lab.OWNER},
-                           mode=docker.types.ServiceMode("global"),
-                           endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
-                               {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": port, "PublishMode": "host"}]),
-                           stop_grace_period=2_000_000_000)
+    address, cadvisor = lab.cadvisor_service(cluster.client(1), lab.stack_cadvisor_args(),
+                                             image=image("swarmshift-cadvisor:lab"), host=node_ip(1))
     swarm._services.append(cadvisor)
+    port = address.rsplit(":", 1)[1]
     for n in NODES:
         prometheus.add_target("cadvisor", f"{node_ip(n)}:{port}")
     web = lab.free_port()
@@ -185,7 +161,7 @@ def controller_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, im
         cluster.stop(cluster.node_of(first_host))
         moved_to = daemon.follow(timeout=120)
         answered = time.monotonic() - killed
-        rescheduled = newest_container_since(daemon, killed_wall)
+        rescheduled = daemon.newest_created() - killed_wall
         resumed = wait_phase(daemon, app, {"Verifying", "Stable", "RolledBack"}, 30, operation=deploy_id,
                              interval=0.1)
         resumed_after = time.monotonic() - killed
@@ -198,7 +174,7 @@ def controller_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, im
     code, history = daemon.api("GET", f"/v1/apps/{app}/history")
     assert code == 200, history
     return ControllerFailover(deploy_id, first_host, moved_to, answered, rescheduled, resumed, resumed_after, final, done_after,
-                              users, newest_task_lines(daemon), history, images["v2"])
+                              users, daemon.newest_lines(), history, images["v2"])
 
 
 @dataclass
@@ -227,7 +203,7 @@ def autoscaler_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, co
         name = swarm.service("cool", image=image("swarmshift-demo:lab"), constraints=[ON_NODE1], labels={
             "swarmshift.autoscale": "true", "swarmshift.autoscale.max": "5", "swarmshift.autoscale.query": "knob",
             "swarmshift.autoscale.query.target": "10", "swarmshift.autoscale.cooldown": f"{cooldown:g}s"}).name
-        scaler = autoscaler_service(swarm, workdir / "autoscaler", {
+        scaler = AutoscalerService(swarm, workdir / "autoscaler", {
             "interval": 1, "prometheus": {"url": prometheus.url}, "queries": {"knob": KNOB_QUERY}},
             image=image("swarmshift:lab"), constraints=[OFF_NODE1], engines=cluster.engines)
         scaler.start()
@@ -240,9 +216,9 @@ def autoscaler_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, co
         cluster.stop(cluster.node_of(first_host))
         moved_to = scaler.follow(timeout=120)
         answered = time.monotonic() - killed
-        rescheduled = newest_container_since(scaler, killed_wall)
+        rescheduled = scaler.newest_created() - killed_wall
         [held] = lab.wait_for("the new autoscaler to hold on the cooldown", lambda: [
-            e for e in newest_task_lines(scaler) if e.get("event") == "service_held" and e.get("service") == name
+            e for e in scaler.newest_lines() if e.get("event") == "service_held" and e.get("service") == name
             and e.get("reason") == "cooldown"][:1], 60, interval=0.5)
         looped = time.monotonic() - killed
         held_replicas = swarm.replicas(name)
@@ -255,4 +231,4 @@ def autoscaler_failover(cluster: Cluster, swarm: lab.LabSwarm, workdir: Path, co
         prometheus.close()
         cluster.heal()
     return AutoscalerFailover(cooldown, first_host, moved_to, answered, rescheduled, held, looped, held_replicas, again,
-                              newest_task_lines(scaler), name, swarm.replicas(name))
+                              scaler.newest_lines(), name, swarm.replicas(name))

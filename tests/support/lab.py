@@ -112,24 +112,25 @@ def stack_cadvisor_args() -> list[str]:
 
 
 def cadvisor_service(client: docker.DockerClient, args: list[str], stem: str = "cadvisor",
-                     timeout: float = 60) -> tuple[str, str]:
-    """The real cAdvisor as a global service with the stack's mounts; (127.0.0.1:port, service name).
+                     timeout: float = 60, image: str = CADVISOR_IMAGE, host: str = "127.0.0.1") -> tuple[str, str]:
+    """The real cAdvisor as a global service with the stack's mounts; (host:port, service name).
 
-    Returns once its /metrics answers with container series, so a test starts on real data.
+    Returns once its /metrics answers with container series on `host` (127.0.0.1, or a cluster
+    node's address, where every node publishes the same port), so a test starts on real data.
     """
     port = free_port()
     name = f"ss-{stem}-{uuid.uuid4().hex[:6]}"
     mounts = [docker.types.Mount(m["target"], m["source"], type="bind", read_only=True)
               for m in stack_service("cadvisor")["volumes"]]
     client.services.create(
-        CADVISOR_IMAGE, name=name, args=args, mounts=mounts,
+        image, name=name, args=args, mounts=mounts,
         labels={LABEL: OWNER}, container_labels={LABEL: OWNER},
         mode=docker.types.ServiceMode("global"),
         endpoint_spec=docker.types.EndpointSpec(mode="dnsrr", ports=[
             {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": port, "PublishMode": "host"}]),
         stop_grace_period=2_000_000_000,
     )
-    address = f"127.0.0.1:{port}"
+    address = f"{host}:{port}"
 
     def ready() -> bool:
         try:

@@ -202,9 +202,6 @@ class ControllerService(ServiceDaemon, BlueGreenDaemon):
         workdir = stack.workdir / "controller"
         BlueGreenDaemon.__init__(self, "bluegreen-service", [], workdir, lab.free_port(), token)
         self.stack = stack
-        self._as_service(stack.swarm.client, stack.controller_name, workdir, ["bluegreen", "run"],
+        self._as_service(stack.swarm, stack.controller_name, workdir, ["bluegreen", "run"],
                          {"token_file": "/etc/swarmshift/token", **config}, networks=[stack.net], image=image,
                          constraints=constraints, engines=engines, token=token)
-
-    def _owned(self, name: str) -> None:
-        self.stack.swarm._services.append(name)
