@@ -129,7 +129,7 @@ def test_the_controller_fails_over_to_another_manager_mid_verification_and_finis
 
 
 def test_the_autoscaler_fails_over_with_its_cooldown_and_scales_once_after_it(cluster, cswarm, tmp_path):
-    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path, cooldown=35)
+    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path, cooldown=45)
     assert seen.moved_to != node_ip(cluster.node_of(seen.killed_host)), seen.moved_to
     assert seen.held_replicas == 2, "scaled during the cooldown"
     assert seen.again >= seen.cooldown - 1.5, seen.again
