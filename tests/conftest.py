@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
         elif parts[0] == "cluster":
             item.add_marker(pytest.mark.cluster)
+    # The heavy cluster tests run last (stable order otherwise): in `make test` they share the heavy
+    # lane, and the light ones open the beside lane, so the two lanes' cluster tests, which take
+    # turns on the one cluster, come minutes apart (tests/support/lanes.py).
+    items.sort(key=lambda item: bool(item.get_closest_marker("cluster") and item.get_closest_marker("heavy")))
 
 
 _lab_error: str | None = None

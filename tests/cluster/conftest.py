@@ -29,8 +29,15 @@ def cluster():
     c.close()
 
 
+@pytest.fixture(autouse=True)
+def cluster_turn(cluster):
+    """The cluster's lock, held for the whole test: `make test` runs cluster tests in two lanes, and they kill its nodes."""
+    with lab_cluster.turn():
+        yield
+
+
 @pytest.fixture
-def cswarm(cluster, request):
+def cswarm(cluster, cluster_turn, request):
     """Labelled services and networks on the cluster, removed after the test (by whichever node answers)."""
     s = lab.LabSwarm(cluster.client(1), prefix=request.node.name[:12].replace("_", "").lower())
     yield s

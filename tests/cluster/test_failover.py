@@ -27,6 +27,7 @@ def releases(docker_client, demo_image) -> dict[str, str]:
     return scenario.releases(docker_client)
 
 
+@pytest.mark.heavy  # users' load through Traefik
 def test_a_node_lost_in_waiting_or_in_verifying_leaves_users_on_a_color_with_running_tasks(
         cluster, cswarm, tmp_path, releases):
     stack = traefik_stack(cswarm, tmp_path, releases, color_constraints=(OFF_NODE1,))
@@ -77,6 +78,7 @@ def test_a_node_lost_in_waiting_or_in_verifying_leaves_users_on_a_color_with_run
     assert len(daemon.events("rollback_started", app=app)) == (view["phase"] == "RolledBack")
 
 
+@pytest.mark.heavy  # users' load through Traefik
 def test_a_rollback_to_a_color_that_lost_its_node_waits_for_its_task_and_users_never_see_it(
         cluster, cswarm, tmp_path, releases):
     stack = traefik_stack(cswarm, tmp_path, releases, color_constraints=(OFF_NODE1,))
@@ -111,6 +113,7 @@ def test_a_rollback_to_a_color_that_lost_its_node_waits_for_its_task_and_users_n
           f"{result.sent} user requests, 0 failed")
 
 
+@pytest.mark.heavy  # users' load through Traefik
 def test_the_controller_fails_over_to_another_manager_mid_verification_and_finishes_once(
         cluster, cswarm, tmp_path, releases):
     seen = scenario.controller_failover(cluster, cswarm, tmp_path, releases, window="8s")
@@ -129,7 +132,7 @@ def test_the_controller_fails_over_to_another_manager_mid_verification_and_finis
 
 
 def test_the_autoscaler_fails_over_with_its_cooldown_and_scales_once_after_it(cluster, cswarm, tmp_path):
-    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path, cooldown=45)
+    seen = scenario.autoscaler_failover(cluster, cswarm, tmp_path, cooldown=30)
     assert seen.moved_to != node_ip(cluster.node_of(seen.killed_host)), seen.moved_to
     assert seen.held_replicas == 2, "scaled during the cooldown"
     assert seen.again >= seen.cooldown - 1.5, seen.again

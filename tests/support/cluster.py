@@ -10,8 +10,10 @@ machine dies (its engine and every process of it, containers included); `start(n
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,6 +27,7 @@ SCRIPT = ROOT / "lab" / "cluster.sh"
 SOCKETS = Path("/run/swarmshift-cluster")
 REGISTRY = "10.210.0.1:5000"
 NODES = (1, 2, 3)
+LOCK = SOCKETS / "tests.lock"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -51,6 +54,17 @@ def publish(local: str) -> str:
     if done.returncode != 0:
         raise ClusterUnavailable(f"skopeo could not push {local} to {REGISTRY}: {done.stderr.strip()}")
     return image(local)
+
+
+@contextlib.contextmanager
+def turn() -> Iterator[None]:
+    """The cluster to oneself: an exclusive lock across processes (the lanes of `make test`), waited for."""
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Cluster:
@@ -93,16 +107,21 @@ class Cluster:
         self._clients.pop(n, None)
         _run("stop", n)
 
-    def start(self, n: int) -> None:
-        """Boot node N again on its data root; it rejoins the swarm by itself."""
-        _run("start", n)
-        self._clients.pop(n, None)
+    def start(self, *ns: int) -> None:
+        """Boot these nodes again on their data roots, all at once; they rejoin the swarm by themselves.
+
+        At once, since a manager's engine answers only once its raft has a leader (or after some
+        20 s): booted one by one after a quorum loss, the first waits out that time alone.
+        """
+        _run("start", *ns)
+        for n in ns:
+            self._clients.pop(n, None)
 
     def heal(self, timeout: float = 90) -> None:
         """Every node started, active (not paused) and the three managers Ready and reachable again."""
-        for n in NODES:
-            if not self.answers(n):
-                self.start(n)
+        down = [n for n in NODES if not self.answers(n)]
+        if down:
+            self.start(*down)
         lab.wait_for("three Ready, reachable managers", self.healthy, timeout, interval=1)
         for node in self.client(1).api.nodes():
             if node["Spec"].get("Availability") != "active":
@@ -121,6 +140,17 @@ class Cluster:
         [node] = [n for n in api.nodes() if n["Description"]["Hostname"] == hostname]
         api.update_node(node["ID"], node["Version"]["Index"], {**node["Spec"], "Availability": availability})
 
+    def heartbeat(self) -> float:
+        """Swarm's dispatcher heartbeat, in seconds: a node is marked down after some three of them are missed."""
+        return self.client(1).api.inspect_swarm()["Spec"]["Dispatcher"]["HeartbeatPeriod"] / 1e9
+
+    def set_heartbeat(self, seconds: float) -> None:
+        """`docker swarm update --dispatcher-heartbeat` (the CLI, which keeps the rest of the swarm's spec)."""
+        done = subprocess.run(["docker", "-H", socket_url(1), "swarm", "update", "--dispatcher-heartbeat",
+                               f"{seconds:g}s"], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise ClusterUnavailable(f"docker swarm update --dispatcher-heartbeat {seconds:g}s: {done.stderr.strip()}")
+
     def tasks_by_node(self, service: str, manager: int = 1) -> dict[str, int]:
         """Running tasks of `service` per node hostname."""
         api = self.client(manager).api
@@ -138,10 +168,21 @@ class Cluster:
         self._clients.clear()
 
 
-def _run(action: str, n: int) -> None:
-    done = subprocess.run(["sh", str(SCRIPT), action, str(n)], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise ClusterUnavailable(f"lab/cluster.sh {action} {n}: {done.stdout}{done.stderr}")
+def _run(action: str, *ns: int) -> None:
+    """`lab/cluster.sh ACTION N` for each node, concurrently."""
+    procs = {n: subprocess.Popen(["sh", str(SCRIPT), action, str(n)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for n in ns}
+    failed = []
+    for n, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        if proc.returncode != 0:
+            failed.append(f"lab/cluster.sh {action} {n} (exit {proc.returncode}): {out.strip()}")
+    if failed:
+        raise ClusterUnavailable("; ".join(failed))
 
 
 def connect() -> Cluster:
