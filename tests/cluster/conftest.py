@@ -17,15 +17,17 @@ def cluster():
     if _error:
         pytest.fail(_error, pytrace=False)
     try:
-        c = lab_cluster.connect()
+        with lab_cluster.turn():  # not while the other lane's cluster test has a node down
+            c = lab_cluster.connect()
+            removed = lab.remove_leftovers(c.client(1))
     except lab_cluster.ClusterUnavailable as err:
         _error = str(err)
         pytest.fail(_error, pytrace=False)
-    removed = lab.remove_leftovers(c.client(1))
     if removed:
         print(f"\ncluster: removed leftovers of killed runs: {', '.join(removed)}")
     yield c
-    c.heal()
+    with lab_cluster.turn():  # the other lane's cluster test may be killing a node right now
+        c.heal()
     c.close()
 
 

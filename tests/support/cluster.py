@@ -59,6 +59,8 @@ def publish(local: str) -> str:
 @contextlib.contextmanager
 def turn() -> Iterator[None]:
     """The cluster to oneself: an exclusive lock across processes (the lanes of `make test`), waited for."""
+    if not SOCKETS.is_dir():
+        raise ClusterUnavailable(f"the three-node cluster is not up (no {SOCKETS}): run `make cluster`")
     with open(LOCK, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
