@@ -62,8 +62,8 @@ def main() -> None:
         try:
             for beat in (DEFAULT_HEARTBEAT, lab_heartbeat):
                 cluster.set_heartbeat(beat)
-                moved[beat] = run("ctl", lambda swarm, path: failover.controller_failover(cluster, swarm, path, images))
-                scaler[beat] = run("as", lambda swarm, path: failover.autoscaler_failover(cluster, swarm, path))
+                moved[beat] = run(f"ctl{beat:g}", lambda swarm, path: failover.controller_failover(cluster, swarm, path, images))
+                scaler[beat] = run(f"as{beat:g}", lambda swarm, path: failover.autoscaler_failover(cluster, swarm, path))
         finally:
             cluster.set_heartbeat(lab_heartbeat)
         started: list = []
@@ -106,7 +106,7 @@ its engine and every process of it killed at once).
 | CPU load on one task per node → the first scale-up ({scale.event['from']} → {scale.event['to']}, cpu {scale.cpu['value']:.0f} % of the limit) | {scale.seconds:.1f} |
 
 Users' requests through Traefik during the controller's failovers:
-{", ".join(f"{m.users.sent} sent, {m.users.failed} failed at heartbeat {b:g} s" for b, m in moved.items())}
+{"; ".join(f"at heartbeat {b:g} s, {m.users.sent} sent and {m.users.failed} failed" for b, m in moved.items())}
 (Traefik keeps the routing it polled last while no controller answers).
 Most of a failover is Swarm's: a dead manager's tasks are rescheduled only once it is marked
 down, after some three missed heartbeats (the first rows); the daemon's own start and first

@@ -21,7 +21,7 @@
   for them was tried, even at nice 10 with the cluster's engines at nice 10: beside it the heavy
   tests' load fell to 81-94 req/s of the 100 asked, and a rollback deadline of 3 s took 4.3 s,
   in two fresh-clone runs. With all of them in the heavy lane, that lane took 18.7 min and the
-  beside lane 12.9.
+  beside lane 12.9; split this way, 14.5 and 14.3 (fresh-clone runs).
 
 Each lane is a separate pytest process, so each has its own owner label (tests/support/lab.py):
 neither lane's autoscaler or controller sees the other's services, and neither removes the
