@@ -35,7 +35,7 @@ REGISTRY=$NET.1:5000
 NODES="1 2 3"
 # Swarm's dispatcher heartbeat: a node is marked down, and its tasks rescheduled, after about
 # three missed heartbeats. The lab's 2 s (Swarm's default is 5 s) cuts each node death in the
-# cluster tests from some 14 s to some 6 s; bench/cluster_failover.py measures at the default.
+# cluster tests from 13-14 s to 4-5 s; bench/cluster_failover.py measures at both.
 HEARTBEAT=${CLUSTER_HEARTBEAT:-2s}
 IMAGES="${CLUSTER_IMAGES:-swarmshift:lab swarmshift-demo:lab swarmshift-cadvisor:lab swarmshift-traefik:lab}"
 
