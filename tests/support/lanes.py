@@ -4,12 +4,8 @@
 
 - `heavy` lane: the tests marked `heavy` (sustained load, CPU burn, or a time bound), one after
   another, so that no two of them ever overlap.
-- `beside` lane: every other lab test, at the same time, in its own session, at nice 5: its
-  tests assert no rate or time bound, so the heavy lane's load generators and host daemons come
-  first for the CPU (at nice 0, a heavy test's load once fell to 84 of the 100 req/s it asks,
-  beside the beside lane's deploys). Its containers run under the engine, at its priority.
-  (Two such sessions were tried: on two cores the heavy tests then missed their rates and time
-  bounds.)
+- `beside` lane: every other lab test, at the same time, in its own session. (Two such sessions
+  were tried: on two cores the heavy tests then missed their rates and time bounds.)
 - `fuzz` lane, with SWARMSHIFT_FUZZ_LANE=1 (`make test`): the unit tests marked `fuzz`, at the
   lowest CPU priority (nice 19). They are CPU-bound and take minutes, and the lab tests spend
   most of their time waiting on Docker and timers: the fuzzing uses the CPU they leave idle
@@ -43,7 +39,7 @@ import threading
 import time
 
 LANES = {"heavy": "lab and heavy", "beside": "lab and not heavy"}
-NICE = {"fuzz": 19, "beside": 5}  # the fuzz lane takes only idle CPU; the heavy lane comes first
+NICE = {"fuzz": 19}  # the fuzz lane takes only idle CPU
 
 
 def lanes(env: dict[str, str]) -> dict[str, str]:
